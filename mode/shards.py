@@ -1,0 +1,217 @@
+"""Shard lists, rank splits, sample counts and atomic writes: the plumbing every step shares.
+
+A shard spec is what users type after `--shards`, `--data-dir` or `--train-data`: one or more parts joined
+by `::` (DataComp's separator), each part a directory, a brace pattern (`dir/{00000000..00000127}.tar`) or
+one `.tar` path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import braceexpand
+
+from mode.errors import UserError
+
+_DIGITS_AT_END = re.compile(r"^(.*?)(\d+)$")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders `shard2` before `shard10`."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
+
+
+def expand(spec: str) -> list[str]:
+    """Expand a shard spec into shard paths, in order, without duplicates.
+
+    Args:
+        spec: parts joined by `::`; a part is a directory, a brace pattern or a `.tar` path.
+
+    Returns:
+        The shard paths. A directory contributes its tars in natural order (see `tars_in_dir`).
+
+    Raises:
+        UserError: a part names nothing, or a brace pattern names files that do not exist.
+    """
+    paths: list[str] = []
+    for part in str(spec).split("::"):
+        part = part.strip()
+        if not part:
+            continue
+        if os.path.isdir(part):
+            paths.extend(tars_in_dir(part))
+            continue
+        expanded = list(braceexpand.braceexpand(part))
+        if expanded == [part] and not os.path.exists(part):
+            raise UserError(f"shard spec part {part!r}: no such directory or file")
+        missing = [p for p in expanded if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"shard spec part {part!r}: {len(missing)} of {len(expanded)} files missing "
+                            f"(first: {missing[0]})")
+        paths.extend(expanded)
+    if not paths:
+        raise UserError(f"no shards found in {spec!r} (expected a directory of .tar files, a brace pattern "
+                        "or .tar paths, joined by '::')")
+    return list(dict.fromkeys(paths))
+
+
+def tars_in_dir(directory: str) -> list[str]:
+    """The shards of one directory, with DataComp's rules for finding them.
+
+    In order of precedence: a resharder `meta.json` (`output_shard_count`, `output_shard_format`) names them;
+    else the directory's own `*.tar` files; else its `shards/` folder (the DataComp pool layout); else every
+    subdirectory, recursively, as DataComp's train.py does.
+    """
+    meta_path = os.path.join(directory, "meta.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if "output_shard_count" in meta and "output_shard_format" in meta:
+            fmt = meta["output_shard_format"]
+            return [os.path.join(directory, fmt.format(i)) for i in range(int(meta["output_shard_count"]))]
+    entries = sorted(os.listdir(directory), key=natural_key)
+    tars = [os.path.join(directory, e) for e in entries if e.endswith(".tar")]
+    if tars:
+        return tars
+    if os.path.isdir(os.path.join(directory, "shards")):
+        return tars_in_dir(os.path.join(directory, "shards"))
+    found: list[str] = []
+    for e in entries:
+        sub = os.path.join(directory, e)
+        if os.path.isdir(sub):
+            found.extend(tars_in_dir(sub))
+    return found
+
+
+def brace_spec(paths: Iterable[str]) -> str:
+    """Compress shard paths into the shortest `::`-joined list of brace ranges that names exactly them.
+
+    Paths that share a directory, prefix, digit width and extension and whose numbers are consecutive
+    become one `prefix{first..last}.ext` range; the order of first appearance is kept.
+    """
+    runs: list[list] = []  # [stem_prefix, width, ext, first, last]
+    for p in paths:
+        stem, ext = os.path.splitext(p)
+        m = _DIGITS_AT_END.match(stem)
+        if not m:
+            runs.append([stem, 0, ext, None, None])
+            continue
+        prefix, digits = m.group(1), m.group(2)
+        n, width = int(digits), len(digits)
+        last = runs[-1] if runs else None
+        if last and last[3] is not None and last[:3] == [prefix, width, ext] and n == last[4] + 1:
+            last[4] = n
+        else:
+            runs.append([prefix, width, ext, n, n])
+    parts = []
+    for prefix, width, ext, first, last in runs:
+        if first is None:
+            parts.append(prefix + ext)
+        elif first == last:
+            parts.append(f"{prefix}{first:0{width}d}{ext}")
+        else:
+            parts.append(f"{prefix}{{{first:0{width}d}..{last:0{width}d}}}{ext}")
+    return "::".join(parts)
+
+
+def shard_size(path: str) -> int | None:
+    """Samples in one shard, from its directory's `sizes.json` or its own `<stem>_stats.json`; None if unknown."""
+    directory, name = os.path.split(path)
+    sizes_path = os.path.join(directory, "sizes.json")
+    if os.path.isfile(sizes_path):
+        with open(sizes_path) as f:
+            sizes = json.load(f)
+        if name in sizes:
+            return int(sizes[name])
+    stats_path = os.path.splitext(path)[0] + "_stats.json"
+    if os.path.isfile(stats_path):
+        with open(stats_path) as f:
+            stats = json.load(f)
+        if "successes" in stats:
+            return int(stats["successes"])
+    return None
+
+
+def total_samples(paths: Iterable[str]) -> int | None:
+    """Sum of `shard_size` over the shards, or None as soon as one shard's size is unknown."""
+    total = 0
+    for p in paths:
+        n = shard_size(p)
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def for_rank(shards: list[str], rank: int, world_size: int) -> list[str]:
+    """The shards of one rank: sorted naturally, then every `world_size`-th starting at `rank`.
+
+    Every shard goes to exactly one rank whatever the world size; outputs are named by shard, so a rerun
+    with another world size reuses them.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is not in a world of size {world_size}")
+    if not shards:
+        raise UserError("no shards to split over ranks")
+    return sorted(shards, key=natural_key)[rank::world_size]
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temp file beside `path`; on success rename it onto `path`, on error remove it.
+
+    A reader never sees a partial file and a killed writer leaves only a `.tmp-*` file, never `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically, keys sorted, so equal content gives equal bytes."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def write_tar(path: str | os.PathLike, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    """Write a webdataset shard atomically and byte-reproducibly (fixed mtime, owner and mode).
+
+    Args:
+        path: the `.tar` to write.
+        samples: `(key, {extension: bytes})` pairs; members are named `<key>.<extension>`.
+
+    Returns:
+        The number of samples written.
+    """
+    count = 0
+    with atomic_write(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+            count += 1
+    return count

@@ -1,0 +1,99 @@
+"""The plugin into open_clip_train: `apply()` installs the project's additions, once.
+
+What apply() changes, and nothing else:
+
+- `open_clip_train.main.parse_args` also reads the plugin's flags (`open_clip_patch.params`); with none of
+  them given, it returns what stock parse_args returns, plus the plugin's attributes set to None.
+- `open_clip_train.zero_shot.accuracy` works under numpy 2 (stock 3.3.0 raises TypeError there).
+- the tiny model configs in `open_clip_patch/model_configs/` are registered with open_clip.
+- `torch.nn.parallel.DistributedDataParallel`, which open_clip_train calls with `device_ids=[device]` even
+  when the device is the CPU (torch refuses that), drops CPU device ids, so `torchrun` on CPU (gloo) trains.
+  With GPUs it is torch's own class, unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import metadata
+from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from mode.errors import UserError
+
+SUPPORTED_OPEN_CLIP = ">=3.3,<3.4"  # setup.cfg's install_requires says the same (a test checks)
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_MARK = "__mode_patched__"
+
+
+def check_version(installed: str | None = None) -> str:
+    """Raise UserError unless the installed open_clip_torch is in the supported range; return its version."""
+    if installed is None:
+        try:
+            installed = metadata.version("open_clip_torch")
+        except metadata.PackageNotFoundError:
+            raise UserError(f"open_clip_torch is not installed; pip install 'open_clip_torch{SUPPORTED_OPEN_CLIP}'")
+    if Version(installed) not in SpecifierSet(SUPPORTED_OPEN_CLIP):
+        raise UserError(f"open_clip_torch {installed} is not supported by this plugin (needs {SUPPORTED_OPEN_CLIP}); "
+                        f"pip install 'open_clip_torch{SUPPORTED_OPEN_CLIP}'")
+    return installed
+
+
+def model_names() -> list[str]:
+    """The names of the model configs this plugin ships."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+def is_applied() -> bool:
+    import open_clip_train.main as oc_main
+
+    return getattr(oc_main.parse_args, _MARK, False)
+
+
+def apply() -> None:
+    """Install the plugin into open_clip_train; a second call changes nothing."""
+    check_version()
+    import open_clip
+    import open_clip_train.main as oc_main
+    import torch
+    import open_clip_train.zero_shot as oc_zero_shot
+
+    from open_clip_patch import params, zero_shot
+
+    if not set(model_names()) <= set(open_clip.list_models()):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+    if is_applied():
+        return
+    oc_main.parse_args = _wrap_parse_args(oc_main.parse_args, params)
+    oc_zero_shot.accuracy = zero_shot.accuracy
+    torch.nn.parallel.DistributedDataParallel = _cpu_friendly_ddp(torch.nn.parallel.DistributedDataParallel)
+
+
+def _wrap_parse_args(stock_parse_args, params):
+    @functools.wraps(stock_parse_args)
+    def parse_args(argv):
+        plugin_args, rest = params.split_argv(argv)
+        args = stock_parse_args(rest)
+        return params.resolve(args, plugin_args, argv)
+
+    setattr(parse_args, _MARK, True)
+    return parse_args
+
+
+def _cpu_friendly_ddp(ddp_cls):
+    class DistributedDataParallel(ddp_cls):
+        """torch's DDP, but `device_ids` naming only CPU devices is dropped (torch wants None for CPU modules)."""
+
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids is not None and all(torch_device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    def torch_device(d):
+        import torch
+
+        return torch.device(d) if not isinstance(d, int) else torch.device("cuda", d)
+
+    DistributedDataParallel.__qualname__ = ddp_cls.__qualname__
+    return DistributedDataParallel

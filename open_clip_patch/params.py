@@ -1,0 +1,119 @@
+"""The plugin's own flags, parsed beside open_clip_train's and resolved into its arguments.
+
+Our flags live in our own small parser; open_clip_train's parser sees only its own flags, so a typo in either
+still fails loudly. Flags that set the same open_clip value (`--global-batch-size` and `--batch-size`,
+`--samples-seen` and `--train-num-samples`, `--toy-pool`, `--data-dir` and `--train-data`) follow argparse's
+rule: the one given last on the command line wins, so a user's flag always overrides a recipe's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from mode.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Groups of flags that decide one value; the last one present in argv wins.
+_GROUPS = {
+    "data": ("--toy-pool", "--data-dir", "--data_dir", "--train-data"),
+    "batch": ("--global-batch-size", "--batch-size"),
+    "samples": ("--samples-seen", "--train-num-samples"),
+}
+
+
+def plugin_parser() -> argparse.ArgumentParser:
+    """The parser of the plugin's flags (open_clip_train's own flags are left to its parser)."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    g = p.add_argument_group("mode plugin")
+    g.add_argument("--toy-pool", default=None, metavar="DIR",
+                   help="Train on the toy pool at DIR, making it first (`mode toy` defaults) if DIR holds none.")
+    g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, metavar="SPEC",
+                   help="DataComp's --data_dir: directories, brace patterns or tars joined by '::'; each "
+                        "directory's shards are found as DataComp's train.py finds them (resharder meta.json, "
+                        "*.tar, shards/), and --train-num-samples defaults to their sizes.json/_stats.json.")
+    g.add_argument("--global-batch-size", type=int, default=None, metavar="N",
+                   help="Batch size over all processes; --batch-size becomes N // (world size * --accum-freq).")
+    g.add_argument("--samples-seen", type=int, default=None, metavar="N",
+                   help="Total training samples (DataComp's fixed budget); --train-num-samples becomes "
+                        "N // --epochs, so each epoch is one checkpoint of the budget.")
+    return p
+
+
+def last_of(argv: Sequence[str], flags: Sequence[str]) -> str | None:
+    """The flag among `flags` that appears last in `argv` (as `--flag` or `--flag=value`), or None."""
+    found = None
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in flags:
+            found = name
+    return found
+
+
+def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Separate the plugin's flags from the rest; returns (plugin namespace, argv for open_clip_train)."""
+    plugin_args, rest = plugin_parser().parse_known_args(list(argv))
+    return plugin_args, rest
+
+
+def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Sequence[str]) -> argparse.Namespace:
+    """Merge the plugin's flags into open_clip_train's parsed arguments, in place, and return them."""
+    for key, value in vars(plugin_args).items():
+        setattr(args, key, value)
+    _resolve_data(args, argv)
+    _resolve_samples(args, argv)
+    _resolve_batch(args, argv)
+    return args
+
+
+def _resolve_data(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    from mode import shards
+
+    winner = last_of(argv, _GROUPS["data"])
+    spec = None
+    if winner == "--toy-pool":
+        from mode.layout import Pool
+        from mode.toy import ensure_pool
+
+        pool = Pool(args.toy_pool)
+        if not pool.toy_record.exists():
+            log.info(f"No toy pool at {pool.root}: making one.")
+            ensure_pool(str(pool.root))
+        spec = str(pool.shards_dir)
+    elif winner in ("--data-dir", "--data_dir"):
+        spec = args.data_dir
+    if spec is None:
+        return
+    paths = shards.expand(spec)
+    args.train_data = shards.brace_spec(paths)
+    if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
+        args.train_num_samples = shards.total_samples(paths)
+        if args.train_num_samples is None:
+            raise UserError(f"no sizes.json or _stats.json gives the size of the shards in {spec!r}; "
+                            "pass --train-num-samples N")
+
+
+def _resolve_samples(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if last_of(argv, _GROUPS["samples"]) != "--samples-seen":
+        return
+    if args.samples_seen < args.epochs:
+        raise UserError(f"--samples-seen {args.samples_seen} is fewer than --epochs {args.epochs}")
+    args.train_num_samples = args.samples_seen // args.epochs
+
+
+def _resolve_batch(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if last_of(argv, _GROUPS["batch"]) != "--global-batch-size":
+        return
+    from open_clip_train.distributed import world_info_from_env
+
+    world_size = world_info_from_env()[2]
+    per_process = args.global_batch_size // (world_size * args.accum_freq)
+    if per_process < 1:
+        raise UserError(f"--global-batch-size {args.global_batch_size} is smaller than world size {world_size} "
+                        f"x --accum-freq {args.accum_freq}")
+    if per_process * world_size * args.accum_freq != args.global_batch_size:
+        log.warning(f"Global batch {args.global_batch_size} is not divisible by world size {world_size} x "
+                        f"accum freq {args.accum_freq}; using {per_process} per process (as DataComp does).")
+    args.batch_size = per_process

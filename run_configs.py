@@ -1,0 +1,151 @@
+"""Named training recipes: one dataclass per recipe, one field per flag.
+
+A field `foo_bar` becomes `--foo-bar VALUE` on open_clip_train's command line (or the plugin's, see
+`open_clip_patch/params.py`); None leaves the flag out so its default applies, True passes a bare switch,
+a tuple passes several values. `src/training/main.py NAME [flags]` puts the user's flags after the recipe's,
+so the last value wins, as with argparse.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from mode.errors import UserError
+
+
+@dataclass
+class Recipe:
+    """Flags every recipe may set; subclasses change defaults or add fields."""
+
+    # What a recipe needs that is not a flag (ClassVar fields are not emitted).
+    needs_data: ClassVar[bool] = False  # the user must give --data-dir or --train-data
+
+    model: str | None = None
+    dataset_type: str | None = None
+    dataset_resampled: bool = False
+    batch_size: int | None = None
+    global_batch_size: int | None = None
+    accum_freq: int | None = None
+    lr: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    wd: float | None = None
+    warmup: int | None = None
+    epochs: int | None = None
+    samples_seen: int | None = None
+    precision: str | None = None
+    workers: int | None = None
+    seed: int | None = None
+    local_loss: bool = False
+    gather_with_grad: bool = False
+    grad_checkpointing: bool = False
+    ddp_static_graph: bool = False
+    save_frequency: int | None = None
+    save_most_recent: bool = False
+    resume: str | None = None
+    log_every_n_steps: int | None = None
+    name: str | None = None
+    toy_pool: str | None = None
+    data_dir: str | None = None
+
+    def to_argv(self) -> list[str]:
+        """The recipe as command-line flags, in field order."""
+        argv: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if value is None or value is False:
+                continue
+            if value is True:
+                argv.append(flag)
+            elif isinstance(value, (tuple, list)):
+                argv.extend([flag, *map(str, value)])
+            else:
+                argv.extend([flag, str(value)])
+        return argv
+
+
+@dataclass
+class ToyTiny(Recipe):
+    """The tiny ViT on the toy pool, on CPU in fp32: the demo's and the tests' recipe."""
+
+    model: str = "ViT-Toy-8"
+    toy_pool: str = "runs/toy"
+    dataset_type: str = "webdataset"
+    batch_size: int = 64
+    lr: float = 1e-3
+    wd: float = 0.1
+    warmup: int = 20
+    epochs: int = 5
+    precision: str = "fp32"
+    workers: int = 1
+    seed: int = 0
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class DataCompScale(Recipe):
+    """DataComp's fixed recipe for one scale (its train.py): only the data may change.
+
+    The budget is fixed in samples seen and global batch; `--epochs` is DataComp's `--num_checkpoints`
+    (default 5), and the per-process batch follows from world size and `--accum-freq`.
+    """
+
+    needs_data: ClassVar[bool] = True
+
+    model: str = "ViT-B-32"
+    dataset_type: str = "webdataset"
+    dataset_resampled: bool = True
+    global_batch_size: int = 4096
+    lr: float = 5e-4
+    warmup: int = 500
+    epochs: int = 5
+    samples_seen: int = 12_800_000
+    precision: str = "amp"
+    workers: int = 4
+    seed: int = 0
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    grad_checkpointing: bool = True
+    ddp_static_graph: bool = True
+    save_frequency: int = 0
+    save_most_recent: bool = True
+    resume: str = "latest"
+    log_every_n_steps: int = 100
+
+
+def _scale(name: str, **overrides) -> DataCompScale:
+    return DataCompScale(name=f"{name}_scale", **overrides)
+
+
+RECIPES = {
+    "toy_tiny": ToyTiny,
+    "datacomp_small": lambda: _scale("small"),
+    "datacomp_medium": lambda: _scale("medium", samples_seen=128_000_000),
+    "datacomp_large": lambda: _scale("large", model="ViT-B-16", global_batch_size=8192,
+                                     samples_seen=1_280_000_000),
+    "datacomp_xlarge": lambda: _scale("xlarge", model="ViT-L-14", global_batch_size=90112, lr=1e-3,
+                                      warmup=10000, beta2=0.95, samples_seen=12_800_000_000),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`; an unknown name raises UserError naming the closest ones."""
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=3, cutoff=0.3)
+        hint = f"closest: {', '.join(close)}" if close else f"known: {', '.join(sorted(RECIPES))}"
+        raise UserError(f"unknown config {name!r}; {hint}")
+    return RECIPES[name]()
+
+
+def build_argv(name: str, extra: list[str]) -> list[str]:
+    """The recipe's flags followed by the user's, checked for what the recipe needs."""
+    recipe = get_recipe(name)
+    if type(recipe).needs_data and not any(
+            t.split("=", 1)[0] in ("--data-dir", "--data_dir", "--train-data") for t in extra):
+        raise UserError(f"config {name!r} needs data: pass --data-dir DIR (DataComp layout; '::' joins several) "
+                        "or --train-data SHARDS")
+    return recipe.to_argv() + list(extra)

@@ -1,0 +1,118 @@
+import io
+import json
+import tarfile
+
+import pytest
+
+from mode import shards
+from mode.errors import UserError
+
+
+def _touch_shards(d, names):
+    d.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (d / n).write_bytes(b"")
+    return [str(d / n) for n in names]
+
+
+def test_expand_dir_natural_order(tmp_path):
+    _touch_shards(tmp_path, ["shard10.tar", "shard2.tar", "shard1.tar", "notes.txt"])
+    assert [p.rsplit("/", 1)[1] for p in shards.expand(str(tmp_path))] == ["shard1.tar", "shard2.tar",
+                                                                           "shard10.tar"]
+
+
+def test_expand_brace_and_double_colon(tmp_path):
+    a = _touch_shards(tmp_path / "a", [f"{i:08d}.tar" for i in range(3)])
+    b = _touch_shards(tmp_path / "b", [f"{i:08d}.tar" for i in range(2)])
+    spec = f"{tmp_path}/a/{{00000000..00000002}}.tar::{tmp_path}/b"
+    assert shards.expand(spec) == a + b
+
+
+def test_expand_missing_is_user_error(tmp_path):
+    _touch_shards(tmp_path, ["00000000.tar"])
+    with pytest.raises(UserError, match="1 of 2 files missing"):
+        shards.expand(f"{tmp_path}/{{00000000..00000001}}.tar")
+    with pytest.raises(UserError, match="no such directory"):
+        shards.expand(str(tmp_path / "missing_dir"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no shards"):
+        shards.expand(str(tmp_path / "empty"))
+
+
+def test_dir_rules_meta_json_and_shards_subdir(tmp_path):
+    # DataComp pool layout: the tars live in <pool>/shards
+    pool = tmp_path / "pool"
+    got = _touch_shards(pool / "shards", ["00000000.tar", "00000001.tar"])
+    (pool / "metadata").mkdir()
+    assert shards.expand(str(pool)) == got
+    # resharder output: meta.json names the shards, extra tars are ignored
+    out = tmp_path / "resharded"
+    _touch_shards(out, ["00000000.tar", "00000001.tar", "00000002.tar"])
+    (out / "meta.json").write_text(json.dumps({"output_shard_count": 2, "output_shard_format": "{:08d}.tar"}))
+    assert [p.rsplit("/", 1)[1] for p in shards.expand(str(out))] == ["00000000.tar", "00000001.tar"]
+
+
+@pytest.mark.parametrize("names,expected", [
+    (["d/00000000.tar", "d/00000001.tar", "d/00000002.tar"], "d/{00000000..00000002}.tar"),
+    (["d/00000000.tar", "d/00000002.tar", "d/00000003.tar"], "d/00000000.tar::d/{00000002..00000003}.tar"),
+    (["a/0.tar", "a/1.tar", "b/2.tar"], "a/{0..1}.tar::b/2.tar"),
+    (["a/x.tar", "a/9.tar", "a/10.tar"], "a/x.tar::a/9.tar::a/10.tar"),
+])
+def test_brace_spec(names, expected):
+    assert shards.brace_spec(names) == expected
+
+
+def test_brace_spec_round_trips(tmp_path):
+    names = [f"{i:05d}.tar" for i in (0, 1, 2, 5, 7, 8, 11)]
+    paths = _touch_shards(tmp_path, names)
+    assert shards.expand(shards.brace_spec(paths)) == paths
+
+
+@pytest.mark.parametrize("n", [1, 5, 13])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_for_rank_covers_every_shard_once(n, world):
+    paths = [f"s/{i:08d}.tar" for i in range(n)]
+    got = [p for r in range(world) for p in shards.for_rank(paths, r, world)]
+    assert sorted(got) == sorted(paths)
+    assert len(got) == n
+
+
+def test_for_rank_rejects_bad_rank():
+    with pytest.raises(UserError):
+        shards.for_rank(["a.tar"], 2, 2)
+    with pytest.raises(UserError):
+        shards.for_rank([], 0, 1)
+
+
+def test_sizes_from_sizes_json_then_stats(tmp_path):
+    a = _touch_shards(tmp_path / "a", ["0.tar", "1.tar"])
+    (tmp_path / "a" / "sizes.json").write_text(json.dumps({"0.tar": 10, "1.tar": 7}))
+    b = _touch_shards(tmp_path / "b", ["0.tar"])
+    (tmp_path / "b" / "0_stats.json").write_text(json.dumps({"successes": 5, "count": 9}))
+    assert shards.total_samples(a + b) == 22
+    c = _touch_shards(tmp_path / "c", ["0.tar"])
+    assert shards.total_samples(a + c) is None
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with shards.atomic_write(target) as f:
+            f.write(b"partial")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with shards.atomic_write(target) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_write_tar_is_reproducible_and_readable(tmp_path):
+    samples = [(f"k{i}", {"txt": f"caption {i}".encode(), "cls": str(i).encode()}) for i in range(3)]
+    assert shards.write_tar(tmp_path / "a.tar", samples) == 3
+    shards.write_tar(tmp_path / "b.tar", samples)
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        assert tar.getnames() == ["k0.txt", "k0.cls", "k1.txt", "k1.cls", "k2.txt", "k2.cls"]
+        assert tar.extractfile("k1.txt").read() == b"caption 1"
+    assert io.BytesIO((tmp_path / "a.tar").read_bytes()).getbuffer().nbytes % 512 == 0
