@@ -56,8 +56,8 @@ def apply() -> None:
     check_version()
     import open_clip
     import open_clip_train.main as oc_main
-    import torch
     import open_clip_train.zero_shot as oc_zero_shot
+    import torch
 
     from open_clip_patch import params, zero_shot
 

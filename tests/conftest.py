@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SMALL_POOL = dict(samples=600, shards=4, seed=0, eval_per_class=4)
+SMALL_POOL = {"samples": 600, "shards": 4, "seed": 0, "eval_per_class": 4}
 
 
 @pytest.fixture(scope="session")

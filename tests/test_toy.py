@@ -142,7 +142,7 @@ def test_eval_tasks_in_clip_benchmark_format(toy_pool):
             assert set(members) == {"webp", "cls"}
             labels[int(members["cls"])] += 1
             assert Image.open(io.BytesIO(members["webp"])).format == "WEBP"
-        assert labels == {i: SMALL_POOL["eval_per_class"] for i in range(len(classnames))}
+        assert labels == dict.fromkeys(range(len(classnames)), SMALL_POOL["eval_per_class"])
 
 
 def test_same_seed_same_bytes_any_workers(tmp_path, toy_pool):

@@ -1,0 +1,134 @@
+import configparser
+
+import open_clip
+import open_clip_train.data as oc_data
+import open_clip_train.main as oc_main
+import open_clip_train.params as oc_params
+import open_clip_train.train as oc_train
+import open_clip_train.zero_shot as oc_zero_shot
+import pytest
+import torch
+
+import open_clip_patch
+from mode.errors import UserError
+from open_clip_patch import params
+from open_clip_patch.zero_shot import accuracy
+
+from .conftest import REPO
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_apply_is_idempotent_and_wraps_stock_once():
+    open_clip_patch.apply()
+    first = oc_main.parse_args
+    ddp = torch.nn.parallel.DistributedDataParallel
+    open_clip_patch.apply()
+    assert oc_main.parse_args is first and torch.nn.parallel.DistributedDataParallel is ddp
+    assert first.__wrapped__ is oc_params.parse_args  # one layer over stock, not two
+    assert oc_zero_shot.accuracy is accuracy
+    assert set(open_clip_patch.model_names()) <= set(open_clip.list_models())
+    assert "ViT-Toy-8" in open_clip.list_models()
+    # the rest of the training loop is open_clip_train's own
+    assert oc_main.get_data is oc_data.get_data and oc_main.train_one_epoch is oc_train.train_one_epoch
+    assert oc_main.create_loss is open_clip.create_loss
+
+
+@pytest.mark.parametrize("version,ok", [("3.3.0", True), ("3.3.7", True), ("3.2.0", False), ("4.0.0", False)])
+def test_version_check(version, ok):
+    if ok:
+        assert open_clip_patch.check_version(version) == version
+    else:
+        with pytest.raises(UserError, match=r"not supported.*>=3.3,<3.4"):
+            open_clip_patch.check_version(version)
+
+
+def test_declared_range_matches_setup_cfg():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    reqs = [r.strip() for r in cfg["options"]["install_requires"].splitlines()]
+    assert f"open_clip_torch{open_clip_patch.SUPPORTED_OPEN_CLIP}" in reqs
+
+
+def test_zero_shot_accuracy_counts_hits_under_numpy2():
+    logits = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0],
+                           [0.1, 0.2, 0.7, 0.0, 0.0, 0.0],
+                           [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]])
+    target = torch.tensor([0, 1, 5])
+    assert accuracy(logits, target, topk=(1, 2, 5)) == [1.0, 2.0, 2.0]
+
+
+def test_zero_shot_run_works_through_open_clip_train():
+    """open_clip_train's own zero-shot loop, with its accuracy patched, on a tiny model."""
+    open_clip_patch.apply()
+    model, _, _ = open_clip.create_model_and_transforms("ViT-Toy-8")
+    model.eval()
+    torch.manual_seed(0)
+    images, targets = torch.randn(6, 3, 64, 64), torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        feats = model.encode_image(images, normalize=True)
+    classifier = feats.T.clone()  # class i's weight is image i's feature: top-1 must be perfect
+
+    class Args:
+        device, precision, batch_size = "cpu", "fp32", 3
+
+    top1, top5 = oc_zero_shot.run(model, classifier, [(images[:3], targets[:3]), (images[3:], targets[3:])], Args)
+    assert top1 == 1.0 and top5 == 1.0
+
+
+def _parse(argv):
+    open_clip_patch.apply()
+    return oc_main.parse_args(argv)
+
+
+def test_no_plugin_flags_parse_like_stock():
+    for argv in (["--model", "ViT-B-32", "--batch-size", "7"], ["--train-data", "x/{0..3}.tar", "--epochs", "3"]):
+        ours, stock = vars(_parse(argv)), vars(oc_params.parse_args(argv))
+        plugin_keys = set(vars(params.plugin_parser().parse_args([])))
+        assert {k: v for k, v in ours.items() if k not in plugin_keys} == stock
+        assert all(ours[k] is None for k in plugin_keys)
+
+
+def test_global_batch_follows_world_size_and_accum(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert _parse(["--global-batch-size", "4096"]).batch_size == 512
+    assert _parse(["--global-batch-size", "4096", "--accum-freq", "4"]).batch_size == 128
+    monkeypatch.setenv("WORLD_SIZE", "64")
+    assert _parse(["--global-batch-size", "90112", "--accum-freq", "4"]).batch_size == 352
+
+
+def test_last_flag_wins_between_plugin_and_stock_flags():
+    assert _parse(["--global-batch-size", "256", "--batch-size", "10"]).batch_size == 10
+    assert _parse(["--batch-size", "10", "--global-batch-size", "256"]).batch_size == 256
+    args = _parse(["--samples-seen", "1000", "--epochs", "4"])
+    assert args.train_num_samples == 250
+    assert _parse(["--samples-seen", "1000", "--train-num-samples", "7"]).train_num_samples == 7
+    with pytest.raises(UserError):
+        _parse(["--global-batch-size", "0"])
+
+
+def test_data_dir_datacomp_semantics(toy_pool, tmp_path):
+    from mode.layout import Pool
+    from mode.shards import total_samples
+
+    shards_dir = Pool(toy_pool).shards_dir
+    n = total_samples(sorted(str(p) for p in shards_dir.glob("*.tar")))
+    args = _parse(["--data_dir", str(toy_pool)])
+    assert args.train_data == f"{shards_dir}/{{00000000..00000003}}.tar"
+    assert args.train_num_samples == n
+    second = tmp_path / "second"
+    second.mkdir()
+    for i, p in enumerate(sorted(shards_dir.glob("*.tar"))[:2]):
+        (second / f"{i:08d}.tar").symlink_to(p)
+    (second / "sizes.json").write_text('{"00000000.tar": 3, "00000001.tar": 4}')
+    args = _parse(["--data-dir", f"{toy_pool}::{second}", "--dataset-resampled"])
+    assert args.train_data.split("::") == [f"{shards_dir}/{{00000000..00000003}}.tar",
+                                           f"{second}/{{00000000..00000001}}.tar"]
+    assert args.train_num_samples == n + 7
+    assert _parse(["--data-dir", str(toy_pool), "--train-data", "y.tar"]).train_data == "y.tar"
+    with pytest.raises(UserError, match="no such directory"):
+        _parse(["--data-dir", str(tmp_path / "nope")])

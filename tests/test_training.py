@@ -1,0 +1,63 @@
+"""Real training runs of open_clip_train on the toy pool, on CPU: stock, with the plugin, and under torchrun."""
+
+import torch
+
+from mode.layout import Pool
+from mode.shards import brace_spec, total_samples
+from mode.trainlog import epoch_losses
+
+from .conftest import PYTHON, REPO, run
+
+MAIN = str(REPO / "src" / "training" / "main.py")
+
+# Stock open_clip_train: the tiny config is registered the way any user registers one, nothing else.
+STOCK = """
+import sys, open_clip
+open_clip.add_model_config(sys.argv[1])
+from open_clip_train.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _stock_argv(pool, logs, name):
+    paths = sorted(str(p) for p in Pool(pool).shards_dir.glob("*.tar"))
+    return ["--model", "ViT-Toy-8", "--train-data", brace_spec(paths), "--train-num-samples",
+            str(total_samples(paths)), "--dataset-type", "webdataset", "--batch-size", "32", "--epochs", "1",
+            "--workers", "1", "--precision", "fp32", "--log-every-n-steps", "4", "--logs", str(logs),
+            "--name", name, "--seed", "0"]
+
+
+def _checkpoint_keys(path):
+    sd = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: tuple(v.shape) for k, v in sd["state_dict"].items()}, sd["epoch"]
+
+
+def test_stock_open_clip_train_and_plugin_train_on_toy_shards(toy_pool, tmp_path):
+    from open_clip_patch import MODEL_CONFIG_DIR
+
+    logs = tmp_path / "logs"
+    res = run([PYTHON, "-c", STOCK, str(MODEL_CONFIG_DIR), *_stock_argv(toy_pool, logs, "stock")], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    stock_keys, stock_epoch = _checkpoint_keys(logs / "stock" / "checkpoints" / "epoch_1.pt")
+    assert set(epoch_losses(logs / "stock" / "out.log")) == {1}
+
+    # the same stock flags through the plugin's entry point (the recipe's flags come first; ours win)
+    res = run([PYTHON, MAIN, "toy_tiny", *_stock_argv(toy_pool, logs, "plugin")], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    plugin_keys, plugin_epoch = _checkpoint_keys(logs / "plugin" / "checkpoints" / "epoch_1.pt")
+    assert plugin_keys == stock_keys and plugin_epoch == stock_epoch == 1
+    params = (logs / "plugin" / "params.txt").read_text()
+    assert "batch_size: 32\n" in params and "train_num_samples: " in params
+
+
+def test_torchrun_two_cpu_processes_loss_falls(tmp_path):
+    """The issue's acceptance command, from an empty directory (the toy pool is made on first use)."""
+    res = run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", MAIN, "toy_tiny",
+               "--epochs", "2", "--name", "ddp"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "runs" / "toy" / "toy.json").exists()
+    assert (tmp_path / "logs" / "ddp" / "checkpoints" / "epoch_2.pt").exists()
+    params = (tmp_path / "logs" / "ddp" / "params.txt").read_text()
+    assert "world_size: 2\n" in params and "distributed: True\n" in params
+    losses = epoch_losses(tmp_path / "logs" / "ddp" / "out.log")
+    assert losses[2] < losses[1]
