@@ -22,7 +22,12 @@ def main(argv=None) -> int:
         return 2
     try:
         full_argv = run_configs.build_argv(argv[0], argv[1:])
+        import logging
+
         import open_clip_patch
+
+        # open_clip_train sets the root logger to INFO; keep torch's own INFO chatter (dynamo stats at exit) out
+        logging.getLogger("torch").setLevel(logging.WARNING)
 
         open_clip_patch.apply()
         from open_clip_train.main import main as train

@@ -1,0 +1,76 @@
+"""Training throughput of toy_tiny through the plugin vs stock open_clip_train, same data, same machine.
+
+    python benchmarks/train_throughput.py [--samples 4000] [--epochs 2] [--repeats 2]
+
+Each run is a fresh process; runs alternate stock/plugin. Prints median samples/s over the logged steps
+(the first step of each epoch, which waits for the loader, is left out), the ratio plugin/stock and each
+run's peak RSS (the process and its loader workers).
+"""
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RUNNER = """
+import json, resource, sys, open_clip
+open_clip.add_model_config(sys.argv[2])
+if sys.argv[1] == "plugin":
+    import open_clip_patch
+    open_clip_patch.apply()
+from open_clip_train.main import main
+main(sys.argv[3:])
+peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(json.dumps({"peak_rss_mb": peak / 1024}))
+"""
+RATE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/.*?, ([\d.]+)/s,")
+
+
+def one_run(kind, pool, logs, name, epochs):
+    from mode.shards import brace_spec, expand, total_samples
+    from open_clip_patch import MODEL_CONFIG_DIR
+
+    paths = expand(str(pool / "shards"))
+    argv = ["--model", "ViT-Toy-8", "--train-data", brace_spec(paths), "--train-num-samples",
+            str(total_samples(paths)), "--dataset-type", "webdataset", "--batch-size", "64", "--epochs", str(epochs),
+            "--workers", "1", "--precision", "fp32", "--log-every-n-steps", "5", "--logs", str(logs),
+            "--name", name, "--seed", "0", "--save-frequency", "0"]
+    out = subprocess.run([sys.executable, "-c", RUNNER, kind, str(MODEL_CONFIG_DIR), *argv],
+                         capture_output=True, text=True, check=True)
+    rates = [float(r) for done, r in RATE.findall((logs / name / "out.log").read_text()) if int(done) > 64]
+    return statistics.median(rates), json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    from mode.toy import ensure_pool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = Path(tmp) / "pool"
+        ensure_pool(str(pool), samples=args.samples, shards=8)
+        results = {"stock": [], "plugin": []}
+        for r in range(args.repeats):
+            for kind in ("stock", "plugin"):
+                rate, rss = one_run(kind, pool, Path(tmp) / "logs", f"{kind}{r}", args.epochs)
+                results[kind].append((rate, rss))
+                print(f"{kind:6s} run {r}: {rate:8.1f} samples/s  peak RSS {rss:7.1f} MB", flush=True)
+    stock = statistics.median(r for r, _ in results["stock"])
+    plugin = statistics.median(r for r, _ in results["plugin"])
+    print(f"median samples/s: stock {stock:.1f}, plugin {plugin:.1f}; ratio plugin/stock {plugin / stock:.3f}")
+    print(f"peak RSS MB: stock {max(m for _, m in results['stock']):.0f}, "
+          f"plugin {max(m for _, m in results['plugin']):.0f}")
+
+
+if __name__ == "__main__":
+    main()
