@@ -28,6 +28,70 @@ def _losses(args: argparse.Namespace) -> None:
         print(f"epoch {epoch:3d}  contrastive loss {loss:.4f}")
 
 
+def _report(summary: dict) -> None:
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("skipped", {}).items())) or "none"
+    state = "complete" if summary["complete"] else f"{summary['shards_done']}/{summary['shards_total']} shards done"
+    print(f"{summary['step']}: {state}; processed {summary['processed']}, kept {summary['kept']}, "
+          f"skipped: {skipped}; {summary['seconds']:.1f}s")
+
+
+def _captions(args: argparse.Namespace) -> None:
+    from mode import captions
+
+    _report(captions.run(args.shards, args.work_dir, args.rank, args.world_size, args.workers))
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from mode import embed
+
+    _report(embed.run(args.shards, args.work_dir, args.encoder, args.file_mode, args.batch_size, args.device,
+                      args.rank, args.world_size))
+
+
+def _cluster(args: argparse.Namespace) -> None:
+    from mode import cluster
+
+    cfg = cluster.ClusterConfig(fine=args.fine, coarse=args.coarse, metric=args.metric, balance=args.balance,
+                                sample_fraction=args.sample_fraction, max_samples=args.max_samples,
+                                niter=args.niter, seed=args.seed)
+    s = cluster.run(args.shards, args.work_dir, cfg, args.world_size)
+    print(f"cluster: {s['sampled']} of {s['features']} features -> {cfg.fine} fine -> {cfg.coarse} coarse; "
+          f"coarse share {s['coarse_share']} (max/min {s['expert_size_max_over_min']}); "
+          f"mean cosine to fine centroid {s['mean_cosine_to_fine']}; {s['seconds']:.1f}s")
+
+
+def _assign(args: argparse.Namespace) -> None:
+    from mode import assign
+
+    s = assign.run(args.shards, args.work_dir, args.rank, args.world_size, args.workers)
+    _report(s)
+    if s["complete"]:
+        print(f"assign: pairs per expert {s['counts']['coarse']}")
+
+
+def _route(args: argparse.Namespace) -> None:
+    from mode import route
+
+    s = route.run(args.shards, args.work_dir, args.ooc_ratio, args.seed, args.rank, args.world_size, args.workers)
+    _report(s)
+    if s["complete"]:
+        print(f"route: samples per expert {s['sizes']} (out-of-cluster {s['out_of_cluster']})")
+
+
+def _step_parser(sub, name: str, help: str, func, per_shard: bool = True, workers: bool = True):
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--shards", required=True, metavar="SPEC",
+                   help="the pool's shards: a directory, a brace pattern or .tar paths, joined by '::'")
+    p.add_argument("--work-dir", required=True, metavar="W", help="this clustering run's work dir")
+    if per_shard:
+        p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
+    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
+    if workers:
+        p.add_argument("--workers", type=int, default=1, help="processes for this rank's shards")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mode", description=__doc__)
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -41,6 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes drawing shards")
     p.add_argument("--overwrite", action="store_true", help="replace a toy pool made with other parameters")
     p.set_defaults(func=_toy)
+
+    _step_parser(sub, "captions", "step 0: captions/<shard>.parquet (uid, key, caption) from the tars", _captions)
+    p = _step_parser(sub, "embed", "step 1: caption embeddings features/<shard>.npy", _embed, workers=False)
+    p.add_argument("--encoder", default=None, metavar="NAME_OR_PATH",
+                   help="a sentence-transformers model (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--file-mode", choices=("caption", "tarfile"), default="caption",
+                   help="read step 0's parquet (caption) or the tars directly (tarfile)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda:N")
+    p = _step_parser(sub, "cluster", "step 2: two-level k-means (global; run once)", _cluster, per_shard=False,
+                     workers=False)
+    p.add_argument("--fine", type=int, default=1024, help="fine clusters")
+    p.add_argument("--coarse", type=int, default=4, help="coarse clusters = experts")
+    p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine")
+    p.add_argument("--balance", action="store_true", help="make coarse clusters hold near-equal numbers of pairs")
+    p.add_argument("--sample-fraction", type=float, default=None, help="share of the features to train on")
+    p.add_argument("--max-samples", type=int, default=None, help="features to train on (default 256 x --fine)")
+    p.add_argument("--niter", type=int, default=20, help="fine k-means iterations")
+    p.add_argument("--seed", type=int, default=0)
+    _step_parser(sub, "assign", "step 3: nearest fine centroid and expert of every pair", _assign)
+    p = _step_parser(sub, "route", "write each expert's webdataset shards in one pass over the pool", _route)
+    p.add_argument("--ooc-ratio", type=float, default=0.0, help="share of out-of-cluster pairs to mix in (MoDE: 0.02)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("losses", help="per-epoch mean contrastive loss from an open_clip_train out.log")
     p.add_argument("log", help="logs/<name>/out.log")

@@ -81,3 +81,87 @@ class EvalTask:
 
     def shard(self, index: int) -> Path:
         return self.test_dir / f"{index}.tar"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """One clustering run's work dir: every step reads the previous step's artifact here and writes its own.
+
+    Per-shard steps write `<step>/<shard id>.<ext>` and then `<step>/<shard id>.stats.json` (the completion
+    marker, written last), and end with `<step>/summary.json`.
+    """
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # step 0: captions
+    @property
+    def captions_dir(self) -> Path:
+        return self.root / "captions"
+
+    def captions(self, shard_id: str) -> Path:
+        return self.captions_dir / f"{shard_id}.parquet"
+
+    # step 1: caption embeddings
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    def features(self, shard_id: str) -> Path:
+        return self.features_dir / f"{shard_id}.npy"
+
+    @property
+    def features_meta(self) -> Path:
+        return self.features_dir / "meta.json"
+
+    # step 2: clusters
+    @property
+    def clusters_dir(self) -> Path:
+        return self.root / "clusters"
+
+    @property
+    def fine_centroids(self) -> Path:
+        return self.clusters_dir / "fine.npy"
+
+    @property
+    def coarse_centroids(self) -> Path:
+        return self.clusters_dir / "coarse.npy"
+
+    @property
+    def fine_to_coarse(self) -> Path:
+        return self.clusters_dir / "fine_to_coarse.npy"
+
+    # step 3: assignment
+    @property
+    def assign_dir(self) -> Path:
+        return self.root / "assign"
+
+    def assignment(self, shard_id: str) -> Path:
+        return self.assign_dir / f"{shard_id}.parquet"
+
+    # route: per-expert shards
+    @property
+    def experts_dir(self) -> Path:
+        return self.root / "experts"
+
+    def expert_shards_dir(self, expert: int) -> Path:
+        return self.experts_dir / str(expert) / "shards"
+
+    def expert_shard(self, expert: int, shard_id: str) -> Path:
+        return self.expert_shards_dir(expert) / f"{shard_id}.tar"
+
+    @property
+    def route_dir(self) -> Path:
+        """Route's per-shard stats and summary (the tars live under experts/<k>/shards)."""
+        return self.experts_dir / "route"
+
+    # shared by every step
+    @staticmethod
+    def stats(step_dir: Path, shard_id: str) -> Path:
+        return step_dir / f"{shard_id}.stats.json"
+
+    @staticmethod
+    def summary(step_dir: Path) -> Path:
+        return step_dir / "summary.json"

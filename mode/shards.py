@@ -13,6 +13,8 @@ import os
 import re
 import tarfile
 import tempfile
+import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -195,23 +197,85 @@ def write_json(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
-def write_tar(path: str | os.PathLike, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
-    """Write a webdataset shard atomically and byte-reproducibly (fixed mtime, owner and mode).
+class TarSink:
+    """Appends samples to an open tar; members get a fixed mtime, owner and mode, so output is reproducible."""
 
-    Args:
-        path: the `.tar` to write.
-        samples: `(key, {extension: bytes})` pairs; members are named `<key>.<extension>`.
+    def __init__(self, tar: tarfile.TarFile):
+        self._tar = tar
+        self.count = 0
 
-    Returns:
-        The number of samples written.
-    """
-    count = 0
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+
+@contextmanager
+def tar_writer(path: str | os.PathLike) -> Iterator[TarSink]:
+    """Write a webdataset shard atomically: the tar appears at `path` only once complete."""
     with atomic_write(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        yield TarSink(tar)
+
+
+def write_tar(path: str | os.PathLike, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    """Write `(key, {extension: bytes})` samples as a webdataset shard (see `tar_writer`); returns the count."""
+    with tar_writer(path) as sink:
         for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-            count += 1
-    return count
+            sink.write(key, members)
+    return sink.count
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the path up to the first dot of the file name, the rest is the extension."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), ext.lower() if dot else ""
+
+
+def iter_tar(path: str | os.PathLike, errors: Counter | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream the samples of a webdataset shard as `(key, {extension: bytes})`, in tar order.
+
+    Members of one sample are consecutive (webdataset's convention). A truncated or corrupt tar ends the
+    stream after the last complete sample and counts one `truncated_tar` (or `unreadable_tar` when nothing
+    could be read) in `errors`; it never raises.
+    """
+    errors = errors if errors is not None else Counter()
+    key, members = None, {}
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                k, ext = split_member_name(info.name)
+                data = tar.extractfile(info).read()
+                if k != key and members:
+                    yield key, members
+                    members = {}
+                key = k
+                members[ext] = data
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        errors["unreadable_tar" if key is None else "truncated_tar"] += 1
+        return  # the sample being read when the tar broke is incomplete: drop it
+    if members:
+        yield key, members
+
+
+def shard_ids(paths: list[str]) -> dict[str, str]:
+    """A name for each shard's outputs: its stem, or `<parent>-<stem>` where stems repeat across folders."""
+    stems = Counter(Path(p).stem for p in paths)
+    return {p: (Path(p).stem if stems[Path(p).stem] == 1 else f"{Path(p).parent.name}-{Path(p).stem}")
+            for p in paths}
+
+
+def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This process's rank and the world size: the flags if given, else torchrun's or SLURM's environment."""
+    if rank is None or world_size is None:
+        from open_clip_train.distributed import world_info_from_env
+
+        _, env_rank, env_world = world_info_from_env()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
+    return rank, world_size

@@ -1,0 +1,73 @@
+"""Step 3: the nearest fine centroid of every pair, its coarse cluster (= expert) and its cosine score.
+
+Writes assign/<shard>.parquet (uid, key, fine, coarse, score), one row per captions row, in the same order,
+and assign/summary.json with the number of pairs per fine and per coarse cluster. Shard by shard, so memory
+does not grow with the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache, partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mode.cluster import load_config
+from mode.layout import WorkDir
+from mode.runner import run_per_shard
+from mode.shards import atomic_write, expand
+
+SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("fine", pa.int32()), ("coarse", pa.int32()),
+                    ("score", pa.float32())])
+
+
+@lru_cache(maxsize=4)
+def _index(work_dir: str, metric: str):
+    import faiss
+
+    wd = WorkDir(work_dir)
+    fine = np.load(wd.fine_centroids).astype(np.float32)
+    index = faiss.IndexFlatIP(fine.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(fine.shape[1])
+    index.add(fine)
+    unit = fine / np.maximum(np.linalg.norm(fine, axis=1, keepdims=True), 1e-12)
+    return index, unit, np.load(wd.fine_to_coarse)
+
+
+def nearest_fine(feats: np.ndarray, work_dir: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fine id, coarse id, cosine to the fine centroid) for each row of unit-norm `feats`."""
+    index, unit, f2c = _index(work_dir, metric)
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    _, idx = index.search(feats, 1)
+    fine = idx[:, 0]
+    score = np.einsum("ij,ij->i", feats, unit[fine])
+    return fine.astype(np.int32), f2c[fine].astype(np.int32), score.astype(np.float32)
+
+
+def _work(work_dir: str, metric: str, n_fine: int, n_coarse: int, path: str, shard_id: str) -> dict:
+    wd = WorkDir(work_dir)
+    captions = pq.read_table(wd.captions(shard_id), columns=["uid", "key"])
+    feats = np.load(wd.features(shard_id))
+    if len(feats) != captions.num_rows:
+        raise RuntimeError(f"{wd.features(shard_id)} has {len(feats)} rows for {captions.num_rows} captions")
+    fine, coarse, score = nearest_fine(feats, work_dir, metric)
+    table = pa.table([captions.column("uid"), captions.column("key"), pa.array(fine), pa.array(coarse),
+                      pa.array(score)], schema=SCHEMA)
+    with atomic_write(wd.assignment(shard_id)) as f:
+        pq.write_table(table, f)
+    return {"processed": len(fine), "kept": len(fine), "skipped": {},
+            "counts": {"fine": np.bincount(fine, minlength=n_fine).tolist(),
+                       "coarse": np.bincount(coarse, minlength=n_coarse).tolist()}}
+
+
+def run(shards: str, work_dir: str, rank: int | None = None, world_size: int | None = None,
+        workers: int = 1) -> dict:
+    """Assign this rank's shards; return the step summary (counts per fine and coarse cluster)."""
+    wd = WorkDir(Path(work_dir))
+    cfg = load_config(work_dir)
+    work = partial(_work, str(wd.root), cfg.metric, cfg.fine, cfg.coarse)
+    clusters = hashlib.sha256(wd.fine_centroids.read_bytes() + wd.fine_to_coarse.read_bytes()).hexdigest()[:16]
+    return run_per_shard("assign", wd.assign_dir, expand(shards), work, params={"clusters": clusters},
+                         rank=rank, world_size=world_size, workers=workers)

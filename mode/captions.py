@@ -1,0 +1,76 @@
+"""Step 0: read each shard's captions into `captions/<shard>.parquet` (uid, key, caption), in tar order.
+
+Captions are cleaned as OpenCLIP's tokenizer cleans them (ftfy, HTML unescape, whitespace). A sample without
+a caption, without a uid, with unreadable json or an undecodable caption is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from open_clip.tokenizer import basic_clean, whitespace_clean
+
+from mode.layout import WorkDir
+from mode.runner import run_per_shard
+from mode.shards import atomic_write, expand, iter_tar
+
+SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("caption", pa.string())])
+_UID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def clean_caption(text: str) -> str:
+    """The caption as OpenCLIP's tokenizer sees it before BPE: ftfy-fixed, unescaped, whitespace collapsed."""
+    return whitespace_clean(basic_clean(text))
+
+
+def shard_captions(path: str, skipped: Counter) -> Iterator[tuple[str, str, str]]:
+    """`(uid, key, caption)` for each usable sample of a shard, counting the rest in `skipped` by reason."""
+    for key, members in iter_tar(path, skipped):
+        if "txt" not in members:
+            skipped["no_caption"] += 1
+            continue
+        try:
+            meta = json.loads(members["json"]) if "json" in members else {}
+        except (ValueError, UnicodeDecodeError):
+            skipped["bad_json"] += 1
+            continue
+        uid = str(meta.get("uid", "")).lower() if isinstance(meta, dict) else ""
+        if not _UID.match(uid):
+            skipped["no_uid"] += 1
+            continue
+        try:
+            caption = clean_caption(members["txt"].decode("utf-8"))
+        except UnicodeDecodeError:
+            skipped["bad_caption"] += 1
+            continue
+        if not caption:
+            skipped["no_caption"] += 1
+            continue
+        yield uid, key, caption
+
+
+def _work(work_dir: str, path: str, shard_id: str) -> dict:
+    skipped: Counter = Counter()
+    rows = list(shard_captions(path, skipped))
+    table = pa.Table.from_arrays([pa.array(col, pa.string()) for col in zip(*rows)] if rows else
+                                 [pa.array([], pa.string())] * 3, schema=SCHEMA)
+    with atomic_write(WorkDir(work_dir).captions(shard_id)) as f:
+        pq.write_table(table, f)
+    return {"processed": len(rows) + sum(v for k, v in skipped.items() if not k.endswith("_tar")),
+            "kept": len(rows), "skipped": dict(skipped)}
+
+
+def run(shards: str, work_dir: str, rank: int | None = None, world_size: int | None = None,
+        workers: int = 1) -> dict:
+    """Write captions/<shard>.parquet for this rank's shards; return the step summary."""
+    wd = WorkDir(Path(work_dir))
+    return run_per_shard("captions", wd.captions_dir, expand(shards), partial(_work, str(wd.root)),
+                         params={"cleaning": "open_clip basic_clean+whitespace_clean"},
+                         rank=rank, world_size=world_size, workers=workers)

@@ -1,0 +1,140 @@
+"""Run a per-shard step for one rank: split, skip what is complete, record stats, summarise.
+
+A step provides `work(path, shard_id) -> stats`, which writes that shard's outputs atomically and returns
+`{"processed": n, "kept": n, "skipped": {reason: n}, ...}`. The runner writes the stats file after the
+outputs (so it marks completion), never redoes a complete shard, refuses outputs made with other parameters,
+and merges every complete shard's stats into the step's `summary.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mode.errors import UserError
+from mode.layout import WorkDir
+from mode.shards import for_rank, rank_and_world, shard_ids, write_json
+
+log = logging.getLogger(__name__)
+
+
+def params_hash(params: dict) -> str:
+    """A short hash of a step's parameters, stored with each output so stale ones are detected."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def merge_stats(items: list[dict]) -> dict:
+    """Add up stats dicts: numbers add, dicts merge key by key, lists add element-wise."""
+    out: dict = {}
+    for item in items:
+        _merge_into(out, item)
+    return out
+
+
+def _merge_into(out: dict, item: dict) -> None:
+    for key, value in item.items():
+        if isinstance(value, dict):
+            _merge_into(out.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            prev = out.get(key, [0] * len(value))
+            out[key] = [a + b for a, b in zip(prev, value)]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = out.get(key, 0) + value
+
+
+def _timed(work: Callable[[str, str], dict], item: tuple[str, str]) -> tuple[str, dict]:
+    path, shard_id = item
+    start = time.perf_counter()
+    stats = work(path, shard_id)
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    return shard_id, stats
+
+
+def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Callable[[str, str], dict],
+                  params: dict, rank: int | None = None, world_size: int | None = None, workers: int = 1) -> dict:
+    """Process this rank's incomplete shards with `work`; return the step's summary.
+
+    Args:
+        step: the step's name, for logs and the summary.
+        step_dir: where the stats files and summary.json go.
+        shard_paths: all the pool's shards (every rank passes the same list).
+        work: a picklable `work(path, shard_id) -> stats`; it must write its outputs atomically.
+        params: everything that determines the outputs; their hash must match existing outputs'.
+        rank, world_size: this process's share; None reads torchrun's or SLURM's environment.
+        workers: processes for this rank (1 runs in this process).
+    """
+    rank, world_size = rank_and_world(rank, world_size)
+    ids = shard_ids(shard_paths)
+    digest = params_hash(params)
+    step_dir.mkdir(parents=True, exist_ok=True)
+    _check_params(step_dir, ids.values(), digest)
+    mine = for_rank(shard_paths, rank, world_size)
+    if not mine:
+        log.warning(f"{step}: rank {rank} of {world_size} has no shards")
+    todo = [(p, ids[p]) for p in mine if not WorkDir.stats(step_dir, ids[p]).exists()]
+    if len(todo) < len(mine):
+        log.info(f"{step}: {len(mine) - len(todo)} of {len(mine)} shards already complete, skipped")
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(todo) > 1 else None
+    results = pool.map(partial(_timed, work), todo) if pool else map(partial(_timed, work), todo)
+    try:
+        for shard_id, stats in tqdm(results, total=len(todo), desc=step, unit="shard",
+                                    disable=not todo or rank != 0):
+            write_json(WorkDir.stats(step_dir, shard_id), {**stats, "params_hash": digest})
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    return write_summary(step, step_dir, ids.values(), params, digest)
+
+
+def _check_params(step_dir: Path, shard_ids_: object, digest: str) -> None:
+    for shard_id in shard_ids_:
+        path = WorkDir.stats(step_dir, shard_id)
+        if path.exists():
+            with open(path) as f:
+                if json.load(f).get("params_hash") != digest:
+                    raise UserError(f"{step_dir} holds outputs made with other parameters (e.g. {path.name}); "
+                                    "use a new --work-dir or delete that folder")
+
+
+def write_summary(step: str, step_dir: Path, all_ids, params: dict, digest: str) -> dict:
+    """Merge the stats of every complete shard into `summary.json` (complete once all shards are)."""
+    all_ids = list(all_ids)
+    done = []
+    for shard_id in all_ids:
+        path = WorkDir.stats(step_dir, shard_id)
+        if path.exists():
+            with open(path) as f:
+                done.append(json.load(f))
+    totals = merge_stats([{k: v for k, v in s.items() if k != "params_hash"} for s in done])
+    summary = {"step": step, "params": params, "params_hash": digest, "shards_total": len(all_ids),
+               "shards_done": len(done), "complete": len(done) == len(all_ids),
+               "processed": 0, "kept": 0, "skipped": {}, **totals}
+    summary["seconds"] = round(summary.get("seconds", 0.0), 3)
+    write_json(WorkDir.summary(step_dir), summary)
+    return summary
+
+
+def read_complete_summary(step_dir: Path, step: str, before: str) -> dict:
+    """The summary of an earlier step, which must be complete; else a UserError saying what to run."""
+    path = WorkDir.summary(step_dir)
+    if not path.exists():
+        raise UserError(f"no {step} output in {step_dir}: run `mode {step}` first ({before} needs it)")
+    with open(path) as f:
+        summary = json.load(f)
+    if not summary.get("complete"):  # ranks that finished together may have raced on summary.json: recount
+        stats = sorted(step_dir.glob("*.stats.json"))
+        if len(stats) == summary["shards_total"]:
+            ids = [p.name[: -len(".stats.json")] for p in stats]
+            summary = write_summary(step, step_dir, ids, summary["params"], summary["params_hash"])
+    if not summary.get("complete"):
+        raise UserError(f"`mode {step}` is incomplete ({summary['shards_done']} of {summary['shards_total']} "
+                        f"shards): finish it before `mode {before}`")
+    return summary

@@ -1,0 +1,226 @@
+"""MoDE prep steps: contracts, resumability, rank splits and bad input, on small toy pools."""
+
+import filecmp
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mode import assign, captions, cluster, embed, route
+from mode.errors import UserError
+from mode.layout import WorkDir
+from mode.shards import expand, iter_tar
+
+CFG = cluster.ClusterConfig(fine=8, coarse=3, seed=0)
+
+
+def run_all(shards: str, work: Path, ooc=0.1) -> None:
+    captions.run(shards, str(work), 0, 1)
+    embed.run(shards, str(work), rank=0, world_size=1)
+    cluster.run(shards, str(work), CFG, world_size=1)
+    assign.run(shards, str(work), 0, 1)
+    route.run(shards, str(work), ooc, 0, 0, 1)
+
+
+def data_files(work: Path) -> list[Path]:
+    """Every artifact except stats/summaries (which hold timings) and temp files."""
+    return sorted(p.relative_to(work) for p in work.rglob("*") if p.is_file() and not p.name.startswith(".tmp")
+                  and not p.name.endswith("stats.json") and p.name != "summary.json")
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    files = data_files(a)
+    assert files == data_files(b)
+    match, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors, mismatch
+
+
+@pytest.fixture(scope="module")
+def reference(toy_pool, tmp_path_factory):
+    """One uninterrupted single-rank run of every step on the session's small toy pool."""
+    work = tmp_path_factory.mktemp("ref") / "work"
+    run_all(str(toy_pool), work)
+    return work
+
+
+def test_step_contracts(toy_pool, reference):
+    wd = WorkDir(reference)
+    shard_ids = [Path(p).stem for p in expand(str(toy_pool))]
+    meta = json.loads(wd.features_meta.read_text())
+    assert meta["encoder"] == embed.DEFAULT_ENCODER and meta["dim"] == 384 and meta["dtype"] == "float16"
+    total = 0
+    for sid in shard_ids:
+        caps = pq.read_table(wd.captions(sid))
+        assert caps.schema.names == ["uid", "key", "caption"]
+        keys_in_tar = [k for k, _ in iter_tar(toy_pool / "shards" / f"{sid}.tar")]
+        assert caps.column("key").to_pylist() == keys_in_tar  # tar order
+        feats = np.load(wd.features(sid))
+        assert feats.dtype == np.float16 and feats.shape == (caps.num_rows, 384)
+        np.testing.assert_allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=2e-3)
+        asg = pq.read_table(wd.assignment(sid))
+        assert asg.column("uid").to_pylist() == caps.column("uid").to_pylist()
+        fine_to_coarse = np.load(wd.fine_to_coarse)
+        np.testing.assert_array_equal(fine_to_coarse[asg.column("fine").to_numpy()], asg.column("coarse").to_numpy())
+        total += caps.num_rows
+    fine, coarse = np.load(wd.fine_centroids), np.load(wd.coarse_centroids)
+    assert fine.shape == (8, 384) and coarse.shape == (3, 384) and fine.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(fine, axis=1), 1, atol=1e-5)
+    summary = json.loads((wd.assign_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["processed"] == total
+    assert sum(summary["counts"]["coarse"]) == sum(summary["counts"]["fine"]) == total
+    cl = json.loads((wd.clusters_dir / "summary.json").read_text())
+    assert cl["config"]["fine"] == 8 and sum(cl["fine_sizes"]) == cl["sampled"] == total
+
+
+def test_route_writes_each_experts_pairs_and_sizes(toy_pool, reference):
+    wd = WorkDir(reference)
+    coarse_of, in_cluster = {}, np.zeros(3, int)
+    for p in sorted(wd.assign_dir.glob("*.parquet")):
+        t = pq.read_table(p).to_pydict()
+        coarse_of.update(zip(t["key"], t["coarse"]))
+        in_cluster += np.bincount(t["coarse"], minlength=3)
+    originals = {k: m for p in expand(str(toy_pool)) for k, m in iter_tar(p)}
+    for k in range(3):
+        sizes = json.loads((wd.expert_shards_dir(k) / "sizes.json").read_text())
+        got = {key: members for p in expand(str(wd.expert_shards_dir(k))) for key, members in iter_tar(p)}
+        assert sum(sizes.values()) == len(got)
+        own = {key for key in got if coarse_of[key] == k}
+        assert own == {key for key, c in coarse_of.items() if c == k}  # every in-cluster pair, once
+        ooc = len(got) - len(own)
+        assert abs(ooc - 0.1 * (len(coarse_of) - in_cluster[k])) <= 4  # round() per shard, 4 shards
+        key = next(iter(got))
+        assert got[key] == originals[key]  # same members, same bytes, original key
+
+
+@pytest.mark.parametrize("step", ["captions", "embed", "assign", "route"])
+def test_crash_midway_then_rerun_is_byte_identical(toy_pool, reference, tmp_path, monkeypatch, step):
+    """A step that dies after two shards (a stale temp file left behind) and is run again."""
+    work = tmp_path / "work"
+    module = {"captions": captions, "embed": embed, "assign": assign, "route": route}[step]
+    order = ["captions", "embed", "cluster", "assign", "route"]
+    for earlier in order[:order.index(step)]:
+        _run_step(earlier, toy_pool, work)
+    real_work, calls = module._work, []
+
+    def dying(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(args)
+        return real_work(*args)
+
+    monkeypatch.setattr(module, "_work", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run_step(step, toy_pool, work)
+    monkeypatch.setattr(module, "_work", real_work)
+    step_dir = {"captions": WorkDir(work).captions_dir, "embed": WorkDir(work).features_dir,
+                "assign": WorkDir(work).assign_dir, "route": WorkDir(work).route_dir}[step]
+    assert len(list(step_dir.glob("*.stats.json"))) == 2
+    (step_dir / ".tmp-00000003.parquet.dead").write_bytes(b"partial")
+    for later in order[order.index(step):]:
+        _run_step(later, toy_pool, work)
+    for f in work.rglob(".tmp-*"):
+        f.unlink()
+    assert_same_outputs(reference, work)
+
+
+def _run_step(step, toy_pool, work, rank=0, world=1):
+    shards = str(toy_pool)
+    if step == "captions":
+        captions.run(shards, str(work), rank, world)
+    elif step == "cluster":
+        cluster.run(shards, str(work), CFG, world_size=1)
+    elif step == "embed":
+        embed.run(shards, str(work), rank=rank, world_size=world)
+    elif step == "assign":
+        assign.run(shards, str(work), rank, world)
+    elif step == "route":
+        route.run(shards, str(work), 0.1, 0, rank, world)
+
+
+def test_cluster_rerun_after_crash_is_identical(toy_pool, reference, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(reference, work)
+    wd = WorkDir(work)
+    (wd.clusters_dir / "summary.json").unlink()  # died before its completion marker
+    wd.coarse_centroids.write_bytes(b"half written")
+    cluster.run(str(toy_pool), str(work), CFG, world_size=1)
+    assert_same_outputs(reference, work)
+    with pytest.raises(UserError, match="another config"):
+        cluster.run(str(toy_pool), str(work), cluster.ClusterConfig(fine=9, coarse=3), world_size=1)
+    with pytest.raises(UserError, match="global step"):
+        cluster.run(str(toy_pool), str(work), CFG, world_size=2)
+
+
+def test_two_ranks_give_the_same_union(toy_pool, reference, tmp_path):
+    work = tmp_path / "work"
+    for step in ("captions", "embed", "cluster", "assign", "route"):
+        for rank in ((0,) if step == "cluster" else (1, 0)):
+            _run_step(step, toy_pool, work, rank, 2)
+    assert_same_outputs(reference, work)
+
+
+def test_tarfile_mode_matches_caption_mode(toy_pool, reference, tmp_path):
+    work = tmp_path / "work"
+    embed.run(str(toy_pool), str(work), file_mode="tarfile", rank=0, world_size=1)
+    for p in WorkDir(reference).features_dir.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(p), np.load(WorkDir(work).features(p.stem)))
+        assert (WorkDir(work).captions(p.stem)).read_bytes() == WorkDir(reference).captions(p.stem).read_bytes()
+
+
+def test_other_parameters_are_refused(toy_pool, reference, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(reference, work)
+    with pytest.raises(UserError, match="other parameters"):
+        route.run(str(toy_pool), str(work), 0.5, 0, 0, 1)
+    with pytest.raises(UserError, match="run `mode captions` first"):
+        embed.run(str(toy_pool), str(tmp_path / "empty"), rank=0, world_size=1)
+
+
+def _member_edit(src: Path, dst: Path, edit) -> None:
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for m in tin.getmembers():
+            data = edit(m.name, tin.extractfile(m).read())
+            if data is None:
+                continue
+            m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+
+
+def test_bad_input_is_counted_and_skipped(toy_pool, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    src = sorted((toy_pool / "shards").glob("*.tar"))
+    keys = [k for k, _ in iter_tar(src[0])]
+    no_caption, bad_json = keys[0], keys[1]
+
+    def edit(name, data):
+        if name == f"{no_caption}.txt":
+            return None
+        if name == f"{bad_json}.json":
+            return b"{not json"
+        return data
+
+    _member_edit(src[0], bad / "00000000.tar", edit)
+    whole = src[1].read_bytes()
+    (bad / "00000001.tar").write_bytes(whole[: len(whole) // 2])  # truncated mid-member
+    _member_edit(src[2], bad / "00000002.tar", lambda n, d: None)  # empty shard
+    shutil.copy(src[3], bad / "00000003.tar")
+    work = tmp_path / "work"
+    s = captions.run(str(bad), str(work), 0, 1)
+    assert s["complete"] and s["skipped"]["no_caption"] == 1 and s["skipped"]["bad_json"] == 1
+    assert s["skipped"]["truncated_tar"] == 1
+    wd = WorkDir(work)
+    assert pq.read_table(wd.captions("00000002")).num_rows == 0
+    n_partial = pq.read_table(wd.captions("00000001")).num_rows
+    assert 0 < n_partial < len([k for k, _ in iter_tar(src[1])])
+    embed.run(str(bad), str(work), rank=0, world_size=1)
+    cluster.run(str(bad), str(work), CFG, world_size=1)
+    assert assign.run(str(bad), str(work), 0, 1)["complete"]
+    r = route.run(str(bad), str(work), 0.0, 0, 0, 1)
+    assert r["complete"] and r["skipped"]["unassigned"] == 2 and r["skipped"]["truncated_tar"] == 1
+    assert sum(r["sizes"]) == s["kept"]
