@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a sentence-transformers model (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--file-mode", choices=("caption", "tarfile"), default="caption",
                    help="read step 0's parquet (caption) or the tars directly (tarfile)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="captions per batch (default: 64 on CPU, 512 on GPU)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda:N")
     p = _step_parser(sub, "cluster", "step 2: two-level k-means (global; run once)", _cluster, per_shard=False,
                      workers=False)

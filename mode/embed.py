@@ -48,12 +48,15 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
-@lru_cache(maxsize=2)
 def load_encoder(name: str | None, device: str = "auto"):
     """A SentenceTransformer on `device` (fp16 on CUDA), loaded once per process."""
+    return _load_encoder(name or DEFAULT_ENCODER, pick_device(device))
+
+
+@lru_cache(maxsize=2)
+def _load_encoder(name: str, device: str):
     from sentence_transformers import SentenceTransformer
 
-    device = pick_device(device)
     try:
         model = SentenceTransformer(resolve_encoder(name), device=device)
     except OSError as e:
@@ -69,9 +72,16 @@ def embedding_dim(model) -> int:
     return int(getter())
 
 
-def encode(texts: list[str], encoder: str | None = None, batch_size: int = 256, device: str = "auto") -> np.ndarray:
-    """Unit-norm float32 embeddings [len(texts), d] of `texts` with the encoder."""
+def default_batch_size(device: str = "auto") -> int:
+    """64 on CPU (small batches of length-sorted captions carry the least padding), 512 on a GPU."""
+    return 512 if pick_device(device).startswith("cuda") else 64
+
+
+def encode(texts: list[str], encoder: str | None = None, batch_size: int | None = None,
+           device: str = "auto") -> np.ndarray:
+    """Unit-norm float32 embeddings [len(texts), d] of `texts`; sentence-transformers batches them by length."""
     model = load_encoder(encoder, device)
+    batch_size = batch_size or default_batch_size(device)
     if not texts:
         return np.zeros((0, embedding_dim(model)), np.float32)
     emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
@@ -94,7 +104,7 @@ def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str) -> list[
     return [r[2] for r in rows]
 
 
-def _work(work_dir: str, file_mode: str, encoder: str, batch_size: int, device: str, path: str,
+def _work(work_dir: str, file_mode: str, encoder: str | None, batch_size: int | None, device: str, path: str,
           shard_id: str) -> dict:
     wd = WorkDir(work_dir)
     texts = _shard_texts(wd, file_mode, path, shard_id)
@@ -105,7 +115,7 @@ def _work(work_dir: str, file_mode: str, encoder: str, batch_size: int, device: 
 
 
 def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str = "caption",
-        batch_size: int = 256, device: str = "auto", rank: int | None = None,
+        batch_size: int | None = None, device: str = "auto", rank: int | None = None,
         world_size: int | None = None) -> dict:
     """Embed this rank's shards' captions; write features/meta.json; return the step summary."""
     wd = WorkDir(Path(work_dir))
