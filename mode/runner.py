@@ -105,14 +105,24 @@ def _check_params(step_dir: Path, shard_ids_: object, digest: str) -> None:
 
 
 def write_summary(step: str, step_dir: Path, all_ids, params: dict, digest: str) -> dict:
-    """Merge the stats of every complete shard into `summary.json` (complete once all shards are)."""
+    """Merge the stats of every complete shard into `summary.json` (complete once all shards are).
+
+    Ranks that finish together may interleave; each rewrites until the set of stats files it merged is still
+    the whole set after its write, so the last write always includes every shard finished before it.
+    """
     all_ids = list(all_ids)
+    while True:
+        present = [i for i in all_ids if WorkDir.stats(step_dir, i).exists()]
+        summary = _summarise(step, step_dir, all_ids, present, params, digest)
+        if sum(WorkDir.stats(step_dir, i).exists() for i in all_ids) == len(present):
+            return summary
+
+
+def _summarise(step: str, step_dir: Path, all_ids: list, present: list, params: dict, digest: str) -> dict:
     done = []
-    for shard_id in all_ids:
-        path = WorkDir.stats(step_dir, shard_id)
-        if path.exists():
-            with open(path) as f:
-                done.append(json.load(f))
+    for shard_id in present:
+        with open(WorkDir.stats(step_dir, shard_id)) as f:
+            done.append(json.load(f))
     totals = merge_stats([{k: v for k, v in s.items() if k != "params_hash"} for s in done])
     summary = {"step": step, "params": params, "params_hash": digest, "shards_total": len(all_ids),
                "shards_done": len(done), "complete": len(done) == len(all_ids),

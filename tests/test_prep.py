@@ -224,3 +224,48 @@ def test_bad_input_is_counted_and_skipped(toy_pool, tmp_path):
     r = route.run(str(bad), str(work), 0.0, 0, 0, 1)
     assert r["complete"] and r["skipped"]["unassigned"] == 2 and r["skipped"]["truncated_tar"] == 1
     assert sum(r["sizes"]) == s["kept"]
+
+
+def test_balanced_assign_keeps_groups_near_equal():
+    rng = np.random.default_rng(0)
+    sim = rng.standard_normal((40, 4))
+    sim[:, 0] += 3  # every item prefers group 0
+    weights = rng.integers(1, 20, size=40).astype(float)
+    groups = cluster.balanced_assign(sim, weights, slack=0.05)
+    load = np.bincount(groups, weights=weights, minlength=4)
+    assert load.max() <= weights.sum() / 4 * 1.05 + weights.max()
+    assert load.min() > 0
+
+
+def test_balance_flag_evens_out_experts(toy_pool, reference, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(WorkDir(reference).features_dir, WorkDir(work).features_dir)
+    plain = json.loads((WorkDir(reference).clusters_dir / "summary.json").read_text())
+    bal = cluster.run(str(toy_pool), str(work), cluster.ClusterConfig(fine=8, coarse=3, balance=True), world_size=1)
+    assert bal["expert_size_max_over_min"] <= plain["expert_size_max_over_min"]
+    assert bal["expert_size_max_over_min"] < 1.6  # 8 fine clusters cannot split finer than this
+    assert sum(bal["coarse_sizes_sampled"]) == sum(plain["coarse_sizes_sampled"])
+
+
+def test_embed_under_torchrun_splits_shards_across_ranks(toy_pool, reference, tmp_path):
+    from .conftest import PYTHON, run
+
+    work = tmp_path / "work"
+    shutil.copytree(WorkDir(reference).captions_dir, WorkDir(work).captions_dir)
+    res = run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mode",
+               "embed", "--shards", str(toy_pool), "--work-dir", str(work)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    for p in WorkDir(reference).features_dir.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(p), np.load(WorkDir(work).features(p.stem)))
+    assert json.loads((WorkDir(work).features_dir / "summary.json").read_text())["complete"]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from .conftest import PYTHON, run
+
+    res = run([PYTHON, "-m", "mode", "captions", "--shards", str(tmp_path / "nope"), "--work-dir", str(tmp_path)])
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: shard spec part '{tmp_path / 'nope'}': no such directory or file"]
+    res = run([PYTHON, "-m", "mode", "cluster", "--shards", str(tmp_path), "--work-dir", str(tmp_path),
+               "--world-size", "2"])
+    assert res.returncode == 2 and "global step" in res.stderr and len(res.stderr.strip().splitlines()) == 1
