@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _step_parser(sub, "assign", "step 3: nearest fine centroid and expert of every pair", _assign)
     p = _step_parser(sub, "route", "write each expert's webdataset shards in one pass over the pool", _route)
-    p.add_argument("--ooc-ratio", type=float, default=0.0, help="share of out-of-cluster pairs to mix in (MoDE: 0.02)")
+    p.add_argument("--ooc-ratio", type=float, default=0.0, help="share of each expert's pairs taken from other clusters (MoDE: 0.02)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("losses", help="per-epoch mean contrastive loss from an open_clip_train out.log")

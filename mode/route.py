@@ -1,10 +1,11 @@
 """Route: one pass over the pool writes every expert's own webdataset shards.
 
 For each input shard, each expert k gets `experts/<k>/shards/<shard>.tar` holding the shard's pairs assigned
-to coarse cluster k (same members, same keys) plus, with `--ooc-ratio r`, a seeded random `r` share of the
-shard's pairs assigned elsewhere (MoDE's out-of-cluster mixing: r = 0.02 adds 2% of the other clusters'
-pairs). The input is read once for all experts. Each expert's `sizes.json` lets open_clip_train count its
-samples.
+to coarse cluster k (same members, same keys) plus, with `--ooc-ratio r`, seeded random pairs assigned
+elsewhere, as many as make them a share r of the expert's data (r = 0.02: 2 in 100 pairs are out-of-cluster;
+the on-the-fly loader's `--ooc-ratio` means the same). MoDE's loader instead adds r times the number of
+out-of-cluster pairs, which gives experts of unequal out-of-cluster shares. The input is read once for all
+experts. Each expert's `sizes.json` lets open_clip_train count its samples.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from mode.shards import expand, iter_tar, shard_ids, tar_writer, write_json
 
 
 def ooc_picks(coarse: np.ndarray, n_experts: int, ratio: float, seed: int, shard_id: str) -> list[np.ndarray]:
-    """For each expert, the sorted row indices of the out-of-cluster pairs it also gets (round(ratio * n_out))."""
+    """For each expert, the sorted rows of out-of-cluster pairs it also gets: round(n_in * r / (1 - r)) of them."""
     rng = np.random.default_rng([seed, zlib.crc32(shard_id.encode())])
     picks = []
     for k in range(n_experts):
         out = np.flatnonzero(coarse != k)
-        m = int(round(len(out) * ratio))
+        m = min(len(out), int(round((len(coarse) - len(out)) * ratio / (1 - ratio))))
         picks.append(np.sort(rng.choice(out, size=m, replace=False)) if m else np.zeros(0, np.int64))
     return picks
 

@@ -5,6 +5,10 @@ What apply() changes, and nothing else:
 - `open_clip_train.main.parse_args` also reads the plugin's flags (`open_clip_patch.params`); with none of
   them given, it returns what stock parse_args returns, plus the plugin's attributes set to None.
 - `open_clip_train.zero_shot.accuracy` works under numpy 2 (stock 3.3.0 raises TypeError there).
+- `open_clip_train.data.get_wds_dataset` keeps only expert K's pairs when `--mode-work-dir W --expert K` is
+  given (`open_clip_patch.data`); otherwise it is the stock function, called as is.
+- `open_clip_train.main.get_latest_checkpoint` / `pt_load` fall back to `--init-from CKPT` when a run has no
+  checkpoint of its own (`open_clip_patch.init_from`); without `--init-from` they return what stock returns.
 - the tiny model configs in `open_clip_patch/model_configs/` are registered with open_clip.
 - `torch.nn.parallel.DistributedDataParallel`, which open_clip_train calls with `device_ids=[device]` even
   when the device is the CPU (torch refuses that), drops CPU device ids, so `torchrun` on CPU (gloo) trains.
@@ -55,11 +59,12 @@ def apply() -> None:
     """Install the plugin into open_clip_train; a second call changes nothing."""
     check_version()
     import open_clip
+    import open_clip_train.data as oc_data
     import open_clip_train.main as oc_main
     import open_clip_train.zero_shot as oc_zero_shot
     import torch
 
-    from open_clip_patch import params, zero_shot
+    from open_clip_patch import data, init_from, params, zero_shot
 
     if not set(model_names()) <= set(open_clip.list_models()):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -67,6 +72,9 @@ def apply() -> None:
         return
     oc_main.parse_args = _wrap_parse_args(oc_main.parse_args, params)
     oc_zero_shot.accuracy = zero_shot.accuracy
+    oc_data.get_wds_dataset = data.wrap_get_wds_dataset(oc_data.get_wds_dataset, oc_data)
+    oc_main.get_latest_checkpoint = init_from.wrap_get_latest_checkpoint(oc_main.get_latest_checkpoint)
+    oc_main.pt_load = init_from.wrap_pt_load(oc_main.pt_load)
     torch.nn.parallel.DistributedDataParallel = _cpu_friendly_ddp(torch.nn.parallel.DistributedDataParallel)
 
 
@@ -75,7 +83,11 @@ def _wrap_parse_args(stock_parse_args, params):
     def parse_args(argv):
         plugin_args, rest = params.split_argv(argv)
         args = stock_parse_args(rest)
-        return params.resolve(args, plugin_args, argv)
+        args = params.resolve(args, plugin_args, argv)
+        from open_clip_patch.init_from import set_current
+
+        set_current(args)
+        return args
 
     setattr(parse_args, _MARK, True)
     return parse_args

@@ -39,6 +39,18 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples-seen", type=int, default=None, metavar="N",
                    help="Total training samples (DataComp's fixed budget); --train-num-samples becomes "
                         "N // --epochs, so each epoch is one checkpoint of the budget.")
+    g.add_argument("--mode-work-dir", default=None, metavar="W",
+                   help="Train a MoDE expert: the clustering work dir (mode assign / route outputs).")
+    g.add_argument("--expert", type=int, default=None, metavar="K", help="The expert (coarse cluster) to train.")
+    g.add_argument("--expert-data", choices=("filter", "routed"), default="filter",
+                   help="filter: read the whole pool (--train-data/--data-dir) and keep expert K's pairs on the fly; "
+                        "routed: read W/experts/K/shards written by `mode route`.")
+    g.add_argument("--ooc-ratio", type=float, default=None, metavar="R",
+                   help="With --expert-data filter: share of out-of-cluster pairs among those kept (MoDE: 0.02).")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="Start from this checkpoint when the run has none of its own (implies --resume latest).")
+    g.add_argument("--init-from-model-only", action="store_true",
+                   help="Take only the model weights from --init-from (fresh optimizer, epoch 0).")
     return p
 
 
@@ -62,10 +74,39 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     """Merge the plugin's flags into open_clip_train's parsed arguments, in place, and return them."""
     for key, value in vars(plugin_args).items():
         setattr(args, key, value)
+    argv = _resolve_expert(args, list(argv))
     _resolve_data(args, argv)
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
+    if args.init_from and args.resume is None:
+        args.resume = "latest"
     return args
+
+
+def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """Expert flags; returns argv, extended when the routed shards become the data."""
+    if args.mode_work_dir is None:
+        if args.expert is not None or args.ooc_ratio is not None:
+            raise UserError("--expert and --ooc-ratio need --mode-work-dir W (the clustering work dir)")
+        return argv
+    if args.expert is None:
+        raise UserError("--mode-work-dir needs --expert K (which coarse cluster to train)")
+    if args.ooc_ratio is not None and not 0 <= args.ooc_ratio < 1:
+        raise UserError(f"--ooc-ratio {args.ooc_ratio}: expected a share in [0, 1)")
+    from mode.layout import WorkDir
+
+    if args.expert_data == "routed":
+        if args.ooc_ratio:
+            raise UserError("--ooc-ratio applies to --expert-data filter; routed shards were mixed by `mode route`")
+        args.data_dir = str(WorkDir(args.mode_work_dir).expert_shards_dir(args.expert))
+        args.mode_work_dir = None  # the stock loader reads the routed shards; nothing to filter
+        return [*argv, "--data-dir"]  # so that _resolve_data takes it as the last data flag
+    if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
+        from open_clip_patch.data import expert_uids
+
+        _, n_expert, _ = expert_uids(args.mode_work_dir, args.expert)
+        args.train_num_samples = int(n_expert / (1 - (args.ooc_ratio or 0.0)))
+    return argv
 
 
 def _resolve_data(args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -88,7 +129,7 @@ def _resolve_data(args: argparse.Namespace, argv: Sequence[str]) -> None:
         return
     paths = shards.expand(spec)
     args.train_data = shards.brace_spec(paths)
-    if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
+    if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:  # (set for experts)
         args.train_num_samples = shards.total_samples(paths)
         if args.train_num_samples is None:
             raise UserError(f"no sizes.json or _stats.json gives the size of the shards in {spec!r}; "

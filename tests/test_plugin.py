@@ -35,6 +35,8 @@ def test_apply_is_idempotent_and_wraps_stock_once():
     assert "ViT-Toy-8" in open_clip.list_models()
     # the rest of the training loop is open_clip_train's own
     assert oc_main.get_data is oc_data.get_data and oc_main.train_one_epoch is oc_train.train_one_epoch
+    assert oc_data.get_wds_dataset.__wrapped__.__module__ == "open_clip_train.data"  # wrapped once
+    assert oc_main.pt_load.__wrapped__.__module__ == "open_clip_train.file_utils"
     assert oc_main.create_loss is open_clip.create_loss
 
 
@@ -88,9 +90,9 @@ def _parse(argv):
 def test_no_plugin_flags_parse_like_stock():
     for argv in (["--model", "ViT-B-32", "--batch-size", "7"], ["--train-data", "x/{0..3}.tar", "--epochs", "3"]):
         ours, stock = vars(_parse(argv)), vars(oc_params.parse_args(argv))
-        plugin_keys = set(vars(params.plugin_parser().parse_args([])))
-        assert {k: v for k, v in ours.items() if k not in plugin_keys} == stock
-        assert all(ours[k] is None for k in plugin_keys)
+        defaults = vars(params.plugin_parser().parse_args([]))
+        assert {k: v for k, v in ours.items() if k not in defaults} == stock
+        assert {k: ours[k] for k in defaults} == defaults
 
 
 def test_global_batch_follows_world_size_and_accum(monkeypatch):

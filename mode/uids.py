@@ -1,0 +1,92 @@
+"""DataComp uids: 32 hex characters <-> a `u8,u8` pair, sorted subset files, and vectorised lookup.
+
+DataComp stores a subset as a `.npy` of dtype `u8,u8` (field f0 = the first 16 hex digits as an unsigned
+64-bit integer, f1 = the last 16), sorted; its resharder and leaderboard read exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mode.errors import UserError
+
+UID_DTYPE = np.dtype("u8,u8")
+
+
+def hex_to_pairs(uids: Sequence[str]) -> np.ndarray:
+    """`u8,u8` array of the uids, in the given order; a uid that is not 32 hex characters is a ValueError."""
+    if len(uids) == 0:
+        return np.zeros(0, UID_DTYPE)
+    joined = "".join(uids)
+    if len(joined) != 32 * len(uids):
+        raise ValueError("every uid must have 32 hex characters")
+    words = np.frombuffer(bytes.fromhex(joined), dtype=">u8").reshape(-1, 2)
+    out = np.empty(len(uids), UID_DTYPE)
+    out["f0"], out["f1"] = words[:, 0], words[:, 1]
+    return out
+
+
+def pairs_to_hex(pairs: np.ndarray) -> list[str]:
+    """The 32-hex-character uids of a `u8,u8` array."""
+    words = np.stack([pairs["f0"], pairs["f1"]], axis=1).astype(">u8")
+    raw = words.tobytes().hex()
+    return [raw[i:i + 32] for i in range(0, len(raw), 32)]
+
+
+def sort_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Sorted as DataComp sorts a subset: by f0, then f1."""
+    return pairs[np.lexsort((pairs["f1"], pairs["f0"]))]
+
+
+def save_subset(path: str, pairs: np.ndarray) -> None:
+    """Write a sorted `u8,u8` subset `.npy` (duplicates kept: the resharder writes a uid n times if listed n times)."""
+    from mode.shards import atomic_write
+
+    with atomic_write(path) as f:
+        np.save(f, sort_pairs(np.asarray(pairs, dtype=UID_DTYPE)))
+
+
+def load_subset(path: str) -> np.ndarray:
+    """Read a subset `.npy`; it must be `u8,u8` and sorted."""
+    arr = np.load(path)
+    if arr.dtype != UID_DTYPE:
+        raise UserError(f"{path}: dtype {arr.dtype}, expected u8,u8 (DataComp's uid format)")
+    if not is_sorted(arr):
+        raise UserError(f"{path}: uids are not sorted (DataComp subsets are sorted by f0, then f1)")
+    return arr
+
+
+def is_sorted(pairs: np.ndarray) -> bool:
+    a, b = pairs["f0"], pairs["f1"]
+    return bool(np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] >= b[:-1]))))
+
+
+class UidSet:
+    """Membership of uids in a sorted `u8,u8` array, by binary search (no Python set of strings)."""
+
+    def __init__(self, pairs: np.ndarray):
+        pairs = sort_pairs(np.asarray(pairs, dtype=UID_DTYPE))
+        self.hi = np.ascontiguousarray(pairs["f0"])
+        self.lo = np.ascontiguousarray(pairs["f1"])
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def contains(self, queries: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of the `u8,u8` queries are in the set."""
+        queries = np.asarray(queries, dtype=UID_DTYPE)
+        left = np.searchsorted(self.hi, queries["f0"], side="left")
+        right = np.searchsorted(self.hi, queries["f0"], side="right")
+        found = np.zeros(len(queries), bool)
+        single = right - left == 1  # the common case: f0 alone identifies the candidate
+        idx = left[single]
+        found[single] = self.lo[idx] == queries["f1"][single]
+        for i in np.flatnonzero(right - left > 1):  # f0 shared by several uids: search their f1 range
+            j = left[i] + np.searchsorted(self.lo[left[i]:right[i]], queries["f1"][i])
+            found[i] = j < right[i] and self.lo[j] == queries["f1"][i]
+        return found
+
+    def __contains__(self, uid: str) -> bool:
+        return bool(self.contains(hex_to_pairs([uid]))[0])

@@ -1,0 +1,100 @@
+"""Expert data on the fly (MoDE-style): the stock webdataset loader over the whole pool, keeping expert K's pairs.
+
+With `--mode-work-dir W --expert K [--ooc-ratio r]`, open_clip_train's own `get_wds_dataset` builds the
+pipeline as usual, except that its sample filter also keeps only the samples whose uid `mode assign` gave to
+coarse cluster K, plus out-of-cluster samples at the rate that makes them a share `r` of what is kept. The uid
+lookup is a binary search in a sorted `u8,u8` array (mode.uids.UidSet), not a Python set of strings.
+Everything else (shard resampling, shuffling, batching, `--train-num-samples` per epoch) is stock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mode.errors import UserError
+from mode.layout import WorkDir
+from mode.uids import UidSet, hex_to_pairs
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def expert_uids(work_dir: str, expert: int) -> tuple[UidSet, int, int]:
+    """(uids assigned to `expert`, pairs of that expert, pairs in the pool) from a work dir's assign/ step."""
+    wd = WorkDir(Path(work_dir))
+    summary_path = WorkDir.summary(wd.assign_dir)
+    if not summary_path.exists():
+        raise UserError(f"no assignment in {work_dir}: run `./run_mode.sh prep-steps SHARDS {work_dir}` first")
+    with open(summary_path) as f:
+        counts = json.load(f)["counts"]["coarse"]
+    if not 0 <= expert < len(counts):
+        raise UserError(f"--expert {expert}: {work_dir} has experts 0..{len(counts) - 1}")
+    uids = []
+    for path in sorted(wd.assign_dir.glob("*.parquet")):
+        t = pq.read_table(path, columns=["uid", "coarse"])
+        mask = pc.equal(t.column("coarse"), expert)
+        uids.append(hex_to_pairs(t.column("uid").filter(mask).to_pylist()))
+    pairs = np.concatenate(uids) if uids else np.zeros(0, "u8,u8")
+    return UidSet(pairs), int(counts[expert]), int(sum(counts))
+
+
+class ExpertFilter:
+    """A webdataset `select` predicate: stock's caption-and-image check, then expert membership by uid."""
+
+    def __init__(self, stock_filter, uids: UidSet, keep_outside: float, seed: int):
+        self.stock_filter, self.uids, self.keep_outside = stock_filter, uids, keep_outside
+        self.seed, self._rng, self._warned = seed, None, False
+
+    def __call__(self, sample: dict) -> bool:
+        if not self.stock_filter(sample):
+            return False
+        try:
+            uid = json.loads(sample["json"])["uid"]
+            inside = bool(self.uids.contains(hex_to_pairs([uid]))[0])
+        except (KeyError, ValueError, TypeError):
+            if not self._warned:
+                log.warning(f"samples without a valid uid in their json are skipped (first: {sample.get('__key__')})")
+                self._warned = True
+            return False
+        if inside:
+            return True
+        if self._rng is None:  # one stream per loader worker, seeded by its identity
+            import torch.utils.data
+
+            info = torch.utils.data.get_worker_info()
+            self._rng = random.Random(hash((self.seed, info.id if info else -1, info.seed if info else 0)))
+        return self._rng.random() < self.keep_outside
+
+
+def outside_keep_rate(ooc_ratio: float, n_expert: int, n_total: int) -> float:
+    """Probability to keep an out-of-cluster pair so that they make up `ooc_ratio` of the kept pairs."""
+    if ooc_ratio <= 0 or n_total <= n_expert:
+        return 0.0
+    return min(1.0, ooc_ratio / (1 - ooc_ratio) * n_expert / (n_total - n_expert))
+
+
+def wrap_get_wds_dataset(stock_get_wds_dataset, oc_data):
+    """open_clip_train's get_wds_dataset, with the expert filter in place of its sample filter when asked."""
+
+    def get_wds_dataset(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
+        if not (is_train and getattr(args, "mode_work_dir", None) is not None):
+            return stock_get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        uids, n_expert, n_total = expert_uids(args.mode_work_dir, args.expert)
+        keep = outside_keep_rate(args.ooc_ratio or 0.0, n_expert, n_total)
+        stock_filter = oc_data.filter_no_caption_or_no_image
+        oc_data.filter_no_caption_or_no_image = ExpertFilter(stock_filter, uids, keep, args.seed)
+        try:  # the pipeline captures the filter when built
+            return stock_get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        finally:
+            oc_data.filter_no_caption_or_no_image = stock_filter
+
+    get_wds_dataset.__wrapped__ = stock_get_wds_dataset
+    return get_wds_dataset
