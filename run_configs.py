@@ -15,12 +15,29 @@ from typing import ClassVar
 from mode.errors import UserError
 
 
+@dataclass(frozen=True)
+class Slurm:
+    """Where a recipe's jobs run under `mode train-experts --executor slurm` (flags there override it)."""
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 10
+    time_min: int = 4320
+    partition: str | None = None
+    account: str | None = None
+    constraint: str | None = None
+
+
+DATA_FLAGS = ("--data-dir", "--data_dir", "--train-data", "--toy-pool")
+
+
 @dataclass
 class Recipe:
     """Flags every recipe may set; subclasses change defaults or add fields."""
 
     # What a recipe needs that is not a flag (ClassVar fields are not emitted).
-    needs_data: ClassVar[bool] = False  # the user must give --data-dir or --train-data
+    needs: ClassVar[tuple[tuple[str, ...], ...]] = ()  # each: one of these flags must be given
+    slurm: ClassVar[Slurm] = Slurm()
 
     model: str | None = None
     dataset_type: str | None = None
@@ -48,8 +65,14 @@ class Recipe:
     resume: str | None = None
     log_every_n_steps: int | None = None
     name: str | None = None
+    force_quick_gelu: bool = False
     toy_pool: str | None = None
     data_dir: str | None = None
+    mode_work_dir: str | None = None
+    expert: int | None = None
+    expert_data: str | None = None
+    ooc_ratio: float | None = None
+    init_from: str | None = None
 
     def to_argv(self) -> list[str]:
         """The recipe as command-line flags, in field order."""
@@ -94,7 +117,7 @@ class DataCompScale(Recipe):
     (default 5), and the per-process batch follows from world size and `--accum-freq`.
     """
 
-    needs_data: ClassVar[bool] = True
+    needs: ClassVar[tuple[tuple[str, ...], ...]] = (DATA_FLAGS,)
 
     model: str = "ViT-B-32"
     dataset_type: str = "webdataset"
@@ -117,6 +140,56 @@ class DataCompScale(Recipe):
     log_every_n_steps: int = 100
 
 
+@dataclass
+class ToyTinyMode(ToyTiny):
+    """One MoDE expert of the toy pool on CPU; the clustering comes from `run_mode.sh prep-steps runs/toy W`."""
+
+    mode_work_dir: str = "runs/toy_work"
+    dataset_resampled: bool = True
+    ooc_ratio: float = 0.02
+    epochs: int = 3
+    log_every_n_steps: int = 5
+
+
+@dataclass
+class MoDEExpert(Recipe):
+    """MoDE's expert recipe (MetaCLIP's run_configs_mode.b32_mode): one coarse cluster of a 400M-pair pool.
+
+    64 GPUs x 512 = 32768 global batch, 32 epochs of 400M samples, experts started from a dense seed run
+    (`--init-from logs/<dense>/checkpoints/epoch_27.pt`, model + optimizer + schedule position, as MoDE does).
+    """
+
+    needs: ClassVar[tuple[tuple[str, ...], ...]] = (("--mode-work-dir",), (*DATA_FLAGS, "--expert-data"))
+    slurm: ClassVar[Slurm] = Slurm(nodes=8, gpus_per_node=8, cpus_per_task=10, time_min=4320)
+
+    model: str = "ViT-B-32-quickgelu"
+    dataset_type: str = "webdataset"
+    dataset_resampled: bool = True
+    global_batch_size: int = 32768
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    wd: float = 0.2
+    warmup: int = 2000
+    epochs: int = 32
+    train_num_samples: int = 400_000_000
+    precision: str = "amp"
+    workers: int = 8
+    seed: int = 0
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    save_frequency: int = 1
+    save_most_recent: bool = True
+    resume: str = "latest"
+    ooc_ratio: float = 0.02
+
+
+@dataclass
+class MoDEExpertL14(MoDEExpert):
+    slurm: ClassVar[Slurm] = Slurm(nodes=16, gpus_per_node=8, cpus_per_task=10, time_min=4320)
+
+
 def _scale(name: str, **overrides) -> DataCompScale:
     return DataCompScale(name=f"{name}_scale", **overrides)
 
@@ -129,6 +202,10 @@ RECIPES = {
                                      samples_seen=1_280_000_000),
     "datacomp_xlarge": lambda: _scale("xlarge", model="ViT-L-14", global_batch_size=90112, lr=1e-3,
                                       warmup=10000, beta2=0.95, samples_seen=12_800_000_000),
+    "toy_tiny_mode": ToyTinyMode,
+    "b32_mode": MoDEExpert,
+    "b16_mode": lambda: MoDEExpert(model="ViT-B-16-quickgelu", grad_checkpointing=True),
+    "l14_mode": lambda: MoDEExpertL14(model="ViT-L-14-quickgelu", lr=4e-4, grad_checkpointing=True),
 }
 
 
@@ -141,11 +218,18 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]()
 
 
+_NEEDS_HELP = {
+    DATA_FLAGS[0]: "data: pass --data-dir DIR (DataComp layout; '::' joins several) or --train-data SHARDS",
+    "--mode-work-dir": "a clustering: pass --mode-work-dir W (made by run_mode.sh prep-steps)",
+}
+
+
 def build_argv(name: str, extra: list[str]) -> list[str]:
     """The recipe's flags followed by the user's, checked for what the recipe needs."""
     recipe = get_recipe(name)
-    if type(recipe).needs_data and not any(
-            t.split("=", 1)[0] in ("--data-dir", "--data_dir", "--train-data") for t in extra):
-        raise UserError(f"config {name!r} needs data: pass --data-dir DIR (DataComp layout; '::' joins several) "
-                        "or --train-data SHARDS")
-    return recipe.to_argv() + list(extra)
+    argv = recipe.to_argv() + list(extra)
+    given = {t.split("=", 1)[0] for t in argv}
+    for alternatives in type(recipe).needs:
+        if not given.intersection(alternatives):
+            raise UserError(f"config {name!r} needs {_NEEDS_HELP.get(alternatives[0], ' or '.join(alternatives))}")
+    return argv

@@ -78,6 +78,17 @@ def _route(args: argparse.Namespace) -> None:
         print(f"route: samples per expert {s['sizes']} (out-of-cluster {s['out_of_cluster']})")
 
 
+def _train_experts(args: argparse.Namespace) -> None:
+    from mode.launch import launch
+
+    slurm = {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
+             "time_min": args.time, "partition": args.partition, "account": args.account,
+             "constraint": args.constraint}
+    given = any(v is not None for v in slurm.values())
+    launch(args.config, args.experts, args.train_flags, executor=args.executor, dense=args.dense,
+           slurm_overrides=slurm if given else None, folder=args.folder, wait=args.wait)
+
+
 def _step_parser(sub, name: str, help: str, func, per_shard: bool = True, workers: bool = True):
     p = sub.add_parser(name, help=help)
     p.add_argument("--shards", required=True, metavar="SPEC",
@@ -126,8 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _step_parser(sub, "assign", "step 3: nearest fine centroid and expert of every pair", _assign)
     p = _step_parser(sub, "route", "write each expert's webdataset shards in one pass over the pool", _route)
-    p.add_argument("--ooc-ratio", type=float, default=0.0, help="share of each expert's pairs taken from other clusters (MoDE: 0.02)")
+    p.add_argument("--ooc-ratio", type=float, default=0.0,
+                   help="share of each expert's pairs taken from other clusters (MoDE: 0.02)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train-experts", help="train one CLIP per expert (and a dense baseline) via submitit",
+                       description="Extra training flags go after `--`, e.g. `-- --epochs 2 --mode-work-dir W`.")
+    p.add_argument("config", help="a recipe of run_configs.py, e.g. toy_tiny_mode or b32_mode")
+    p.add_argument("--experts", default="all", help="all, or a comma list of expert ids like 0,2")
+    p.add_argument("--dense", action="store_true", help="also train the dense baseline: whole pool, the experts' "
+                                                        "compute together")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
+    p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs to finish")
+    for flag, typ, what in (("--nodes", int, "nodes per job"), ("--gpus-per-node", int, "GPUs (= tasks) per node"),
+                            ("--cpus-per-task", int, "CPUs per task"), ("--time", int, "time limit, minutes"),
+                            ("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
+                            ("--constraint", str, "SLURM constraint")):
+        p.add_argument(flag, type=typ, default=None, help=f"{what} (default: the recipe's)")
+    p.set_defaults(func=_train_experts)
 
     p = sub.add_parser("losses", help="per-epoch mean contrastive loss from an open_clip_train out.log")
     p.add_argument("log", help="logs/<name>/out.log")
@@ -136,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # after `--`: flags for the trainer, untouched
+    args = build_parser().parse_args(argv[:cut])
+    args.train_flags = argv[cut + 1:]
     try:
         args.func(args)
     except UserError as e:

@@ -7,8 +7,9 @@ What apply() changes, and nothing else:
 - `open_clip_train.zero_shot.accuracy` works under numpy 2 (stock 3.3.0 raises TypeError there).
 - `open_clip_train.data.get_wds_dataset` keeps only expert K's pairs when `--mode-work-dir W --expert K` is
   given (`open_clip_patch.data`); otherwise it is the stock function, called as is.
-- `open_clip_train.main.get_latest_checkpoint` / `pt_load` fall back to `--init-from CKPT` when a run has no
-  checkpoint of its own (`open_clip_patch.init_from`); without `--init-from` they return what stock returns.
+- `open_clip_train.main.get_latest_checkpoint` skips a newest checkpoint that a kill left half-written (stock
+  open_clip writes `epoch_K.pt` in place, and `--resume latest` then crashes on it), and with `--init-from
+  CKPT` it and `pt_load` fall back to CKPT when a run has no checkpoint of its own (`open_clip_patch.init_from`).
 - the tiny model configs in `open_clip_patch/model_configs/` are registered with open_clip.
 - `torch.nn.parallel.DistributedDataParallel`, which open_clip_train calls with `device_ids=[device]` even
   when the device is the CPU (torch refuses that), drops CPU device ids, so `torchrun` on CPU (gloo) trains.

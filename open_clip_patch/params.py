@@ -40,7 +40,7 @@ def plugin_parser() -> argparse.ArgumentParser:
                    help="Total training samples (DataComp's fixed budget); --train-num-samples becomes "
                         "N // --epochs, so each epoch is one checkpoint of the budget.")
     g.add_argument("--mode-work-dir", default=None, metavar="W",
-                   help="Train a MoDE expert: the clustering work dir (mode assign / route outputs).")
+                   help="Train a MoDE expert: the clustering work dir (mode assign / route outputs); '' = none.")
     g.add_argument("--expert", type=int, default=None, metavar="K", help="The expert (coarse cluster) to train.")
     g.add_argument("--expert-data", choices=("filter", "routed"), default="filter",
                    help="filter: read the whole pool (--train-data/--data-dir) and keep expert K's pairs on the fly; "
@@ -85,9 +85,10 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
 
 def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
     """Expert flags; returns argv, extended when the routed shards become the data."""
-    if args.mode_work_dir is None:
-        if args.expert is not None or args.ooc_ratio is not None:
-            raise UserError("--expert and --ooc-ratio need --mode-work-dir W (the clustering work dir)")
+    if not args.mode_work_dir:  # None, or "" to train dense on the whole pool with an expert recipe
+        args.mode_work_dir = None
+        if args.expert is not None:
+            raise UserError("--expert needs --mode-work-dir W (the clustering work dir)")
         return argv
     if args.expert is None:
         raise UserError("--mode-work-dir needs --expert K (which coarse cluster to train)")

@@ -14,6 +14,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SMALL_POOL = {"samples": 600, "shards": 4, "seed": 0, "eval_per_class": 4}
 
 
+def _toy_cluster():
+    from mode.cluster import ClusterConfig
+
+    return ClusterConfig(fine=8, coarse=3, seed=0)
+
+
+TOY_CLUSTER = _toy_cluster()
+
+
+@pytest.fixture(scope="session")
+def toy_work(toy_pool, tmp_path_factory) -> Path:
+    """One uninterrupted single-rank run of every prep step on the small toy pool (fine 8, coarse 3, ooc 0.1)."""
+    from mode import assign, captions, cluster, embed, route
+
+    work = tmp_path_factory.mktemp("work") / "work"
+    captions.run(str(toy_pool), str(work), 0, 1)
+    embed.run(str(toy_pool), str(work), rank=0, world_size=1)
+    cluster.run(str(toy_pool), str(work), TOY_CLUSTER, world_size=1)
+    assign.run(str(toy_pool), str(work), 0, 1)
+    route.run(str(toy_pool), str(work), 0.1, 0, 0, 1)
+    return work
+
+
 @pytest.fixture(scope="session")
 def toy_pool(tmp_path_factory) -> Path:
     """A small toy pool shared by the session's tests (read-only for them)."""

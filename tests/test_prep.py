@@ -16,15 +16,7 @@ from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.shards import expand, iter_tar
 
-CFG = cluster.ClusterConfig(fine=8, coarse=3, seed=0)
-
-
-def run_all(shards: str, work: Path, ooc=0.1) -> None:
-    captions.run(shards, str(work), 0, 1)
-    embed.run(shards, str(work), rank=0, world_size=1)
-    cluster.run(shards, str(work), CFG, world_size=1)
-    assign.run(shards, str(work), 0, 1)
-    route.run(shards, str(work), ooc, 0, 0, 1)
+from .conftest import TOY_CLUSTER as CFG  # noqa: E402
 
 
 def data_files(work: Path) -> list[Path]:
@@ -40,12 +32,9 @@ def assert_same_outputs(a: Path, b: Path) -> None:
     assert not mismatch and not errors, mismatch
 
 
-@pytest.fixture(scope="module")
-def reference(toy_pool, tmp_path_factory):
-    """One uninterrupted single-rank run of every step on the session's small toy pool."""
-    work = tmp_path_factory.mktemp("ref") / "work"
-    run_all(str(toy_pool), work)
-    return work
+@pytest.fixture
+def reference(toy_work):
+    return toy_work
 
 
 def test_step_contracts(toy_pool, reference):

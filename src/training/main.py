@@ -8,10 +8,11 @@ NAME is a recipe of run_configs.py; the flags after it are appended to the recip
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run_configs.py, when not pip-installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run_configs.py and mode/, when not pip-installed
 
 import run_configs  # noqa: E402
 from mode.errors import UserError  # noqa: E402
+from mode.train import run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -21,22 +22,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        full_argv = run_configs.build_argv(argv[0], argv[1:])
-        import logging
-
-        import open_clip_patch
-
-        # open_clip_train sets the root logger to INFO; keep torch's own INFO chatter (dynamo stats at exit) out
-        logging.getLogger("torch").setLevel(logging.WARNING)
-
-        open_clip_patch.apply()
-        from open_clip_train.main import main as train
-
-        result = train(full_argv)
+        return run(argv[0], argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 1 if result == -1 else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""Expert training: the on-the-fly expert loader, expert recipes, --init-from, and the submitit launcher."""
+
+import io
+import json
+import tarfile
+import time
+from argparse import Namespace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import open_clip_patch
+import run_configs
+from mode import launch
+from mode.errors import UserError
+from mode.layout import WorkDir
+from mode.shards import expand, iter_tar
+from mode.trainlog import epoch_losses
+from mode.uids import UidSet, hex_to_pairs, pairs_to_hex, sort_pairs
+from open_clip_patch.init_from import is_complete_checkpoint, newest_complete_checkpoint
+
+from .conftest import TOY_CLUSTER
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_uid_round_trip_sort_and_lookup():
+    rng = np.random.default_rng(0)
+    uids = [rng.bytes(16).hex() for _ in range(500)]
+    pairs = hex_to_pairs(uids)
+    assert pairs.dtype == np.dtype("u8,u8") and pairs_to_hex(pairs) == uids
+    assert int(pairs[0]["f0"]) == int(uids[0][:16], 16) and int(pairs[0]["f1"]) == int(uids[0][16:], 16)
+    s = sort_pairs(pairs)
+    assert [(int(a), int(b)) for a, b in s] == sorted((int(u[:16], 16), int(u[16:], 16)) for u in uids)
+    same_hi = [uids[0][:16] + rng.bytes(8).hex() for _ in range(5)]  # several uids sharing f0
+    members = UidSet(hex_to_pairs(uids[:250] + same_hi[:3]))
+    queries = uids + same_hi
+    expected = [True] * 250 + [False] * 250 + [True] * 3 + [False] * 2
+    assert members.contains(hex_to_pairs(queries)).tolist() == expected
+    assert uids[3] in members and uids[400] not in members
+    with pytest.raises(ValueError):
+        hex_to_pairs(["abc"])
+
+
+def _uid_text_pool(toy_pool, out):
+    """The toy shards with each caption replaced by the sample's uid, so that loader batches name their uids."""
+    out.mkdir()
+    for path in expand(str(toy_pool)):
+        with tarfile.open(out / path.rsplit("/", 1)[1], "w") as tar:
+            for key, members in iter_tar(path):
+                members["txt"] = json.loads(members["json"])["uid"].encode()
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def _loader_uids(pool, work, expert, ooc, samples):
+    open_clip_patch.apply()
+    import open_clip_train.data as oc_data
+    import open_clip_train.main as oc_main
+
+    args = oc_main.parse_args(["--train-data", f"{pool}/{{00000000..00000003}}.tar", "--dataset-type", "webdataset",
+                               "--dataset-resampled", "--train-num-samples", str(samples), "--batch-size", "50",
+                               "--workers", "0", "--mode-work-dir", str(work), "--expert", str(expert),
+                               "--ooc-ratio", str(ooc)])
+    args.world_size, args.rank, args.distributed = 1, 0, False
+    data = oc_data.get_data(args, (lambda im: torch.zeros(1), lambda im: torch.zeros(1)), epoch=0,
+                            tokenizer=lambda texts: [texts])
+    return [uid for _, texts in data["train"].dataloader for uid in texts]
+
+
+def _expert_of(work):
+    coarse = {}
+    for p in sorted(WorkDir(work).assign_dir.glob("*.parquet")):
+        t = pq.read_table(p).to_pydict()
+        coarse.update(zip(t["uid"], t["coarse"]))
+    return coarse
+
+
+@pytest.mark.parametrize("ooc", [0.02, 0.1])
+def test_on_the_fly_loader_keeps_expert_pairs(toy_pool, toy_work, tmp_path, ooc):
+    pool = _uid_text_pool(toy_pool, tmp_path / "pool")
+    coarse = _expert_of(toy_work)
+    expert = int(np.argmax(np.bincount(list(coarse.values()))))
+    uids = _loader_uids(pool, toy_work, expert, ooc, samples=2000)
+    assert len(uids) == 2000  # a fixed number of samples per epoch, whatever the cluster's size
+    outside = np.mean([coarse[u] != expert for u in uids])
+    assert 1 - outside >= (0.97 if ooc == 0.02 else 0.85)
+    assert abs(outside - ooc) < 0.035
+
+
+def test_expert_flags_are_checked(toy_pool, toy_work):
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    with pytest.raises(UserError, match="needs --expert"):
+        oc_main.parse_args(["--mode-work-dir", str(toy_work), "--data-dir", str(toy_pool)])
+    with pytest.raises(UserError, match="needs --mode-work-dir"):
+        oc_main.parse_args(["--expert", "1"])
+    with pytest.raises(UserError, match="experts 0..2"):
+        oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "7", "--data-dir", str(toy_pool)])
+    routed = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--expert-data", "routed"])
+    sizes = json.loads((WorkDir(toy_work).expert_shards_dir(1) / "sizes.json").read_text())
+    assert routed.train_data.startswith(str(WorkDir(toy_work).expert_shards_dir(1)))
+    assert routed.train_num_samples == sum(sizes.values()) and routed.mode_work_dir is None
+    filtered = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--data-dir", str(toy_pool),
+                                   "--ooc-ratio", "0.2"])
+    n1 = json.loads((WorkDir(toy_work).assign_dir / "summary.json").read_text())["counts"]["coarse"][1]
+    assert filtered.train_num_samples == int(n1 / 0.8)
+
+
+@pytest.mark.parametrize("name,world,per_gpu,model,lr", [
+    ("b32_mode", 64, 512, "ViT-B-32-quickgelu", 5e-4),
+    ("b16_mode", 64, 512, "ViT-B-16-quickgelu", 5e-4),
+    ("l14_mode", 128, 256, "ViT-L-14-quickgelu", 4e-4),
+])
+def test_mode_recipes(monkeypatch, toy_pool, toy_work, name, world, per_gpu, model, lr):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    args = oc_main.parse_args(run_configs.build_argv(name, ["--mode-work-dir", str(toy_work), "--expert", "0",
+                                                            "--data-dir", str(toy_pool)]))
+    assert (args.model, args.lr, args.batch_size, args.warmup) == (model, lr, per_gpu, 2000)
+    assert (args.beta1, args.beta2, args.eps, args.wd, args.precision) == (0.9, 0.98, 1e-6, 0.2, "amp")
+    assert args.train_num_samples == 400_000_000 and args.epochs == 32 and args.ooc_ratio == 0.02
+    assert args.grad_checkpointing == (name != "b32_mode") and args.dataset_resampled
+    with pytest.raises(UserError, match="needs a clustering"):
+        run_configs.build_argv(name, ["--data-dir", str(toy_pool)])
+
+
+def test_plan_jobs_names_experts_and_dense(toy_work, toy_pool):
+    extra = ["--mode-work-dir", str(toy_work), "--data-dir", str(toy_pool)]
+    jobs = launch.plan_jobs("b32_mode", "0,2", extra, dense=True)
+    assert [n for n, _ in jobs] == ["b32_mode_n3m8/expert_0", "b32_mode_n3m8/expert_2", "b32_mode_n3m8/dense"]
+    dense = jobs[-1][1].argv
+    assert dense[dense.index("--train-num-samples") + 1] == str(3 * 400_000_000)
+    assert dense[dense.index("--mode-work-dir", len(extra)) + 1] == ""
+    with pytest.raises(UserError, match="experts 0..2"):
+        launch.parse_experts("0,3", 3)
+    assert launch.parse_experts("all", 3) == [0, 1, 2]
+
+
+def _toy_expert_argv(toy_pool, toy_work, logs, epochs):
+    return ["--toy-pool", str(toy_pool), "--mode-work-dir", str(toy_work), "--logs", str(logs),
+            "--epochs", str(epochs), "--workers", "0", "--batch-size", "32"]
+
+
+def test_init_from_seed_checkpoint(toy_pool, toy_work, tmp_path):
+    from mode.train import run
+
+    logs = tmp_path / "logs"
+    run("toy_tiny", ["--toy-pool", str(toy_pool), "--logs", str(logs), "--name", "seed", "--epochs", "1",
+                     "--workers", "0", "--batch-size", "32"])
+    seed = logs / "seed" / "checkpoints" / "epoch_1.pt"
+    run("toy_tiny_mode", [*_toy_expert_argv(toy_pool, toy_work, logs, 2), "--expert", "0", "--name", "full",
+                          "--init-from", str(seed)])
+    log = (logs / "full" / "out.log").read_text()
+    assert f"resuming checkpoint '{seed}' (epoch 1)" in log
+    assert set(epoch_losses(logs / "full" / "out.log")) == {2}  # continued at the seed's schedule position
+    run("toy_tiny_mode", [*_toy_expert_argv(toy_pool, toy_work, logs, 1), "--expert", "0", "--name", "weights",
+                          "--init-from", str(seed), "--init-from-model-only"])
+    log = (logs / "weights" / "out.log").read_text()
+    assert f"loaded checkpoint '{seed}' (epoch 0)" in log and set(epoch_losses(logs / "weights" / "out.log")) == {1}
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"epoch": 1}, ckpts / "epoch_1.pt")
+    torch.save({"epoch": 2}, ckpts / "epoch_2.pt")
+    whole = (ckpts / "epoch_2.pt").read_bytes()
+    (ckpts / "epoch_10.pt").write_bytes(whole[: len(whole) // 2])  # killed while saving
+    assert newest_complete_checkpoint(str(ckpts)) == str(ckpts / "epoch_2.pt")
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    assert oc_main.get_latest_checkpoint(str(ckpts), remote=False) == str(ckpts / "epoch_2.pt")
+    assert oc_main.get_latest_checkpoint.__wrapped__(str(ckpts), remote=False) == str(ckpts / "epoch_10.pt")
+
+
+def _kill_tree(pid):
+    """SIGKILL a process and its descendants (submitit's local controller runs the task in a child)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for(path, job, timeout=300):
+    start = time.time()
+    while not path.exists():
+        assert job.state not in ("FAILED", "DONE", "COMPLETED") or path.exists(), job.stderr()
+        assert time.time() - start < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_local_executor_trains_every_expert_and_resumes_after_kill(toy_pool, toy_work, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    logs = tmp_path / "logs"
+    extra = _toy_expert_argv(toy_pool, toy_work, logs, 3)
+    name, job = launch.plan_jobs("toy_tiny_mode", "1", extra)[0]
+    ex = launch.make_executor("local", str(tmp_path / "submitit"), "e1", {**vars(run_configs.Slurm()),
+                                                                        "gpus_per_node": 1})
+    first = ex.submit(job)
+    ckpt_dir = logs / name / "checkpoints"
+    _wait_for(ckpt_dir / "epoch_1.pt", first)
+    while not is_complete_checkpoint(str(ckpt_dir / "epoch_1.pt")):
+        time.sleep(0.05)
+    _kill_tree(first._process.pid)  # killed mid-training (maybe mid-save), as a node failure would
+    first._process.wait()
+    assert not (ckpt_dir / "epoch_3.pt").exists()
+    done_before = max(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("epoch_*.pt")
+                      if is_complete_checkpoint(str(p)))
+    launch.launch("toy_tiny_mode", "1", extra, executor="local", folder=str(tmp_path / "submitit"))
+    log = (logs / name / "out.log").read_text()
+    assert f"(epoch {done_before})" in log and "=> resuming checkpoint" in log
+    final = torch.load(ckpt_dir / "epoch_3.pt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 3
+    params = (logs / name / "params.txt").read_text()
+    assert "expert: 1\n" in params and f"mode_work_dir: {toy_work}\n" in params
+
+
+def test_cli_train_experts_all(toy_pool, toy_work, tmp_path):
+    from .conftest import PYTHON, run
+
+    logs = tmp_path / "logs"
+    res = run([PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "all", "--folder",
+               str(tmp_path / "submitit"), "--", *_toy_expert_argv(toy_pool, toy_work, logs, 1)], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for k in range(TOY_CLUSTER.coarse):
+        assert (logs / f"toy_tiny_mode_n3m8/expert_{k}" / "checkpoints" / "epoch_1.pt").exists()
+    assert res.stdout.count(": done") == 3
+
+
+def test_dense_argv_parses(toy_work, toy_pool):
+    _, job = launch.plan_jobs("toy_tiny_mode", "0", ["--mode-work-dir", str(toy_work), "--toy-pool", str(toy_pool)],
+                              dense=True)[-1]
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    args = oc_main.parse_args(run_configs.build_argv(job.recipe, job.argv))
+    assert args.mode_work_dir is None and args.expert is None
+    assert args.train_num_samples == sum(1 for p in expand(str(toy_pool)) for _ in iter_tar(p))
+    assert isinstance(args, Namespace)
