@@ -1,6 +1,7 @@
 """Training throughput of toy_tiny through the plugin vs stock open_clip_train, same data, same machine.
 
     python benchmarks/train_throughput.py [--samples 4000] [--epochs 2] [--repeats 2]
+    python benchmarks/train_throughput.py --model ViT-B-32 --precision amp --batch-size 256 --workers 8  # on a GPU
 
 Each run is a fresh process; runs alternate stock/plugin. Prints median samples/s over the logged steps
 (the first step of each epoch, which waits for the loader, is left out), the ratio plugin/stock and each
@@ -33,18 +34,18 @@ print(json.dumps({"peak_rss_mb": peak / 1024}))
 RATE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/.*?, ([\d.]+)/s,")
 
 
-def one_run(kind, pool, logs, name, epochs):
+def one_run(kind, pool, logs, name, epochs, a):
     from mode.shards import brace_spec, expand, total_samples
     from open_clip_patch import MODEL_CONFIG_DIR
 
     paths = expand(str(pool / "shards"))
-    argv = ["--model", "ViT-Toy-8", "--train-data", brace_spec(paths), "--train-num-samples",
-            str(total_samples(paths)), "--dataset-type", "webdataset", "--batch-size", "64", "--epochs", str(epochs),
-            "--workers", "1", "--precision", "fp32", "--log-every-n-steps", "5", "--logs", str(logs),
-            "--name", name, "--seed", "0", "--save-frequency", "0"]
+    argv = ["--model", a.model, "--train-data", brace_spec(paths), "--train-num-samples",
+            str(total_samples(paths)), "--dataset-type", "webdataset", "--batch-size", str(a.batch_size),
+            "--epochs", str(epochs), "--workers", str(a.workers), "--precision", a.precision,
+            "--log-every-n-steps", "5", "--logs", str(logs), "--name", name, "--seed", "0", "--save-frequency", "0"]
     out = subprocess.run([sys.executable, "-c", RUNNER, kind, str(MODEL_CONFIG_DIR), *argv],
                          capture_output=True, text=True, check=True)
-    rates = [float(r) for done, r in RATE.findall((logs / name / "out.log").read_text()) if int(done) > 64]
+    rates = [float(r) for done, r in RATE.findall((logs / name / "out.log").read_text()) if int(done) > a.batch_size]
     return statistics.median(rates), json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -53,6 +54,10 @@ def main():
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--model", default="ViT-Toy-8")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     from mode.toy import ensure_pool
 
@@ -62,7 +67,7 @@ def main():
         results = {"stock": [], "plugin": []}
         for r in range(args.repeats):
             for kind in ("stock", "plugin"):
-                rate, rss = one_run(kind, pool, Path(tmp) / "logs", f"{kind}{r}", args.epochs)
+                rate, rss = one_run(kind, pool, Path(tmp) / "logs", f"{kind}{r}", args.epochs, args)
                 results[kind].append((rate, rss))
                 print(f"{kind:6s} run {r}: {rate:8.1f} samples/s  peak RSS {rss:7.1f} MB", flush=True)
     stock = statistics.median(r for r, _ in results["stock"])

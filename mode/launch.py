@@ -109,7 +109,10 @@ def make_executor(executor: str, folder: str, name: str, slurm: dict):
 
     if executor not in ("local", "slurm"):
         raise UserError(f"--executor {executor!r}: expected local or slurm")
-    ex = submitit.AutoExecutor(folder=folder, cluster=executor, slurm_max_num_timeout=30)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=executor, slurm_max_num_timeout=30)
+    except RuntimeError as e:  # submitit's way of saying there is no SLURM here
+        raise UserError(f"--executor slurm: {e} Use --executor local on this machine.")
     params = {"name": name, "timeout_min": slurm["time_min"], "tasks_per_node": slurm["gpus_per_node"],
               "nodes": slurm["nodes"], "cpus_per_task": slurm["cpus_per_task"]}
     if executor == "slurm":

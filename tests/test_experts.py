@@ -268,3 +268,24 @@ def test_dense_argv_parses(toy_work, toy_pool):
     assert args.mode_work_dir is None and args.expert is None
     assert args.train_num_samples == sum(1 for p in expand(str(toy_pool)) for _ in iter_tar(p))
     assert isinstance(args, Namespace)
+
+
+def test_slurm_job_script(tmp_path, monkeypatch):
+    import shutil
+
+    if shutil.which("srun") is None:  # no SLURM on this machine: one clear line
+        with pytest.raises(UserError, match="Use --executor local"):
+            launch.make_executor("slurm", str(tmp_path), "x", vars(run_configs.Slurm()))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    spec = {**vars(run_configs.MoDEExpert.slurm), "partition": "learn", "account": "acc", "constraint": "a100"}
+    ex = launch.make_executor("slurm", str(tmp_path / "jobs"), "b32_mode_n4m1024_expert_0", spec)
+    script = ex._executor._make_submission_file_text("python -m submitit.core._submit x", "UID")
+    for line in ("#SBATCH --nodes=8", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8",
+                 "#SBATCH --cpus-per-task=10", "#SBATCH --time=4320", "#SBATCH --partition=learn",
+                 "#SBATCH --account=acc", "#SBATCH --constraint=a100", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --job-name=b32_mode_n4m1024_expert_0"):
+        assert line in script, line
