@@ -89,6 +89,35 @@ def _train_experts(args: argparse.Namespace) -> None:
            slurm_overrides=slurm if given else None, folder=args.folder, wait=args.wait)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from mode import evaluate
+
+    specs = [evaluate.ModelSpec.parse(m) for m in args.model]
+    results = evaluate.run(specs, args.tasks, args.out, args.device, args.batch_size)
+    for label, scores in results.items():
+        print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+def _ensemble(args: argparse.Namespace) -> None:
+    from mode import ensemble
+
+    experts = args.experts.split(",")
+    table = ensemble.run(args.work_dir, args.tasks, args.eval_out, experts, args.report, args.weighting, args.dense)
+    print(format_table(table["rows"]))
+    print(f"weighting: {args.weighting}; report in {args.report}")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table of the report rows, with an average row."""
+    cols = list(rows[0])
+    avg = {"task": "average", "num_classes": ""} | {c: sum(r[c] for r in rows) / len(rows) for c in cols[2:]}
+    cells = [[str(c) for c in cols]] + [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+                                        for r in [*rows, avg]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                     for row in cells)
+
+
 def _step_parser(sub, name: str, help: str, func, per_shard: bool = True, workers: bool = True):
     p = sub.add_parser(name, help=help)
     p.add_argument("--shards", required=True, metavar="SPEC",
@@ -156,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
                             ("--constraint", str, "SLURM constraint")):
         p.add_argument(flag, type=typ, default=None, help=f"{what} (default: the recipe's)")
     p.set_defaults(func=_train_experts)
+
+    p = sub.add_parser("evaluate", help="zero-shot classification / retrieval of checkpoints on eval tasks")
+    p.add_argument("--tasks", required=True, help="a directory of tasks in DataComp's (clip_benchmark wds) format")
+    p.add_argument("--out", required=True, help="output dir: <out>/<label>/<task>.npz and eval_results.jsonl")
+    p.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE:CKPT",
+                   help="a model to evaluate (repeat); RECIPE a run_configs recipe or an open_clip model name")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("ensemble", help="weight experts per task from class names vs cluster centroids; report")
+    p.add_argument("--work-dir", required=True, help="the clustering work dir")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--eval-out", required=True, help="what `mode evaluate --out` wrote")
+    p.add_argument("--experts", required=True, help="evaluation labels of experts 0..K-1, comma separated, in order")
+    p.add_argument("--dense", default=None, help="evaluation label of a dense baseline for the report")
+    p.add_argument("--weighting", default="mode", choices=("mode", "uniform", "top1", "mean_cosine"))
+    p.add_argument("--report", required=True, help="report dir: ensemble.csv, weights.json, eval_results.jsonl, *.png")
+    p.set_defaults(func=_ensemble)
 
     p = sub.add_parser("losses", help="per-epoch mean contrastive loss from an open_clip_train out.log")
     p.add_argument("log", help="logs/<name>/out.log")

@@ -1,0 +1,192 @@
+"""`mode ensemble`: weight the experts per task by how close the task's class names are to each cluster.
+
+Each class is embedded with the clustering's own caption encoder (features/meta.json): the mean of its
+normalised prompt embeddings, renormalised, as MoDE does. The weighting methods (one registry entry each):
+
+- `mode` (MoDE's): each class goes to its nearest fine centroid (Euclidean distance d) and so to a coarse
+  cluster k; s_k = sum over the classes in k of exp((a - d) * m), with a = exp(0.5 - sqrt(C)) if C < 10 else 0
+  and m = 5 * log10(max(10, C - 200)) for C classes; weights = softmax(s / 8).
+- `uniform`: 1/K each.
+- `top1`: all weight on the expert with the largest MoDE score s_k (hard routing).
+- `mean_cosine`: softmax over experts of the classes' mean cosine to the coarse centroid, temperature 0.05.
+
+The ensemble's logits are the weighted sum of the experts' raw cosine logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mode import tasks as T
+from mode.errors import UserError
+from mode.evaluate import task_metrics
+from mode.layout import WorkDir
+from mode.shards import atomic_write, write_json
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def mode_scores(class_emb: np.ndarray, fine: np.ndarray, fine_to_coarse: np.ndarray) -> np.ndarray:
+    """MoDE's per-expert score s_k (before the softmax)."""
+    n_classes = len(class_emb)
+    d2 = (class_emb ** 2).sum(1)[:, None] - 2 * class_emb @ fine.T + (fine ** 2).sum(1)[None]
+    nearest = d2.argmin(axis=1)
+    d = np.sqrt(np.maximum(d2[np.arange(n_classes), nearest], 0))
+    a = math.exp(0.5 - math.sqrt(n_classes)) if n_classes < 10 else 0.0
+    m = 5 * math.log10(max(10, n_classes - 200))
+    scores = np.zeros(int(fine_to_coarse.max()) + 1)
+    np.add.at(scores, fine_to_coarse[nearest], np.exp((a - d) * m))
+    return scores
+
+
+def _mode(class_emb, fine, f2c, coarse):
+    return _softmax(mode_scores(class_emb, fine, f2c) / 8)
+
+
+def _uniform(class_emb, fine, f2c, coarse):
+    k = int(f2c.max()) + 1
+    return np.full(k, 1.0 / k)
+
+
+def _top1(class_emb, fine, f2c, coarse):
+    s = mode_scores(class_emb, fine, f2c)
+    return np.eye(len(s))[int(s.argmax())]
+
+
+def _mean_cosine(class_emb, fine, f2c, coarse):
+    if coarse is None:
+        raise UserError("--weighting mean_cosine needs the coarse centroids")
+    c = coarse / np.linalg.norm(coarse, axis=1, keepdims=True)
+    return _softmax((class_emb @ c.T).mean(axis=0) / 0.05)
+
+
+WEIGHTINGS: dict[str, Callable] = {"mode": _mode, "uniform": _uniform, "top1": _top1, "mean_cosine": _mean_cosine}
+
+
+def expert_weights(method: str, class_emb: np.ndarray, fine: np.ndarray, fine_to_coarse: np.ndarray,
+                   coarse: np.ndarray | None = None) -> np.ndarray:
+    """Weights [Kc] of the experts for one task.
+
+    Args:
+        method: one of WEIGHTINGS (mode, uniform, top1, mean_cosine).
+        class_emb: [C, d] one unit-norm embedding per class.
+        fine: [Kf, d] fine centroids.
+        fine_to_coarse: [Kf] coarse cluster of each fine centroid.
+        coarse: [Kc, d] coarse centroids (mean_cosine only).
+    """
+    if method not in WEIGHTINGS:
+        raise UserError(f"--weighting {method!r}: expected one of {', '.join(WEIGHTINGS)}")
+    return WEIGHTINGS[method](np.asarray(class_emb, np.float64), np.asarray(fine, np.float64),
+                              np.asarray(fine_to_coarse), None if coarse is None else np.asarray(coarse, np.float64))
+
+
+def class_embeddings(task: T.Task, encoder: str | None) -> np.ndarray:
+    """[C, d]: per class, the mean of its normalised prompt embeddings with the caption encoder, renormalised."""
+    from mode.embed import encode
+
+    names = list(task.classnames) if task.kind == "classification" else ["a photo"]
+    prompts = [p for c in names for p in task.prompts(c)]
+    emb = encode(prompts, encoder).reshape(len(names), len(task.templates), -1).mean(axis=1)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], report: str, weighting: str = "mode",
+        dense: str | None = None) -> dict:
+    """Weights, ensemble logits and metrics for every task; writes the report. Returns the per-task table."""
+    wd = WorkDir(Path(work_dir))
+    meta = json.loads(wd.features_meta.read_text()) if wd.features_meta.exists() else None
+    if meta is None or not wd.fine_centroids.exists():
+        raise UserError(f"no clustering in {work_dir}: run `./run_mode.sh prep-steps` first")
+    fine, f2c = np.load(wd.fine_centroids), np.load(wd.fine_to_coarse)
+    coarse = np.load(wd.coarse_centroids)
+    if len(experts) != int(f2c.max()) + 1:
+        raise UserError(f"{len(experts)} expert evaluations for {int(f2c.max()) + 1} clusters: list them in order")
+    out, rows, weights, results = Path(eval_out), [], {}, []
+    for task in T.find_tasks(tasks_root):
+        loaded = [_load(out, e, task) for e in experts]
+        w = expert_weights(weighting, class_embeddings(task, meta["encoder"]), fine, f2c, coarse)
+        targets = loaded[0]["targets"]
+        combined = sum(wk * np.asarray(x["logits"], np.float32) for wk, x in zip(w, loaded))
+        uniform = sum(np.asarray(x["logits"], np.float32) for x in loaded) / len(loaded)
+        row = {"task": task.key, "num_classes": len(task.classnames)}
+        for name, x in zip(experts, loaded):
+            row[name] = task_metrics(task, x["logits"], targets)["main_metric"]
+        row["expert_max"] = max(row[e] for e in experts)
+        row["uniform"] = task_metrics(task, uniform, targets)["main_metric"]
+        metrics = task_metrics(task, combined, targets)
+        row["ensemble"] = metrics["main_metric"]
+        if dense:
+            d = _load(out, dense, task)
+            row["dense"] = task_metrics(task, d["logits"], d["targets"])["main_metric"]
+        rows.append(row)
+        weights[task.key] = [round(float(x), 6) for x in w]
+        results.append({"key": task.key, "dataset": task.name, "metrics": metrics})
+    write_report(Path(report), rows, weights, results, weighting, experts)
+    return {"rows": rows, "weights": weights}
+
+
+def _load(out: Path, label: str, task: T.Task):
+    path = out / label / f"{task.key}.npz"
+    if not path.exists():
+        raise UserError(f"no evaluation of {label!r} on {task.key} in {out}: run `mode evaluate` first")
+    return np.load(path)
+
+
+def write_report(report: Path, rows: list[dict], weights: dict, results: list[dict], weighting: str,
+                 experts: list[str]) -> None:
+    """ensemble.csv (+ average row), weights.json, the ensemble's eval_results.jsonl and two plots."""
+    import csv
+    import io
+
+    columns = list(rows[0])
+    average = {"task": "average", "num_classes": ""}
+    for c in columns[2:]:
+        average[c] = float(np.mean([r[c] for r in rows]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for r in [*rows, average]:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    with atomic_write(report / "ensemble.csv", "w") as f:
+        f.write(buf.getvalue())
+    write_json(report / "weights.json", {"weighting": weighting, "experts": experts, "weights": weights})
+    with atomic_write(report / "eval_results.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in results)
+    _plots(report, rows, weights, experts)
+
+
+def _plots(report: Path, rows: list[dict], weights: dict, experts: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task_names = [r["task"] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(experts), 0.8 + 0.4 * len(rows)))
+    im = ax.imshow(np.array([weights[t] for t in task_names]), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(experts)), experts, rotation=30, ha="right")
+    ax.set_yticks(range(len(task_names)), task_names)
+    ax.set_title("expert weight per task")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(report / "weights.png", dpi=120)
+    plt.close(fig)
+    series = [*experts, "uniform", "ensemble"] + (["dense"] if "dense" in rows[0] else [])
+    fig, ax = plt.subplots(figsize=(2 + 1.5 * len(rows), 4))
+    width = 0.8 / len(series)
+    for i, s in enumerate(series):
+        ax.bar(np.arange(len(rows)) + i * width, [r[s] for r in rows], width, label=s)
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, task_names)
+    ax.set_ylabel("main metric")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(report / "scores.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,154 @@
+"""Evaluation tasks, metrics against hand-computed values, expert weights, and the ensemble report."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mode import ensemble, evaluate
+from mode import tasks as T
+from mode.errors import UserError
+from mode.layout import Pool, WorkDir
+from mode.toy import DOMAINS
+
+
+def test_classification_metrics_by_hand():
+    logits = np.array([[0.9, 0.1, 0.0],   # pred 0, target 0: hit
+                       [0.2, 0.7, 0.1],   # pred 1, target 1: hit
+                       [0.5, 0.4, 0.1],   # pred 0, target 1: miss (2nd)
+                       [0.1, 0.3, 0.6],   # pred 2, target 2: hit
+                       [0.6, 0.1, 0.3]])  # pred 0, target 2: miss (2nd)
+    targets = np.array([0, 1, 1, 2, 2])
+    m = T.classification_metrics(logits, targets)
+    assert m["acc1"] == pytest.approx(3 / 5)
+    assert m["acc5"] == 1.0
+    assert T.accuracy(logits, targets, 2) == 1.0  # both misses are second
+    assert T.accuracy(logits[:, [1, 2, 0]], targets, 2) == pytest.approx(2 / 5)  # columns permuted by hand
+    # class 0: 1/1, class 1: 1/2, class 2: 1/2 -> mean 2/3
+    assert m["mean_per_class_recall"] == pytest.approx(2 / 3)
+    assert m["main_metric"] == m["acc1"]
+    assert T.classification_metrics(logits, targets, "mean_per_class_recall")["main_metric"] == pytest.approx(2 / 3)
+
+
+def test_retrieval_recall_by_hand():
+    # 2 images, 3 captions: captions 0, 1 belong to image 0, caption 2 to image 1
+    sim = np.array([[0.9, 0.1, 0.8],
+                    [0.2, 0.3, 0.4]])
+    owner = np.array([0, 0, 1])
+    m = T.retrieval_metrics(sim, owner)
+    # caption -> image (top-1): c0 -> img0 ok, c1 -> img1 (0.3 > 0.1) wrong, c2 -> img0 (0.8 > 0.4) wrong
+    assert m["image_retrieval_recall@1"] == pytest.approx(1 / 3)
+    # image -> caption (top-1): img0 -> c0 ok, img1 -> c2 ok
+    assert m["text_retrieval_recall@1"] == 1.0
+    assert m["mean_recall@1"] == pytest.approx((1 / 3 + 1) / 2) == m["main_metric"]
+    assert m["image_retrieval_recall@5"] == 1.0
+
+
+def test_datacomp_task_list_and_average():
+    assert len(T.DATACOMP_TASKS) == 38
+    assert T.DATACOMP_TASKS["vtab/pets"][1] == "mean_per_class_recall"
+    assert T.DATACOMP_TASKS["retrieval/flickr30k"][1] == "mean_recall@1"
+    assert T.hub_repo("vtab/dtd") == "djghosh/wds_dtd_test"
+    avg, n = T.datacomp_average({"imagenet1k": 0.5, "cifar10": 0.7, "toy_shapes": 0.1})
+    assert (avg, n) == (pytest.approx(0.6), 2)
+
+
+def test_toy_tasks_load(toy_pool):
+    tasks = T.find_tasks(Pool(toy_pool).eval_tasks_dir)
+    assert [t.key for t in tasks] == sorted(d.task for d in DOMAINS)
+    shapes = next(t for t in tasks if t.key == "toy_shapes")
+    assert shapes.kind == "classification" and shapes.main_metric == "acc1"
+    assert shapes.prompts("circle")[0] == "a photo of a circle."
+    with pytest.raises(UserError, match="not an evaluation task"):
+        T.load_task(toy_pool)
+
+
+def test_mode_weighting_by_hand():
+    # 2 coarse clusters; fine centroids 0,1 -> coarse 0, fine 2 -> coarse 1 (unit vectors in 3-d)
+    fine = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    f2c = np.array([0, 0, 1])
+    s2 = math.sqrt(0.5)
+    class_emb = np.array([[1.0, 0, 0], [s2, 0, s2], [0, 0, 1.0]])  # d = 0, 0.765 (tie -> fine 0), 0
+    c = 3
+    a, m = math.exp(0.5 - math.sqrt(c)), 5 * math.log10(10)
+    d_tie = math.sqrt(2 - 2 * s2)
+    s0 = math.exp(a * m) + math.exp((a - d_tie) * m)
+    s1 = math.exp(a * m)
+    expected = np.exp(np.array([s0, s1]) / 8) / np.exp(np.array([s0, s1]) / 8).sum()
+    np.testing.assert_allclose(ensemble.expert_weights("mode", class_emb, fine, f2c), expected, rtol=1e-9)
+    np.testing.assert_allclose(ensemble.mode_scores(class_emb, fine, f2c), [s0, s1], rtol=1e-9)
+    assert ensemble.expert_weights("top1", class_emb, fine, f2c).tolist() == [1.0, 0.0]
+    assert ensemble.expert_weights("uniform", class_emb, fine, f2c).tolist() == [0.5, 0.5]
+    coarse = np.array([[1.0, 0, 0], [0, 0, 1.0]])
+    w = ensemble.expert_weights("mean_cosine", fine[:2], fine, f2c, coarse)  # mean cosines 0.5 and 0
+    np.testing.assert_allclose(w, np.exp([10, 0]) / np.exp([10, 0]).sum())
+    # many classes: a = 0 and m grows with C
+    many = np.tile(class_emb, (100, 1))
+    s = ensemble.mode_scores(many, fine, f2c)
+    assert s[1] == pytest.approx(100 * math.exp(0.0))
+    with pytest.raises(UserError):
+        ensemble.expert_weights("nope", class_emb, fine, f2c)
+
+
+def _domain_of_cluster(work):
+    """Majority toy domain of each coarse cluster, from the assignment and the captions."""
+    from collections import Counter
+
+    votes = {}
+    wd = WorkDir(work)
+    for p in sorted(wd.assign_dir.glob("*.parquet")):
+        a = pq.read_table(p).to_pydict()
+        caps = pq.read_table(wd.captions(p.stem)).column("caption").to_pylist()
+        for k, cap in zip(a["coarse"], caps):
+            for d in DOMAINS:
+                if any(c in cap for c in d.classes):
+                    votes.setdefault(k, Counter())[d.name] += 1
+    return {k: v.most_common(1)[0][0] for k, v in votes.items()}
+
+
+@pytest.mark.parametrize("method", ["mode", "top1", "mean_cosine"])
+def test_largest_weight_goes_to_the_tasks_domain(toy_pool, toy_work, method):
+    wd = WorkDir(toy_work)
+    fine, f2c, coarse = np.load(wd.fine_centroids), np.load(wd.fine_to_coarse), np.load(wd.coarse_centroids)
+    domain_of = _domain_of_cluster(toy_work)
+    assert sorted(domain_of.values()) == sorted(d.name for d in DOMAINS)
+    for task in T.find_tasks(Pool(toy_pool).eval_tasks_dir):
+        w = ensemble.expert_weights(method, ensemble.class_embeddings(task, None), fine, f2c, coarse)
+        assert domain_of[int(np.argmax(w))] == task.key.removeprefix("toy_"), (task.key, w)
+
+
+def test_evaluate_and_ensemble_report(toy_pool, toy_work, tmp_path):
+    """Random-weight models: the pipeline's files and formats, and the ensemble's arithmetic."""
+    tasks = Pool(toy_pool).eval_tasks_dir
+    specs = [evaluate.ModelSpec.parse(f"e{k}=ViT-Toy-8") for k in range(3)]
+    specs.append(evaluate.ModelSpec.parse("dense=toy_tiny"))
+    out = tmp_path / "eval"
+    results = evaluate.run(specs, str(tasks), str(out), device="cpu")
+    assert set(results) == {"e0", "e1", "e2", "dense"}
+    rows = [json.loads(line) for line in (out / "e0" / "eval_results.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows] == ["toy_glyphs", "toy_shapes", "toy_textures"]
+    assert {"acc1", "acc5", "mean_per_class_recall", "main_metric"} <= set(rows[0]["metrics"])
+    npz = np.load(out / "e0" / "toy_shapes.npz")
+    assert npz["logits"].shape == (24, 6) and npz["logits"].dtype == np.float16 and npz["targets"].shape == (24,)
+    assert np.abs(npz["logits"].astype(np.float32)).max() <= 1.0 + 1e-3  # raw cosines
+    mtime = (out / "e0" / "toy_shapes.npz").stat().st_mtime_ns
+    evaluate.run(specs, str(tasks), str(out), device="cpu")  # complete: skipped
+    assert (out / "e0" / "toy_shapes.npz").stat().st_mtime_ns == mtime
+
+    report = tmp_path / "report"
+    table = ensemble.run(str(toy_work), str(tasks), str(out), ["e0", "e1", "e2"], str(report), "mode", "dense")
+    row = next(r for r in table["rows"] if r["task"] == "toy_shapes")
+    w = table["weights"]["toy_shapes"]
+    logits = [np.load(out / e / "toy_shapes.npz")["logits"].astype(np.float32) for e in ("e0", "e1", "e2")]
+    combined = sum(wk * x for wk, x in zip(w, logits))
+    assert row["ensemble"] == pytest.approx(T.accuracy(combined, npz["targets"]))
+    assert row["expert_max"] == max(row["e0"], row["e1"], row["e2"])
+    csv_lines = (report / "ensemble.csv").read_text().splitlines()
+    assert csv_lines[0] == "task,num_classes,e0,e1,e2,expert_max,uniform,ensemble,dense"
+    assert csv_lines[-1].startswith("average,") and len(csv_lines) == 5
+    assert json.loads((report / "weights.json").read_text())["weighting"] == "mode"
+    assert (report / "weights.png").stat().st_size > 0 and (report / "scores.png").stat().st_size > 0
+    with pytest.raises(UserError, match="run `mode evaluate` first"):
+        ensemble.run(str(toy_work), str(tasks), str(out), ["e0", "e1", "missing"], str(report))
