@@ -99,7 +99,7 @@ class ToyTiny(Recipe):
     toy_pool: str = "runs/toy"
     dataset_type: str = "webdataset"
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     wd: float = 0.1
     warmup: int = 20
     epochs: int = 5

@@ -3,15 +3,30 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")" && pwd)"  # paths given by the user stay relative to where they ran this
 
+# The whole pipeline on a fresh toy pool: prep -> one expert per toy domain + a dense baseline with the same
+# compute -> evaluate -> ensemble -> report. SAMPLES (6000) and EPOCHS (10) size it; ~10 min on 2 CPU cores.
 demo() {
-  local out="${1:-runs/demo}"
+  local out="${1:-runs/demo}" samples="${SAMPLES:-6000}" epochs="${EPOCHS:-10}"
+  local fine=32 coarse=3
+  local runs="$out/logs/toy_tiny_mode_n${coarse}m${fine}"
   echo "== toy pool -> $out/pool"
-  python -m mode toy "$out/pool" --samples 4000 --shards 8
-  echo "== train toy_tiny (open_clip_train + plugin, CPU) -> $out/logs/toy_tiny"
-  python "$REPO/src/training/main.py" toy_tiny --toy-pool "$out/pool" --logs "$out/logs" --name toy_tiny \
-    --epochs 5 --resume latest
-  echo "== loss per epoch"
-  python -m mode losses "$out/logs/toy_tiny/out.log"
+  python -m mode toy "$out/pool" --samples "$samples" --shards 8 --workers 2
+  echo "== MoDE prep: captions, embed, cluster ($fine fine -> $coarse coarse), assign, route -> $out/work"
+  FINE=$fine COARSE=$coarse prep_steps "$out/pool" "$out/work"
+  echo "== train $coarse experts + a dense baseline (open_clip_train + plugin, CPU) -> $runs"
+  python -m mode train-experts toy_tiny_mode --experts all --dense --folder "$out/logs/submitit" -- \
+    --toy-pool "$out/pool" --mode-work-dir "$out/work" --logs "$out/logs" --epochs "$epochs"
+  local models=() labels=()
+  for k in $(seq 0 $((coarse - 1))); do
+    models+=(--model "expert_$k=toy_tiny_mode:$runs/expert_$k/checkpoints/epoch_$epochs.pt")
+    labels+=("expert_$k")
+  done
+  models+=(--model "dense=toy_tiny_mode:$runs/dense/checkpoints/epoch_$epochs.pt")
+  echo "== evaluate on the toy tasks -> $out/eval"
+  python -m mode evaluate --tasks "$out/pool/eval_tasks" --out "$out/eval" "${models[@]}"
+  echo "== ensemble (MoDE weighting) -> $out/report"
+  python -m mode ensemble --work-dir "$out/work" --tasks "$out/pool/eval_tasks" --eval-out "$out/eval" \
+    --experts "$(IFS=,; echo "${labels[*]}")" --dense dense --weighting mode --report "$out/report"
 }
 
 # MoDE prep: captions -> embed -> cluster -> assign -> route. The per-shard steps take their rank from

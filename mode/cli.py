@@ -118,6 +118,15 @@ def format_table(rows: list[dict]) -> str:
                      for row in cells)
 
 
+def _submit(args: argparse.Namespace) -> None:
+    from mode import submit
+
+    sub = submit.Submission(scale=args.scale, track=args.track, method_name=args.method_name, author=args.author,
+                            email=args.email, samples=args.samples, results=args.results, hf_repo=args.hf_repo,
+                            dataset_size=args.dataset_size, checkpoint=args.checkpoint, writeup=args.writeup)
+    print(submit.run(sub, args.bundle, dry_run=True if args.dry_run else None))
+
+
 def _step_parser(sub, name: str, help: str, func, per_shard: bool = True, workers: bool = True):
     p = sub.add_parser(name, help=help)
     p.add_argument("--shards", required=True, metavar="SPEC",
@@ -204,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", default="mode", choices=("mode", "uniform", "top1", "mean_cosine"))
     p.add_argument("--report", required=True, help="report dir: ensemble.csv, weights.json, eval_results.jsonl, *.png")
     p.set_defaults(func=_ensemble)
+
+    p = sub.add_parser("submit", help="DataComp submission bundle; uploaded to your HF repo unless --dry-run")
+    p.add_argument("--scale", required=True, choices=("small", "medium", "large", "xlarge"))
+    p.add_argument("--track", required=True, choices=("filtering", "byod"))
+    p.add_argument("--method-name", required=True, help="shown on the leaderboard")
+    p.add_argument("--author", required=True, help="shown on the leaderboard")
+    p.add_argument("--email", required=True, help="for contact; not shown")
+    p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined")
+    p.add_argument("--results", required=True, help="eval_results.jsonl")
+    p.add_argument("--hf-repo", required=True, help="your Hugging Face dataset repo, USER/NAME")
+    p.add_argument("--dataset-size", type=int, default=None, help="default: the number of uids in --samples")
+    p.add_argument("--checkpoint", default=None, help="also upload this checkpoint")
+    p.add_argument("--writeup", default=None, help="link to a paper or blog post")
+    p.add_argument("--bundle", default="submission", help="where to write the bundle")
+    p.add_argument("--dry-run", action="store_true", help="write the bundle only (the default without a HF login)")
+    p.set_defaults(func=_submit)
 
     p = sub.add_parser("losses", help="per-epoch mean contrastive loss from an open_clip_train out.log")
     p.add_argument("log", help="logs/<name>/out.log")

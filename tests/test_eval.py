@@ -152,3 +152,40 @@ def test_evaluate_and_ensemble_report(toy_pool, toy_work, tmp_path):
     assert (report / "weights.png").stat().st_size > 0 and (report / "scores.png").stat().st_size > 0
     with pytest.raises(UserError, match="run `mode evaluate` first"):
         ensemble.run(str(toy_work), str(tasks), str(out), ["e0", "e1", "missing"], str(report))
+
+
+def test_submit_dry_run_bundle(tmp_path, monkeypatch):
+    from mode.uids import hex_to_pairs, save_subset
+
+    from .conftest import PYTHON, run
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_never_written")
+    rng = np.random.default_rng(0)
+    save_subset(str(tmp_path / "a.npy"), hex_to_pairs([rng.bytes(16).hex() for _ in range(7)]))
+    save_subset(str(tmp_path / "b.npy"), hex_to_pairs([rng.bytes(16).hex() for _ in range(5)]))
+    results = tmp_path / "eval_results.jsonl"
+    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k",
+                                   "metrics": {"acc1": 0.5, "main_metric": 0.5}}) + "\n")
+    bundle = tmp_path / "bundle"
+    res = run([PYTHON, "-m", "mode", "submit", "--scale", "small", "--track", "filtering", "--method-name", "m",
+               "--author", "me", "--email", "me@example.org",
+               "--samples", f"{tmp_path / 'a.npy'}::{tmp_path / 'b.npy'}",
+               "--results", str(results), "--hf-repo", "me/sub", "--bundle", str(bundle), "--dry-run"],
+              env={"HF_TOKEN": "hf_secret_token_never_written"})
+    assert res.returncode == 0, res.stderr
+    assert "dry run" in res.stdout and "hf_secret" not in res.stdout + res.stderr
+    rec = json.loads((bundle / "submission.json").read_text())
+    fields = {"scale", "model", "dataset_size", "checkpoint", "batch_size", "learning_rate", "method_name", "author",
+              "email", "hf_username", "hf_repo_name", "timestamp", "track", "writeup"}
+    assert fields <= set(rec)
+    assert (rec["scale"], rec["model"], rec["batch_size"], rec["dataset_size"]) == ("small", "ViT-B-32", 4096, 12)
+    assert (rec["hf_username"], rec["hf_repo_name"], rec["ImageNet 1k"]) == ("me", "sub", 0.5)
+    assert sorted(p.name for p in (bundle / "small_scale" / "samples").iterdir()) == ["a.npy", "b.npy"]
+    assert (bundle / "small_scale" / "results.jsonl").read_text() == results.read_text()
+    assert not any("hf_secret" in p.read_text(errors="ignore") for p in bundle.rglob("*") if p.is_file())
+    unsorted = tmp_path / "bad.npy"
+    np.save(unsorted, np.array([(5, 0), (1, 0)], dtype="u8,u8"))
+    res = run([PYTHON, "-m", "mode", "submit", "--scale", "small", "--track", "filtering", "--method-name", "m",
+               "--author", "me", "--email", "e", "--samples", str(unsorted), "--results", str(results),
+               "--hf-repo", "me/sub", "--bundle", str(tmp_path / "b2"), "--dry-run"])
+    assert res.returncode == 2 and "not sorted" in res.stderr and len(res.stderr.strip().splitlines()) == 1
