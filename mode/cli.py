@@ -118,6 +118,17 @@ def format_table(rows: list[dict]) -> str:
                      for row in cells)
 
 
+def _download_tasks(args: argparse.Namespace) -> None:
+    from mode import tasks
+
+    keys = list(tasks.DATACOMP_TASKS) if args.keys == "all" else args.keys.split(",")
+    unknown = [k for k in keys if k not in tasks.DATACOMP_TASKS]
+    if unknown:
+        raise UserError(f"unknown DataComp task {unknown[0]!r}; e.g. {', '.join(list(tasks.DATACOMP_TASKS)[:3])}")
+    for key in keys:
+        print(f"{key}: {tasks.download(key, args.out)}")
+
+
 def _submit(args: argparse.Namespace) -> None:
     from mode import submit
 
@@ -203,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("download-tasks", help="fetch DataComp's evaluation tasks from the Hugging Face hub")
+    p.add_argument("--out", required=True, help="tasks directory (then `mode evaluate --tasks OUT`)")
+    p.add_argument("--keys", default="all", help="all, or DataComp task keys like vtab/dtd,cifar10")
+    p.set_defaults(func=_download_tasks)
 
     p = sub.add_parser("ensemble", help="weight experts per task from class names vs cluster centroids; report")
     p.add_argument("--work-dir", required=True, help="the clustering work dir")

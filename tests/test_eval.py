@@ -189,3 +189,34 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
                "--author", "me", "--email", "e", "--samples", str(unsorted), "--results", str(results),
                "--hf-repo", "me/sub", "--bundle", str(tmp_path / "b2"), "--dry-run"])
     assert res.returncode == 2 and "not sorted" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_retrieval_task_end_to_end(toy_pool, tmp_path):
+    """A retrieval task (images + caption lines), evaluated like DataComp's flickr/mscoco."""
+    from mode.shards import iter_tar, write_tar
+
+    src = next(t for t in T.find_tasks(Pool(toy_pool).eval_tasks_dir) if t.key == "toy_shapes")
+    task = tmp_path / "tasks" / "retrieval" / "toy_captions"
+    samples = []
+    for key, members in iter_tar(src.path / "test" / "0.tar"):
+        name = src.classnames[int(members["cls"])]
+        samples.append((key, {"webp": members["webp"], "txt": f"a {name}\nthe {name} shape".encode()}))
+    write_tar(task / "test" / "0.tar", samples)
+    (task / "test" / "nshards.txt").write_text("1\n")
+    loaded = T.find_tasks(tmp_path / "tasks")[0]
+    assert (loaded.key, loaded.kind, loaded.main_metric) == ("retrieval/toy_captions", "retrieval", "mean_recall@1")
+    evaluate.run([evaluate.ModelSpec.parse("m=ViT-Toy-8")], str(tmp_path / "tasks"), str(tmp_path / "out"), "cpu")
+    data = np.load(tmp_path / "out" / "m" / "retrieval" / "toy_captions.npz")
+    assert data["logits"].shape == (len(samples), 2 * len(samples))
+    assert data["targets"].tolist() == [i for i in range(len(samples)) for _ in range(2)]
+    row = json.loads((tmp_path / "out" / "m" / "eval_results.jsonl").read_text())
+    assert {"image_retrieval_recall@1", "text_retrieval_recall@1", "mean_recall@1"} <= set(row["metrics"])
+
+
+def test_download_tasks_offline_is_one_line(tmp_path):
+    from .conftest import PYTHON, run
+
+    res = run([PYTHON, "-m", "mode", "download-tasks", "--out", str(tmp_path), "--keys", "vtab/dtd"],
+              env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "djghosh/wds_dtd_test" in res.stderr
