@@ -3,19 +3,25 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")" && pwd)"  # paths given by the user stay relative to where they ran this
 
-# The whole pipeline on a fresh toy pool: prep -> one expert per toy domain + a dense baseline with the same
-# compute -> evaluate -> ensemble -> report. SAMPLES (6000) and EPOCHS (10) size it; ~10 min on 2 CPU cores.
+# The whole pipeline on a fresh toy pool: DataComp basic filter -> reshard -> MoDE prep -> one expert per toy
+# domain + a dense baseline with the same compute -> evaluate -> ensemble -> report.
+# SAMPLES (6000) and EPOCHS (10) size it; ~10 min on 2 CPU cores.
 demo() {
   local out="${1:-runs/demo}" samples="${SAMPLES:-6000}" epochs="${EPOCHS:-10}"
   local fine=32 coarse=3
   local runs="$out/logs/toy_tiny_mode_n${coarse}m${fine}"
   echo "== toy pool -> $out/pool"
   python -m mode toy "$out/pool" --samples "$samples" --shards 8 --workers 2
+  echo "== DataComp basic filter (English, > 2 words, > 5 characters, min side >= 200, aspect <= 3) -> $out/basic.npy"
+  python -m mode filter --name basic_filter --metadata-dir "$out/pool/metadata" --save-path "$out/basic.npy"
+  echo "== reshard the kept pairs -> $out/filtered"
+  python -m mode reshard -i "$out/pool" -o "$out/filtered" -s "$out/basic.npy" --shard-size 1000 --workers 2 \
+    --overwrite
   echo "== MoDE prep: captions, embed, cluster ($fine fine -> $coarse coarse), assign, route -> $out/work"
-  FINE=$fine COARSE=$coarse prep_steps "$out/pool" "$out/work"
+  FINE=$fine COARSE=$coarse prep_steps "$out/filtered" "$out/work"
   echo "== train $coarse experts + a dense baseline (open_clip_train + plugin, CPU) -> $runs"
   python -m mode train-experts toy_tiny_mode --experts all --dense --folder "$out/logs/submitit" -- \
-    --toy-pool "$out/pool" --mode-work-dir "$out/work" --logs "$out/logs" --epochs "$epochs"
+    --data-dir "$out/filtered" --mode-work-dir "$out/work" --logs "$out/logs" --epochs "$epochs"
   local models=() labels=()
   for k in $(seq 0 $((coarse - 1))); do
     models+=(--model "expert_$k=toy_tiny_mode:$runs/expert_$k/checkpoints/epoch_$epochs.pt")

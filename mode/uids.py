@@ -88,5 +88,15 @@ class UidSet:
             found[i] = j < right[i] and self.lo[j] == queries["f1"][i]
         return found
 
+    def positions(self, queries: np.ndarray) -> np.ndarray:
+        """Index of each query in the sorted set (the first, for repeated uids), or -1 when absent."""
+        queries = np.asarray(queries, dtype=UID_DTYPE)
+        left = np.searchsorted(self.hi, queries["f0"], side="left")
+        out = np.full(len(queries), -1, np.int64)
+        for i in np.flatnonzero(self.contains(queries)):
+            right = np.searchsorted(self.hi, queries["f0"][i], side="right")
+            out[i] = left[i] + np.searchsorted(self.lo[left[i]:right], queries["f1"][i])
+        return out
+
     def __contains__(self, uid: str) -> bool:
         return bool(self.contains(hex_to_pairs([uid]))[0])

@@ -1,0 +1,89 @@
+"""`mode reshard`: write a subset of a pool as new webdataset shards, with DataComp's resharder semantics.
+
+Only samples whose uid is in the subset are written, and a uid listed n times in the subset is written n times.
+Output: `<out>/{00000000..}.tar` of `--shard-size` samples (keys renumbered so repeats stay distinct samples),
+`<out>/<shard>_stats.json`, `sizes.json`, `sample_ids.npy` (the uid of every output sample, in order) and
+`meta.json` (`output_shard_count`, `output_shard_format`, ...), which `--data-dir` reads. Input shards are read
+in parallel into per-shard parts, then packed in input order; samples without a json uid are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mode.errors import UserError
+from mode.shards import atomic_write, expand, iter_tar, pool_map, shard_ids, tar_writer, write_json, write_tar
+from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
+
+SHARD_FORMAT = "{:08d}.tar"
+
+
+def _select(subset_path: str, parts_dir: str, item: tuple[str, str]) -> dict:
+    """Write one input shard's selected samples (each as many times as listed) to a part tar."""
+    path, part = item
+    subset = load_subset(subset_path)
+    uniq, counts = np.unique(subset, return_counts=True)
+    members = UidSet(uniq)
+    skipped, written, uids = Counter(), 0, []
+    with tar_writer(Path(parts_dir) / f"{part}.tar") as sink:
+        for key, sample in iter_tar(path, skipped):
+            try:
+                uid = json.loads(sample["json"])["uid"]
+                pair = hex_to_pairs([uid])
+            except (KeyError, ValueError, TypeError):
+                skipped["no_uid"] += 1
+                continue
+            pos = members.positions(pair)[0]
+            for r in range(int(counts[pos]) if pos >= 0 else 0):
+                sink.write(f"{key}_{r}", sample)
+                uids.append(uid)
+                written += 1
+    return {"part": part, "written": written, "uids": uids, "skipped": dict(skipped)}
+
+
+def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, workers: int = 1,
+        overwrite: bool = False) -> dict:
+    """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary."""
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    if shard_size < 1:
+        raise UserError("--shard-size must be positive")
+    load_subset(subset)  # checks dtype and order once, with a clear error
+    start, paths = time.perf_counter(), expand(inputs)
+    parts_dir = out / ".parts"
+    parts_dir.mkdir(parents=True)
+    ids = shard_ids(paths)
+    work = partial(_select, subset, str(parts_dir))
+    items = [(p, ids[p]) for p in paths]
+    results = list(tqdm(pool_map(work, items, workers), total=len(items), desc="reshard: select", unit="shard"))
+    samples = (s for res in results for s in iter_tar(parts_dir / f"{res['part']}.tar"))
+    sizes, n_out = {}, 0
+    while (first := next(samples, None)) is not None:  # stream: never more than one sample in memory
+        name = SHARD_FORMAT.format(n_out)
+        batch = itertools.chain([first], itertools.islice(samples, shard_size - 1))
+        count = write_tar(out / name, ((f"{n_out:08d}{i:05d}", members) for i, (_, members) in enumerate(batch)))
+        write_json(out / f"{n_out:08d}_stats.json", {"count": count, "successes": count})
+        sizes[name], n_out = count, n_out + 1
+    sample_ids = [u for res in results for u in res["uids"]]
+    shutil.rmtree(parts_dir)
+    with atomic_write(out / "sample_ids.npy") as f:
+        np.save(f, hex_to_pairs(sample_ids) if sample_ids else np.zeros(0, UID_DTYPE))
+    write_json(out / "sizes.json", sizes)
+    skipped = sum((Counter(r["skipped"]) for r in results), Counter())
+    summary = {"input_shards": len(paths), "output_shard_count": n_out, "output_shard_format": SHARD_FORMAT,
+               "shard_size": shard_size, "samples": len(sample_ids), "skipped": dict(skipped),
+               "subset": str(subset), "seconds": round(time.perf_counter() - start, 3)}
+    write_json(out / "meta.json", summary)  # written last: a complete reshard has meta.json
+    return summary
