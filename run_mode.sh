@@ -33,6 +33,9 @@ demo() {
   echo "== ensemble (MoDE weighting) -> $out/report"
   python -m mode ensemble --work-dir "$out/work" --tasks "$out/pool/eval_tasks" --eval-out "$out/eval" \
     --experts "$(IFS=,; echo "${labels[*]}")" --dense dense --weighting mode --report "$out/report"
+  echo "== ensemble (hard top-1 routing by the same scores) -> $out/report_top1"
+  python -m mode ensemble --work-dir "$out/work" --tasks "$out/pool/eval_tasks" --eval-out "$out/eval" \
+    --experts "$(IFS=,; echo "${labels[*]}")" --dense dense --weighting top1 --report "$out/report_top1"
 }
 
 # MoDE prep: captions -> embed -> cluster -> assign -> route. The per-shard steps take their rank from
