@@ -3,8 +3,8 @@
 1. Fine k-means (faiss; GPU when present) on a seeded sample of the features: `--fine` centroids, spherical
    (cosine) by default as MoDE clusters unit-norm SimCSE features, or plain Euclidean.
 2. Coarse k-means over the fine centroids, each weighted by its fine cluster's size so that experts are
-   sized by data, best of 10 restarts (cheap: it clusters Kf points). `--balance` then reassigns fine clusters so that the coarse clusters hold near-equal
-   numbers of pairs (MoDE trains on balanced clusters).
+   sized by data, best of 10 restarts (cheap: it clusters Kf points). `--balance` then reassigns fine
+   clusters so that the coarse clusters hold near-equal numbers of pairs (MoDE trains on balanced clusters).
 
 Writes clusters/fine.npy [Kf, d], coarse.npy [Kc, d] (float32, unit norm), fine_to_coarse.npy [Kf] and
 summary.json (config, sizes, mean cosine to centroid, iterations, seconds, max/min expert size).

@@ -38,6 +38,29 @@ def toy_work(toy_pool, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clean_work(tmp_path_factory) -> Path:
+    """The demo's order on a 1200-row toy pool: basic filter -> reshard -> every prep step (fine 8, coarse 3).
+
+    (On 600 rows the clustering may split glyphs into digits and letters rather than separate the domains.)
+    """
+    from mode import assign, captions, cluster, embed, filters, reshard
+    from mode.layout import Pool
+    from mode.toy import ensure_pool
+
+    root = tmp_path_factory.mktemp("clean")
+    pool = root / "pool"
+    ensure_pool(str(pool), **{**SMALL_POOL, "samples": 1200})
+    filters.run("basic_filter", str(Pool(pool).metadata_dir), str(root / "basic.npy"), filters.FilterParams())
+    reshard.run(str(pool), str(root / "shards"), str(root / "basic.npy"), shard_size=250)
+    shards, work = str(root / "shards"), root / "work"
+    captions.run(shards, str(work), 0, 1)
+    embed.run(shards, str(work), rank=0, world_size=1)
+    cluster.run(shards, str(work), TOY_CLUSTER, world_size=1)
+    assign.run(shards, str(work), 0, 1)
+    return work
+
+
+@pytest.fixture(scope="session")
 def toy_pool(tmp_path_factory) -> Path:
     """A small toy pool shared by the session's tests (read-only for them)."""
     from mode.toy import ensure_pool

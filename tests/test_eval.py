@@ -109,17 +109,17 @@ def _domain_of_cluster(work):
 
 
 @pytest.mark.parametrize("method", ["mode", "top1", "mean_cosine"])
-def test_largest_weight_goes_to_the_tasks_domain(toy_pool, toy_work, method):
-    wd = WorkDir(toy_work)
+def test_largest_weight_goes_to_the_tasks_domain(toy_pool, clean_work, method):
+    wd = WorkDir(clean_work)
     fine, f2c, coarse = np.load(wd.fine_centroids), np.load(wd.fine_to_coarse), np.load(wd.coarse_centroids)
-    domain_of = _domain_of_cluster(toy_work)
+    domain_of = _domain_of_cluster(clean_work)
     assert sorted(domain_of.values()) == sorted(d.name for d in DOMAINS)
     for task in T.find_tasks(Pool(toy_pool).eval_tasks_dir):
         w = ensemble.expert_weights(method, ensemble.class_embeddings(task, None), fine, f2c, coarse)
         assert domain_of[int(np.argmax(w))] == task.key.removeprefix("toy_"), (task.key, w)
 
 
-def test_evaluate_and_ensemble_report(toy_pool, toy_work, tmp_path):
+def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
     """Random-weight models: the pipeline's files and formats, and the ensemble's arithmetic."""
     tasks = Pool(toy_pool).eval_tasks_dir
     specs = [evaluate.ModelSpec.parse(f"e{k}=ViT-Toy-8") for k in range(3)]
@@ -138,7 +138,7 @@ def test_evaluate_and_ensemble_report(toy_pool, toy_work, tmp_path):
     assert (out / "e0" / "toy_shapes.npz").stat().st_mtime_ns == mtime
 
     report = tmp_path / "report"
-    table = ensemble.run(str(toy_work), str(tasks), str(out), ["e0", "e1", "e2"], str(report), "mode", "dense")
+    table = ensemble.run(str(clean_work), str(tasks), str(out), ["e0", "e1", "e2"], str(report), "mode", "dense")
     row = next(r for r in table["rows"] if r["task"] == "toy_shapes")
     w = table["weights"]["toy_shapes"]
     logits = [np.load(out / e / "toy_shapes.npz")["logits"].astype(np.float32) for e in ("e0", "e1", "e2")]
@@ -151,7 +151,7 @@ def test_evaluate_and_ensemble_report(toy_pool, toy_work, tmp_path):
     assert json.loads((report / "weights.json").read_text())["weighting"] == "mode"
     assert (report / "weights.png").stat().st_size > 0 and (report / "scores.png").stat().st_size > 0
     with pytest.raises(UserError, match="run `mode evaluate` first"):
-        ensemble.run(str(toy_work), str(tasks), str(out), ["e0", "e1", "missing"], str(report))
+        ensemble.run(str(clean_work), str(tasks), str(out), ["e0", "e1", "missing"], str(report))
 
 
 def test_submit_dry_run_bundle(tmp_path, monkeypatch):

@@ -34,12 +34,13 @@ def test_fields_map_one_to_one_onto_flags():
 
 
 @pytest.mark.parametrize("name", sorted(run_configs.RECIPES))
-def test_every_recipe_parses_with_open_clip_and_plugin(name, toy_pool):
-    args = _parse(name, ["--data-dir", str(toy_pool)])
+def test_every_recipe_parses_with_open_clip_and_plugin(name, toy_pool, toy_work):
+    expert = ["--mode-work-dir", str(toy_work), "--expert", "0"] if name.endswith("_mode") else []
+    args = _parse(name, ["--data-dir", str(toy_pool), *expert])
     recipe = run_configs.get_recipe(name)
     for f in dataclasses.fields(recipe):
         value = getattr(recipe, f.name)
-        if value is not None and f.name not in ("toy_pool", "data_dir"):
+        if value is not None and f.name not in ("toy_pool", "data_dir", "mode_work_dir"):
             assert getattr(args, f.name) == value, f.name
 
 
