@@ -110,7 +110,22 @@ class ToyTiny(Recipe):
 
 
 @dataclass
-class DataCompScale(Recipe):
+class ClusterRecipe(Recipe):
+    """What every multi-GPU web-scale recipe here shares: resampled webdataset shards, amp, the global-batch
+    contrastive loss computed locally, and a run that resumes its own latest checkpoint."""
+
+    dataset_type: str = "webdataset"
+    dataset_resampled: bool = True
+    precision: str = "amp"
+    seed: int = 0
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    save_most_recent: bool = True
+    resume: str = "latest"
+
+
+@dataclass
+class DataCompScale(ClusterRecipe):
     """DataComp's fixed recipe for one scale (its train.py): only the data may change.
 
     The budget is fixed in samples seen and global batch; `--epochs` is DataComp's `--num_checkpoints`
@@ -120,23 +135,15 @@ class DataCompScale(Recipe):
     needs: ClassVar[tuple[tuple[str, ...], ...]] = (DATA_FLAGS,)
 
     model: str = "ViT-B-32"
-    dataset_type: str = "webdataset"
-    dataset_resampled: bool = True
     global_batch_size: int = 4096
     lr: float = 5e-4
     warmup: int = 500
     epochs: int = 5
     samples_seen: int = 12_800_000
-    precision: str = "amp"
     workers: int = 4
-    seed: int = 0
-    local_loss: bool = True
-    gather_with_grad: bool = True
     grad_checkpointing: bool = True
     ddp_static_graph: bool = True
     save_frequency: int = 0
-    save_most_recent: bool = True
-    resume: str = "latest"
     log_every_n_steps: int = 100
 
 
@@ -152,7 +159,7 @@ class ToyTinyMode(ToyTiny):
 
 
 @dataclass
-class MoDEExpert(Recipe):
+class MoDEExpert(ClusterRecipe):
     """MoDE's expert recipe (MetaCLIP's run_configs_mode.b32_mode): one coarse cluster of a 400M-pair pool.
 
     64 GPUs x 512 = 32768 global batch, 32 epochs of 400M samples, experts started from a dense seed run
@@ -163,8 +170,6 @@ class MoDEExpert(Recipe):
     slurm: ClassVar[Slurm] = Slurm(nodes=8, gpus_per_node=8, cpus_per_task=10, time_min=4320)
 
     model: str = "ViT-B-32-quickgelu"
-    dataset_type: str = "webdataset"
-    dataset_resampled: bool = True
     global_batch_size: int = 32768
     lr: float = 5e-4
     beta1: float = 0.9
@@ -174,14 +179,8 @@ class MoDEExpert(Recipe):
     warmup: int = 2000
     epochs: int = 32
     train_num_samples: int = 400_000_000
-    precision: str = "amp"
     workers: int = 8
-    seed: int = 0
-    local_loss: bool = True
-    gather_with_grad: bool = True
     save_frequency: int = 1
-    save_most_recent: bool = True
-    resume: str = "latest"
     ooc_ratio: float = 0.02
 
 
