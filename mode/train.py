@@ -19,11 +19,19 @@ def run(name: str, extra: list[str]) -> int:
     import open_clip_patch
 
     open_clip_patch.apply()
-    # open_clip_train sets the root logger to INFO; keep torch's own INFO chatter (dynamo stats at exit) out
-    logging.getLogger("torch").setLevel(logging.WARNING)
     from open_clip_train.main import main as train
 
-    result = train(full_argv)
+    try:
+        result = train(full_argv)
+    finally:
+        _quiet_torch()
     if result == -1:
         raise UserError("open_clip_train refused to start (see its message above, e.g. an existing --name)")
     return 0
+
+
+def _quiet_torch() -> None:
+    """open_clip_train sets every logger to INFO, so torch would print dynamo statistics at exit; undo that."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "torch" or name.startswith("torch."):
+            logging.getLogger(name).setLevel(logging.WARNING)
