@@ -128,8 +128,7 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
     spec = FILTERS[name]
     columns = list(spec.columns) + ([_score_key(params)] if spec.needs_score else [])
     table = pq.read_table(path, columns=columns)
-    cols = {c: (table.column(c).to_pylist() if c == "text" else table.column(c).to_numpy()) for c in columns}
-    cols["uid"] = table.column("uid").to_pylist()
+    cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy()) for c in columns}
     mask, info = spec.fn(cols, params)
     kept = [u for u, m in zip(cols["uid"], mask) if m]
     return hex_to_pairs(kept), {"rows": len(mask), "kept": int(mask.sum()), **info}

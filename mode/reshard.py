@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,17 @@ from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 SHARD_FORMAT = "{:08d}.tar"
 
 
+@lru_cache(maxsize=1)
+def _subset_lookup(subset_path: str) -> tuple[UidSet, np.ndarray]:
+    """The subset's distinct uids and how often each is listed; built once per worker process, not per shard."""
+    uniq, counts = np.unique(load_subset(subset_path), return_counts=True)
+    return UidSet(uniq), counts
+
+
 def _select(subset_path: str, parts_dir: str, item: tuple[str, str]) -> dict:
     """Write one input shard's selected samples (each as many times as listed) to a part tar."""
     path, part = item
-    subset = load_subset(subset_path)
-    uniq, counts = np.unique(subset, return_counts=True)
-    members = UidSet(uniq)
+    members, counts = _subset_lookup(subset_path)
     skipped, written, uids = Counter(), 0, []
     with tar_writer(Path(parts_dir) / f"{part}.tar") as sink:
         for key, sample in iter_tar(path, skipped):
