@@ -13,7 +13,17 @@ if str(REPO) not in sys.path:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
+    """Peak resident memory of this process, in MB.
+
+    Linux's VmHWM belongs to this process's own address space; `ru_maxrss` is kept across fork+exec, so in a
+    child started by a large parent it reports the parent's size. ru_maxrss (KiB) only where /proc is absent.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
