@@ -1,0 +1,76 @@
+"""`mode dr-join`: merge DataComp-12M shards with DataCompDR-12M shards into one training set.
+
+DataCompDR-12M is published as reinforcements only (`<key>.paug.json`, `.syn.json`, `.npz`/`.pth.gz`) in
+shards named and keyed like DataComp-12M's (`<key>.jpg`, `.txt`, `.json`, ...); its card merges the two with a
+shell loop that untars both and tars them together. This does the same per shard pair, in parallel: the output
+shard holds, for every key present in both, the members of both (in key order of the image shard).
+
+Checks: a key in only one of the two shards is counted and left out; a member present in both with different
+bytes is an error for that shard (the shards do not belong together); after writing, the output is read back
+and every member compared with its source, byte for byte. Each output shard gets `<shard>_stats.json`, and
+`<out>/dr_join.json` sums the counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+from mode.errors import UserError
+from mode.shards import expand, iter_tar, pool_map, tar_writer, write_json
+
+
+def _digest(members: dict[str, bytes]) -> dict[str, str]:
+    return {ext: hashlib.sha256(data).hexdigest() for ext, data in members.items()}
+
+
+def join_pair(base: str, reinforcements: str, out: str) -> dict:
+    """Merge one shard pair into `out` and verify it; returns the shard's counts."""
+    errors: Counter = Counter()
+    extra = dict(iter_tar(reinforcements, errors))
+    counts = Counter()
+    expected = {}
+    with tar_writer(out) as sink:
+        for key, members in iter_tar(base, errors):
+            if key not in extra:
+                counts["only_in_base"] += 1
+                continue
+            clash = [e for e in members.keys() & extra[key].keys() if members[e] != extra[key][e]]
+            if clash:
+                raise UserError(f"{base} and {reinforcements}: sample {key} has different {clash[0]!r} members; "
+                                "these shards do not belong together")
+            merged = {**members, **extra.pop(key)}
+            sink.write(key, merged)
+            expected[key] = _digest(merged)
+            counts["joined"] += 1
+    counts["only_in_reinforcements"] += len(extra)
+    written = {key: _digest(members) for key, members in iter_tar(out)}
+    if written != expected:
+        raise UserError(f"{out}: read back differs from what was written (disk full or a concurrent writer?)")
+    name = Path(out).name[:-4]
+    write_json(Path(out).with_name(f"{name}_stats.json"), {"count": counts["joined"], "successes": counts["joined"]})
+    return dict(counts) | {f"bad_tar_{k}": v for k, v in errors.items()}
+
+
+def run(base: str, reinforcements: str, out: str, workers: int = 1) -> dict:
+    """Join every shard of `base` with the same-named shard of `reinforcements` into `out`."""
+    base_paths = {Path(p).name: p for p in expand(base)}
+    dr_paths = {Path(p).name: p for p in expand(reinforcements)}
+    common = sorted(base_paths.keys() & dr_paths.keys())
+    if not common:
+        raise UserError(f"no shard names in common between {base} and {reinforcements}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    work = partial(_join_named, base_paths, dr_paths, out)
+    totals = Counter()
+    for counts in pool_map(work, common, workers):
+        totals.update(counts)
+    summary = {"shards": len(common), "shards_only_in_base": len(base_paths.keys() - dr_paths.keys()),
+               "shards_only_in_reinforcements": len(dr_paths.keys() - base_paths.keys()), **totals}
+    write_json(Path(out) / "dr_join.json", summary)
+    return summary
+
+
+def _join_named(base_paths: dict, dr_paths: dict, out: str, name: str) -> dict:
+    return join_pair(base_paths[name], dr_paths[name], str(Path(out) / name))
