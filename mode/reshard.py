@@ -4,7 +4,8 @@ Only samples whose uid is in the subset are written, and a uid listed n times in
 Output: `<out>/{00000000..}.tar` of `--shard-size` samples (keys renumbered so repeats stay distinct samples),
 `<out>/<shard>_stats.json`, `sizes.json`, `sample_ids.npy` (the uid of every output sample, in order) and
 `meta.json` (`output_shard_count`, `output_shard_format`, ...), which `--data-dir` reads. Input shards are read
-in parallel into per-shard parts, then packed in input order; samples without a json uid are counted and skipped.
+in parallel into per-shard parts, then packed in input order (with `--workers` > 1; one worker streams
+straight from the inputs into the output shards); samples without a json uid are counted and skipped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mode.errors import UserError
-from mode.shards import atomic_write, expand, iter_tar, pool_map, shard_ids, tar_writer, write_json, write_tar
+from mode.shards import atomic_write, expand, iter_tar, pool_map, shard_ids, write_json, write_tar
 from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 
 SHARD_FORMAT = "{:08d}.tar"
@@ -34,25 +36,38 @@ def _subset_lookup(subset_path: str) -> tuple[UidSet, np.ndarray]:
     return UidSet(uniq), counts
 
 
-def _select(subset_path: str, parts_dir: str, item: tuple[str, str]) -> dict:
-    """Write one input shard's selected samples (each as many times as listed) to a part tar."""
-    path, part = item
+def _selected(subset_path: str, path: str, result: dict) -> Iterator[tuple[str, dict]]:
+    """One input shard's samples that are in the subset, each as many times as listed; counts into `result`."""
     members, counts = _subset_lookup(subset_path)
-    skipped, written, uids = Counter(), 0, []
-    with tar_writer(Path(parts_dir) / f"{part}.tar") as sink:
-        for key, sample in iter_tar(path, skipped):
-            try:
-                uid = json.loads(sample["json"])["uid"]
-                pair = hex_to_pairs([uid])
-            except (KeyError, ValueError, TypeError):
-                skipped["no_uid"] += 1
-                continue
-            pos = members.positions(pair)[0]
-            for r in range(int(counts[pos]) if pos >= 0 else 0):
-                sink.write(f"{key}_{r}", sample)
-                uids.append(uid)
-                written += 1
-    return {"part": part, "written": written, "uids": uids, "skipped": dict(skipped)}
+    skipped = Counter()
+    result.update(written=0, uids=[], skipped=skipped)
+    for key, sample in iter_tar(path, skipped):
+        try:
+            uid = json.loads(sample["json"])["uid"]
+            pair = hex_to_pairs([uid])
+        except (KeyError, ValueError, TypeError):
+            skipped["no_uid"] += 1
+            continue
+        pos = members.positions(pair)[0]
+        for r in range(int(counts[pos]) if pos >= 0 else 0):
+            yield f"{key}_{r}", sample
+            result["uids"].append(uid)
+            result["written"] += 1
+
+
+def _select(subset_path: str, parts_dir: str, item: tuple[str, str]) -> dict:
+    """Write one input shard's selected samples to a part tar (parallel runs; packed in order afterwards)."""
+    path, part = item
+    result = {"part": part}
+    write_tar(Path(parts_dir) / f"{part}.tar", _selected(subset_path, path, result))
+    return {**result, "skipped": dict(result["skipped"])}
+
+
+def _streamed(subset_path: str, paths: list[str], results: list[dict]) -> Iterator[tuple[str, dict]]:
+    """With one worker: the selected samples of every input shard in order, with no part tars in between."""
+    for path in tqdm(paths, desc="reshard", unit="shard"):
+        results.append({})
+        yield from _selected(subset_path, path, results[-1])
 
 
 def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, workers: int = 1,
@@ -69,11 +84,15 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
     start, paths = time.perf_counter(), expand(inputs)
     parts_dir = out / ".parts"
     parts_dir.mkdir(parents=True)
-    ids = shard_ids(paths)
-    work = partial(_select, subset, str(parts_dir))
-    items = [(p, ids[p]) for p in paths]
-    results = list(tqdm(pool_map(work, items, workers), total=len(items), desc="reshard: select", unit="shard"))
-    samples = (s for res in results for s in iter_tar(parts_dir / f"{res['part']}.tar"))
+    results: list[dict] = []
+    if workers > 1:  # select in parallel into part tars, then pack them in input order
+        ids = shard_ids(paths)
+        work = partial(_select, subset, str(parts_dir))
+        items = [(p, ids[p]) for p in paths]
+        results = list(tqdm(pool_map(work, items, workers), total=len(items), desc="reshard: select", unit="shard"))
+        samples = (s for res in results for s in iter_tar(parts_dir / f"{res['part']}.tar"))
+    else:
+        samples = _streamed(subset, paths, results)
     sizes, n_out = {}, 0
     while (first := next(samples, None)) is not None:  # stream: never more than one sample in memory
         name = SHARD_FORMAT.format(n_out)

@@ -97,6 +97,11 @@ def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_pat
     meta = json.loads((out / "meta.json").read_text())
     assert meta["output_shard_count"] == len(expand(str(out))) and meta["output_shard_format"] == "{:08d}.tar"
     assert sum(json.loads((out / "sizes.json").read_text()).values()) == summary["samples"]
+    one = tmp_path / "one_worker"  # streamed without part tars: the same shards, byte for byte
+    assert reshard.run(str(toy_pool), str(one), str(subset), shard_size=50, workers=1)["samples"] == summary["samples"]
+    assert [(p.name, p.read_bytes()) for p in sorted(one.glob("*.tar"))] == \
+        [(p.name, p.read_bytes()) for p in sorted(out.glob("*.tar"))]
+    assert (one / "sample_ids.npy").read_bytes() == (out / "sample_ids.npy").read_bytes()
     with pytest.raises(UserError, match="--overwrite"):
         reshard.run(str(toy_pool), str(out), str(subset))
     bad = tmp_path / "unsorted.npy"
