@@ -73,6 +73,13 @@ class Recipe:
     expert_data: str | None = None
     ooc_ratio: float | None = None
     init_from: str | None = None
+    grad_clip_norm: float | None = None
+    dataset_reinforcement: bool = False
+    dataset_reinforcement_config: str | None = None
+    distill_loss_weights: tuple[float, float] | None = None
+    distill_logit_scale: tuple[float, ...] | None = None
+    distill_teacher_dimension: tuple[int, ...] | None = None
+    distill_average_after_softmax: bool = False
 
     def to_argv(self) -> list[str]:
         """The recipe as command-line flags, in field order."""
@@ -189,6 +196,47 @@ class MoDEExpertL14(MoDEExpert):
     slurm: ClassVar[Slurm] = Slurm(nodes=16, gpus_per_node=8, cpus_per_task=10, time_min=4320)
 
 
+@dataclass
+class DataCompDR(ClusterRecipe):
+    """ml-mobileclip's DataComp-12M recipe (configs/run_datacomp12m.sh): ViT-B-16, 30k steps of global batch
+    8192 in 20 checkpoints; the DR recipes add the reinforcements and the distillation loss."""
+
+    needs: ClassVar[tuple[tuple[str, ...], ...]] = (DATA_FLAGS,)
+    slurm: ClassVar[Slurm] = Slurm(nodes=4, gpus_per_node=8, cpus_per_task=8, time_min=4320)
+
+    model: str = "ViT-B-16"
+    global_batch_size: int = 8192
+    lr: float = 1e-3
+    beta2: float = 0.95
+    wd: float = 0.2
+    warmup: int = 1000
+    epochs: int = 20
+    samples_seen: int = 30_000 * 8192
+    workers: int = 4
+    grad_checkpointing: bool = True
+    ddp_static_graph: bool = True
+    grad_clip_norm: float = 1.0
+    save_frequency: int = 1
+    log_every_n_steps: int = 20
+
+
+@dataclass
+class ToyTinyDR(ToyTiny):
+    """The tiny ViT on a toy pool reinforced by `mode dr-generate` (one tiny teacher), on CPU."""
+
+    toy_pool: str | None = None
+    data_dir: str = "runs/toy_dr"
+    dataset_reinforcement: bool = True
+    dataset_reinforcement_config: str = "dr_augment_12m"
+    distill_loss_weights: tuple[float, float] = (0.5, 0.5)
+    distill_logit_scale: tuple[float, ...] = (100.0,)
+    grad_clip_norm: float = 1.0
+
+
+_DR = {"dataset_reinforcement": True, "distill_logit_scale": (100.0,), "distill_teacher_dimension": (768, 768),
+       "distill_average_after_softmax": True}
+
+
 def _scale(name: str, **overrides) -> DataCompScale:
     return DataCompScale(name=f"{name}_scale", **overrides)
 
@@ -201,6 +249,13 @@ RECIPES = {
                                      samples_seen=1_280_000_000),
     "datacomp_xlarge": lambda: _scale("xlarge", model="ViT-L-14", global_batch_size=90112, lr=1e-3,
                                       warmup=10000, beta2=0.95, samples_seen=12_800_000_000),
+    "datacomp12m": lambda: DataCompDR(name="datacomp12m"),
+    "datacompdr12m": lambda: DataCompDR(name="datacompdr12m", dataset_reinforcement_config="dr_augment_12m",
+                                        distill_loss_weights=(0.0, 1.0), **_DR),
+    "datacompdr1b": lambda: DataCompDR(name="datacompdr1b", global_batch_size=65536, epochs=100,
+                                       samples_seen=200_000 * 65536, dataset_reinforcement_config="dr_augment_1b",
+                                       distill_loss_weights=(0.25, 0.75), **_DR),
+    "toy_tiny_dr": ToyTinyDR,
     "toy_tiny_mode": ToyTinyMode,
     "b32_mode": MoDEExpert,
     "b16_mode": lambda: MoDEExpert(model="ViT-B-16-quickgelu", grad_checkpointing=True),

@@ -137,6 +137,25 @@ def _reshard(args: argparse.Namespace) -> None:
     print(f"reshard: {s['samples']} samples in {s['output_shard_count']} shards -> {args.output}")
 
 
+def _dr_generate(args: argparse.Namespace) -> None:
+    from dr import generate
+
+    cfg = generate.GenerateConfig(teachers=tuple(args.teacher or ["ViT-Toy-8"]), augmentation=args.augmentation,
+                                  num_augs=args.num_augs, num_syn=args.num_syn, captioner=args.captioner,
+                                  fmt=args.format, only_reinforcements=args.only_reinforcements, seed=args.seed,
+                                  device=args.device)
+    _report(generate.run(args.shards, args.out, cfg, args.rank, args.world_size, args.workers))
+
+
+def _dr_join(args: argparse.Namespace) -> None:
+    from dr import join
+
+    s = join.run(args.shards, args.reinforcements, args.out, args.workers)
+    print(f"dr-join: {s.get('joined', 0)} samples in {s['shards']} shards -> {args.out} "
+          f"({s.get('only_in_base', 0)} only in the shards, {s.get('only_in_reinforcements', 0)} only in the "
+          "reinforcements)")
+
+
 def _download_tasks(args: argparse.Namespace) -> None:
     from mode import tasks
 
@@ -261,6 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=_reshard)
+
+    p = sub.add_parser("dr-generate", help="reinforce shards DataCompDR-style: stored augmentations, synthetic "
+                                           "captions, teacher embeddings")
+    p.add_argument("--shards", required=True, metavar="SPEC", help="input shards: dir, brace pattern, '::' list")
+    p.add_argument("--out", required=True, help="output directory (shards keep their names)")
+    p.add_argument("--teacher", action="append", metavar="MODEL[:PRETRAINED]",
+                   help="an open_clip teacher (repeat for several; default ViT-Toy-8, initialised from --seed)")
+    p.add_argument("--augmentation", default="dr_augment_12m", help="augmentation config: configs/ name or path")
+    p.add_argument("--num-augs", type=int, default=None, help="augmentations per image (default: the config's)")
+    p.add_argument("--num-syn", type=int, default=5, help="synthetic captions per sample")
+    p.add_argument("--captioner", default="toy", help="toy, or coca:MODEL:PRETRAINED")
+    p.add_argument("--format", choices=("npz", "pth.gz"), default="npz", help="npz float32 or pth.gz bfloat16")
+    p.add_argument("--only-reinforcements", action="store_true",
+                   help="write only the reinforcement members (DataCompDR's layout; then `mode dr-join`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--world-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_dr_generate)
+
+    p = sub.add_parser("dr-join", help="merge DataComp-12M shards with DataCompDR shards by sample key")
+    p.add_argument("--shards", required=True, help="the image-text shards (e.g. DataComp-12M)")
+    p.add_argument("--reinforcements", required=True, help="the DataCompDR shards (same shard names and keys)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_dr_join)
 
     p = sub.add_parser("evaluate", help="zero-shot classification / retrieval of checkpoints on eval tasks")
     p.add_argument("--tasks", required=True, help="a directory of tasks in DataComp's (clip_benchmark wds) format")

@@ -10,6 +10,10 @@ What apply() changes, and nothing else:
 - `open_clip_train.main.get_latest_checkpoint` skips a newest checkpoint that a kill left half-written (stock
   open_clip writes `epoch_K.pt` in place, and `--resume latest` then crashes on it), and with `--init-from
   CKPT` it and `pt_load` fall back to CKPT when a run has no checkpoint of its own (`open_clip_patch.init_from`).
+- with `--dataset-reinforcement` (DataCompDR), `get_wds_dataset` builds its training pipeline with the
+  reinforced stages (`open_clip_patch.dr_data`), `create_loss` returns `DRClipLoss` (`open_clip_patch.loss`)
+  and `train_one_epoch` gets a loader and model that carry synthetic captions and teacher embeddings
+  (`open_clip_patch.dr_train`); without the flag all three are the stock functions, called as is.
 - the tiny model configs in `open_clip_patch/model_configs/` are registered with open_clip.
 - `torch.nn.parallel.DistributedDataParallel`, which open_clip_train calls with `device_ids=[device]` even
   when the device is the CPU (torch refuses that), drops CPU device ids, so `torchrun` on CPU (gloo) trains.
@@ -65,7 +69,7 @@ def apply() -> None:
     import open_clip_train.zero_shot as oc_zero_shot
     import torch
 
-    from open_clip_patch import data, init_from, params, zero_shot
+    from open_clip_patch import data, dr_data, dr_train, init_from, params, zero_shot
 
     if not set(model_names()) <= set(open_clip.list_models()):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -73,7 +77,10 @@ def apply() -> None:
         return
     oc_main.parse_args = _wrap_parse_args(oc_main.parse_args, params)
     oc_zero_shot.accuracy = zero_shot.accuracy
-    oc_data.get_wds_dataset = data.wrap_get_wds_dataset(oc_data.get_wds_dataset, oc_data)
+    oc_data.get_wds_dataset = dr_data.wrap_get_wds_dataset(data.wrap_get_wds_dataset(oc_data.get_wds_dataset, oc_data),
+                                                           oc_data)
+    oc_main.create_loss = dr_train.wrap_create_loss(oc_main.create_loss)
+    oc_main.train_one_epoch = dr_train.wrap_train_one_epoch(oc_main.train_one_epoch)
     oc_main.get_latest_checkpoint = init_from.wrap_get_latest_checkpoint(oc_main.get_latest_checkpoint)
     oc_main.pt_load = init_from.wrap_pt_load(oc_main.pt_load)
     torch.nn.parallel.DistributedDataParallel = _cpu_friendly_ddp(torch.nn.parallel.DistributedDataParallel)

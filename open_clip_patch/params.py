@@ -51,7 +51,33 @@ def plugin_parser() -> argparse.ArgumentParser:
                    help="Start from this checkpoint when the run has none of its own (implies --resume latest).")
     g.add_argument("--init-from-model-only", action="store_true",
                    help="Take only the model weights from --init-from (fresh optimizer, epoch 0).")
+    _dr_flags(p.add_argument_group("DataCompDR reinforcements (flags named as ml-mobileclip's patch names them)"))
     return p
+
+
+def _dr_flags(g) -> None:
+    g.add_argument("--dataset-reinforcement", action="store_true",
+                   help="Read reinforcements from the shards (<key>.paug.json, .syn.json, .npz or .pth.gz): each "
+                        "image gets a stored augmentation replayed, plus a synthetic caption and teacher embeddings.")
+    g.add_argument("--dataset-reinforcement-config", default=None, metavar="JSON",
+                   help="The augmentation config the reinforcements were made with (a path, or a name in configs/, "
+                        "e.g. dr_augment_12m); its crop size, interpolation and normalisation follow the model's.")
+    g.add_argument("--dataset-reinforcement-mix-synthetic", action="store_true",
+                   help="Replace the caption by the synthetic one with probability --...-mix-synthetic-ratio, "
+                        "instead of adding a loss term on the synthetic caption.")
+    g.add_argument("--dataset-reinforcement-mix-synthetic-ratio", type=float, default=0.0, metavar="P",
+                   help="With --dataset-reinforcement-mix-synthetic: chance of the synthetic caption.")
+    g.add_argument("--dataset-reinforcement-sample-sequential", action="store_true",
+                   help="Take augmentation and caption number (epoch mod count) instead of random ones.")
+    g.add_argument("--distill-loss-weights", type=float, nargs=2, default=None, metavar=("W_CLIP", "W_KD"),
+                   help="Weights of the CLIP loss and the distillation loss (default 1 1).")
+    g.add_argument("--distill-logit-scale", type=float, nargs="+", default=None, metavar="S",
+                   help="Each teacher's logit scale (one value: all teachers).")
+    g.add_argument("--distill-teacher-dimension", type=int, nargs="+", default=None, metavar="D",
+                   help="Each teacher's width in the stored embeddings, e.g. 768 768 (default -1: one teacher).")
+    g.add_argument("--distill-average-after-softmax", action="store_true",
+                   help="Average the teachers' similarity distributions after softmax (else one softmax of the "
+                        "summed scaled similarities).")
 
 
 def last_of(argv: Sequence[str], flags: Sequence[str]) -> str | None:
@@ -80,7 +106,30 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_batch(args, argv)
     if args.init_from and args.resume is None:
         args.resume = "latest"
+    _resolve_dr(args)
     return args
+
+
+def _resolve_dr(args: argparse.Namespace) -> None:
+    dr_only = ("dataset_reinforcement_config", "dataset_reinforcement_mix_synthetic", "distill_loss_weights",
+               "distill_logit_scale", "distill_teacher_dimension", "distill_average_after_softmax",
+               "dataset_reinforcement_sample_sequential")
+    if not args.dataset_reinforcement:
+        given = [k for k in dr_only if getattr(args, k)]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} needs --dataset-reinforcement")
+        return
+    if getattr(args, "distill_model", None):
+        raise UserError("--dataset-reinforcement distills from the stored teacher embeddings; drop --distill-model")
+    if args.accum_freq != 1:
+        raise UserError("--dataset-reinforcement supports --accum-freq 1 only")
+    if not 0 <= args.dataset_reinforcement_mix_synthetic_ratio <= 1:
+        raise UserError("--dataset-reinforcement-mix-synthetic-ratio: expected a probability in [0, 1]")
+    if args.dataset_reinforcement_config is None:
+        raise UserError("--dataset-reinforcement needs --dataset-reinforcement-config (e.g. dr_augment_12m)")
+    from dr.transforms import load_config
+
+    args.dataset_reinforcement_config = load_config(args.dataset_reinforcement_config)  # fail early, as a dict
 
 
 def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:

@@ -34,10 +34,12 @@ def test_apply_is_idempotent_and_wraps_stock_once():
     assert set(open_clip_patch.model_names()) <= set(open_clip.list_models())
     assert "ViT-Toy-8" in open_clip.list_models()
     # the rest of the training loop is open_clip_train's own
-    assert oc_main.get_data is oc_data.get_data and oc_main.train_one_epoch is oc_train.train_one_epoch
-    assert oc_data.get_wds_dataset.__wrapped__.__module__ == "open_clip_train.data"  # wrapped once
+    assert oc_main.get_data is oc_data.get_data
+    assert oc_main.train_one_epoch.__wrapped__ is oc_train.train_one_epoch  # stock, unless reinforced
+    assert oc_main.create_loss.__wrapped__ is open_clip.create_loss  # stock, unless reinforced
+    # wrapped once for reinforcements and once for experts
+    assert oc_data.get_wds_dataset.__wrapped__.__wrapped__.__module__ == "open_clip_train.data"
     assert oc_main.pt_load.__wrapped__.__module__ == "open_clip_train.file_utils"
-    assert oc_main.create_loss is open_clip.create_loss
 
 
 @pytest.mark.parametrize("version,ok", [("3.3.0", True), ("3.3.7", True), ("3.2.0", False), ("4.0.0", False)])

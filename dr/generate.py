@@ -1,0 +1,196 @@
+"""`mode dr-generate`: reinforce a pool's shards with frozen teachers, in DataCompDR's format.
+
+For every sample of every input shard: `--num-augs` image augmentations drawn by `dr.transforms` (their
+parameters stored in `<key>.paug.json`), `--num-syn` synthetic captions (`<key>.syn.json`), and the teachers'
+L2-normalised embeddings of each augmented image and of the caption and each synthetic caption, concatenated
+over teachers (`<key>.npz` float32 or `<key>.pth.gz` bfloat16). Output shards keep the input's names and, unless
+`--only-reinforcements` (DataCompDR's own layout, merged back by `mode dr-join`), its members too.
+
+Teachers are any open_clip models, `NAME[:PRETRAINED]` (a tag or a checkpoint path); a teacher without weights
+is initialised from `--seed` (the toy's case: the path runs offline). Captioners:
+- `toy`: rewrites each toy sample's true class with other caption templates of its domain (offline; toy pools);
+- `coca:MODEL:PRETRAINED`: open_clip CoCa generation with top-p sampling, as DataCompDR used CoCa captions.
+
+Per-shard, resumable and shardable like the prep steps (`mode.runner`): `--rank/--world-size`, atomic shards,
+`<shard>_stats.json` beside each output tar (so `--data-dir` knows the sizes), stats and summary in
+`<out>/_dr_generate/`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dr import sample as drs
+from mode.errors import UserError
+from mode.runner import run_per_shard
+from mode.shards import expand, iter_tar, tar_writer, write_json
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    teachers: tuple[str, ...] = ("ViT-Toy-8",)
+    augmentation: str = "dr_augment_12m"
+    num_augs: int | None = None  # default: the augmentation config's count
+    num_syn: int = 5
+    captioner: str = "toy"
+    fmt: str = "npz"
+    only_reinforcements: bool = False
+    seed: int = 0
+    device: str = "cpu"
+
+
+class Teacher:
+    """A frozen open_clip model giving normalised image and text embeddings."""
+
+    def __init__(self, spec: str, seed: int, device: str):
+        import open_clip
+
+        import open_clip_patch
+
+        open_clip_patch.apply()  # registers the tiny model configs
+        name, _, pretrained = spec.partition(":")
+        torch.manual_seed(seed)
+        try:
+            self.model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None,
+                                                                              device=device)
+        except RuntimeError as e:
+            raise UserError(f"teacher {spec!r}: {e}") from None
+        self.model.eval().requires_grad_(False)
+        self.tokenizer, self.device = open_clip.get_tokenizer(name), device
+        norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+        self.mean = torch.tensor(norm.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
+        self.size = self.model.visual.image_size
+        self.size = tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size, self.size)
+        self.dim = self.model.text_projection.shape[1] if hasattr(self.model, "text_projection") else None
+
+    @torch.no_grad()
+    def images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings of unnormalised [n, 3, h, w] pixels in [0, 1], resized to the teacher's input."""
+        x = pixels.to(self.device)
+        if tuple(x.shape[-2:]) != self.size:
+            x = torch.nn.functional.interpolate(x, size=self.size, mode="bicubic", antialias=True).clamp(0, 1)
+        return torch.nn.functional.normalize(self.model.encode_image((x - self.mean) / self.std).float(), dim=-1)
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts).to(self.device)
+        return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+
+@lru_cache(maxsize=1)
+def _setup(cfg: GenerateConfig):
+    from dr.transforms import from_config, load_config
+
+    aug_cfg = load_config(cfg.augmentation)
+    transforms = from_config(aug_cfg)
+    teachers = [Teacher(t, cfg.seed, cfg.device) for t in cfg.teachers]
+    return transforms, teachers, _captioner(cfg.captioner, cfg.device)
+
+
+def _captioner(spec: str, device: str):
+    if spec == "toy":
+        return toy_captions
+    if spec.startswith("coca:"):
+        return CocaCaptioner(*spec.split(":", 2)[1:], device=device)
+    raise UserError(f"--captioner {spec!r}: expected toy or coca:MODEL:PRETRAINED")
+
+
+def toy_captions(image, meta: dict, n: int, rng: np.random.Generator) -> list[str]:
+    """Captions of a toy sample's true content from its domain's templates (what a captioner would see)."""
+    from mode.toy import DOMAIN_BY_NAME
+
+    if "toy_domain" not in meta:
+        raise UserError("--captioner toy needs toy samples (a json with toy_domain); use coca:MODEL:PRETRAINED")
+    domain = DOMAIN_BY_NAME[meta["toy_domain"]]
+    picks = rng.choice(len(domain.captions), size=n, replace=n > len(domain.captions))
+    return [" ".join(domain.captions[i].format(cls=meta["toy_class"], color="colored", bg="plain").split())
+            for i in picks]
+
+
+class CocaCaptioner:
+    """Synthetic captions from an open_clip CoCa model, sampled with top-p for variety."""
+
+    def __init__(self, model: str, pretrained: str, device: str):
+        import open_clip
+
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
+                                                                               device=device)
+        self.model.eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, image, meta: dict, n: int, rng: np.random.Generator) -> list[str]:
+        import open_clip
+
+        torch.manual_seed(int(rng.integers(2**31)))
+        x = self.preprocess(image).unsqueeze(0).repeat(n, 1, 1, 1).to(self.device)
+        out = self.model.generate(x, generation_type="top_p", top_p=0.9)
+        return [open_clip.decode(t).split("<end_of_text>")[0].replace("<start_of_text>", "").strip() for t in out]
+
+
+def reinforce(image, caption: str, meta: dict, cfg: GenerateConfig, rng: np.random.Generator) -> dict[str, bytes]:
+    """The three reinforcement members of one sample."""
+    transforms, teachers, captioner = _setup(cfg)
+    n_aug = cfg.num_augs or transforms.num_augmentations
+    entries, pixels = [], []
+    for _ in range(n_aug):
+        tensor, entry = transforms.apply(image)
+        entries.append(entry)
+        pixels.append(transforms.unnormalize(tensor))
+    syn = captioner(image, meta, cfg.num_syn, rng)
+    pixels = torch.stack(pixels)
+    embs = {drs.IMAGE_EMB: torch.cat([t.images(pixels) for t in teachers], dim=1).cpu().numpy(),
+            drs.TEXT_EMB: torch.cat([t.texts([caption, *syn]) for t in teachers], dim=1).cpu().numpy()}
+    return {drs.SYN_MEMBER: drs.encode_syn(syn), drs.PAUG_MEMBER: drs.encode_paug(entries),
+            cfg.fmt: drs.encode_embeddings(embs, cfg.fmt)}
+
+
+def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
+    from PIL import Image
+
+    skipped: Counter = Counter()
+    name = Path(path).name
+    written = 0
+    torch.manual_seed(cfg.seed)  # the transforms draw from torch's generator: seeded per shard
+    rng = np.random.default_rng([cfg.seed, int.from_bytes(shard_id.encode()[-8:], "little")])
+    with tar_writer(Path(out_dir) / name) as sink:
+        for key, members in iter_tar(path, skipped):
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            if ext is None or "txt" not in members:
+                skipped["no_image_or_caption"] += 1
+                continue
+            try:
+                image = Image.open(io.BytesIO(members[ext])).convert("RGB")
+                meta = json.loads(members["json"]) if "json" in members else {}
+            except (OSError, ValueError):
+                skipped["undecodable"] += 1
+                continue
+            extra = reinforce(image, members["txt"].decode("utf-8"), meta, cfg, rng)
+            sink.write(key, extra if cfg.only_reinforcements else {**members, **extra})
+            written += 1
+    write_json(Path(out_dir) / f"{name[:-4]}_stats.json", {"count": written, "successes": written})
+    return {"processed": written + sum(skipped.values()), "kept": written, "skipped": dict(skipped)}
+
+
+def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, world_size: int | None = None,
+        workers: int = 1) -> dict:
+    """Reinforce this rank's shards of `shards` into `out`; return the step summary."""
+    if cfg.fmt not in drs.EMBEDDING_FORMATS:
+        raise UserError(f"--format {cfg.fmt!r}: expected one of {', '.join(drs.EMBEDDING_FORMATS)}")
+    if cfg.num_syn < 1:
+        raise UserError("--num-syn must be at least 1")
+    out_dir = Path(out)
+    params = asdict(cfg) | {"format_version": 1}
+    return run_per_shard("dr-generate", out_dir / "_dr_generate", expand(shards), partial(_work, cfg, str(out_dir)),
+                         params, rank=rank, world_size=world_size, workers=workers)

@@ -1,0 +1,148 @@
+"""DataCompDR reinforcements in open_clip_train's own webdataset pipeline (`--dataset-reinforcement`).
+
+open_clip_train's `get_wds_dataset` builds its pipeline from `wds.decode`, `wds.map_dict` and `wds.to_tuple`
+calls. While it builds a training pipeline with `--dataset-reinforcement`, the plugin hands it a `wds` whose
+three stages are the reinforced ones; shard lists, resampling, shuffling, batching and epoch sizes stay stock:
+
+- decode: only images and captions; the reinforcement members stay bytes and are read by `dr.sample`, which
+  never unpickles (stock webdataset would `torch.load` a `.pth.gz` with pickle).
+- map_dict(image=preprocess, text=tokenize): one stored augmentation is replayed on the image (`dr.transforms`,
+  with the crop size, interpolation and normalisation of the model's own train transform, as ml-mobileclip
+  does), the caption and one synthetic caption are tokenised, and the matching teacher embeddings are taken.
+  A sample with bad reinforcements is counted by reason and skipped; the first of each reason is logged.
+- to_tuple: (image, text, image_emb, text_emb, syn_text, syn_text_emb). With
+  `--dataset-reinforcement-mix-synthetic`, the synthetic caption replaces the caption with the given chance and
+  the two synthetic fields are empty (no separate synthetic loss term).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import torch
+
+from dr import sample as drs
+
+log = logging.getLogger(__name__)
+IMAGE_AND_TEXT = ("jpg", "jpeg", "png", "webp", "txt")
+FIELDS = ("image", "text", "image_emb", "text_emb", "syn_text", "syn_text_emb")
+
+
+def augmentation_config(config: dict, preprocess_img) -> dict:
+    """The stored augmentation's config with the model's crop size, interpolation and normalisation."""
+    from torchvision import transforms as T
+
+    cfg = dict(config.get("reinforce", {}).get("image_augmentation", config))
+    for t in getattr(preprocess_img, "transforms", []):
+        if isinstance(t, T.Normalize):
+            cfg["normalize"] = {"mean": list(t.mean), "std": list(t.std)}
+        if isinstance(t, T.RandomResizedCrop) and "random_resized_crop" in cfg:
+            cfg["random_resized_crop"] = {**cfg["random_resized_crop"], "size": list(t.size),
+                                          "interpolation": t.interpolation.value}
+    return cfg
+
+
+class Reinforced:
+    """`wds.map` stage: a decoded sample -> the six training fields (see the module docstring)."""
+
+    def __init__(self, transforms, tokenizer, args, shared_epoch):
+        self.transforms, self.tokenizer = transforms, tokenizer
+        self.mix = args.dataset_reinforcement_mix_synthetic
+        self.mix_ratio = args.dataset_reinforcement_mix_synthetic_ratio
+        self.sequential = args.dataset_reinforcement_sample_sequential
+        self.dim = sum(args.distill_teacher_dimension) if args.distill_teacher_dimension and \
+            -1 not in args.distill_teacher_dimension else None
+        self.shared_epoch, self.seed = shared_epoch, args.seed
+        self.skipped, self._rng = Counter(), None
+
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:  # one stream per loader worker and rank
+            info = torch.utils.data.get_worker_info()
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            self._rng = np.random.default_rng([self.seed, rank, info.id if info else 0,
+                                               self.shared_epoch.get_value() if self.shared_epoch else 0])
+        return self._rng
+
+    def __call__(self, sample: dict) -> dict:
+        try:
+            r = drs.reinforcement_from_sample(sample, self.dim)
+        except drs.BadReinforcement as e:
+            self.skipped[e.reason] += 1
+            if self.skipped[e.reason] == 1:
+                log.warning(f"skipping samples with bad reinforcements ({e.reason}: {e.detail}; first: "
+                            f"{sample.get('__key__')}); later ones are counted, not logged")
+            raise
+        if self.sequential:
+            epoch = self.shared_epoch.get_value()
+            p = drs.pick(r, aug_idx=epoch, syn_idx=epoch)
+        else:
+            p = drs.pick(r, self.rng())
+        image = self.transforms.replay(sample["image"].convert("RGB"), p.param_aug)
+        text, text_emb = sample["text"], p.text_emb
+        if self.mix:
+            if self.rng().random() < self.mix_ratio:
+                text, text_emb = p.syn_text, p.syn_text_emb
+            syn, syn_emb = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        else:
+            syn, syn_emb = self.tokenizer(p.syn_text)[0], p.syn_text_emb
+        return {"image": image, "text": self.tokenizer(text)[0], "image_emb": p.image_emb, "text_emb": text_emb,
+                "syn_text": syn, "syn_text_emb": syn_emb}
+
+
+def skip_bad_reinforcement(exn: Exception) -> bool:
+    """webdataset handler: samples with bad reinforcements were counted; skip them. Others: stock's handler."""
+    if isinstance(exn, drs.BadReinforcement):
+        return True
+    from open_clip_train.data import log_and_continue
+
+    return log_and_continue(exn)
+
+
+class ReinforcedWds:
+    """The `webdataset` module as get_wds_dataset sees it while building a reinforced training pipeline."""
+
+    def __init__(self, wds, args, tokenizer):
+        self._wds, self._args, self._tokenizer, self._epoch = wds, args, tokenizer, None
+
+    def __getattr__(self, name):
+        return getattr(self._wds, name)
+
+    def decode(self, *handlers, **kw):
+        return self._wds.decode(*handlers, only=IMAGE_AND_TEXT, **kw)
+
+    def map_dict(self, image=None, text=None, **kw):
+        from dr.transforms import from_config
+
+        transforms = from_config(augmentation_config(self._args.dataset_reinforcement_config, image))
+        return self._wds.map(Reinforced(transforms, self._tokenizer, self._args, self._epoch),
+                             handler=skip_bad_reinforcement)
+
+    def to_tuple(self, *fields, **kw):
+        return self._wds.to_tuple(*FIELDS, **kw)
+
+
+def wrap_get_wds_dataset(get_wds_dataset, oc_data):
+    """get_wds_dataset that builds the reinforced pipeline for training when `--dataset-reinforcement`."""
+
+    def wrapped(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
+        if not (is_train and getattr(args, "dataset_reinforcement", False)):
+            return get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        stock_wds, stock_shared_epoch = oc_data.wds, oc_data.SharedEpoch
+        made = {}
+
+        def shared_epoch(*a, **k):  # the pipeline's epoch counter, also read by the reinforced stage
+            made["epoch"] = stock_shared_epoch(*a, **k)
+            proxy._epoch = made["epoch"]
+            return made["epoch"]
+
+        proxy = ReinforcedWds(stock_wds, args, tokenizer)
+        oc_data.wds, oc_data.SharedEpoch = proxy, shared_epoch
+        try:
+            return get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        finally:
+            oc_data.wds, oc_data.SharedEpoch = stock_wds, stock_shared_epoch
+
+    wrapped.__wrapped__ = get_wds_dataset
+    return wrapped

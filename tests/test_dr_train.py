@@ -1,0 +1,108 @@
+"""DataCompDR end to end on the toy pool: dr-generate -> (dr-join) -> reinforced loader -> toy_tiny_dr training."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dr import generate, join
+from dr import sample as drs
+from mode.layout import Pool
+from mode.shards import expand, iter_tar, write_tar
+from mode.trainlog import epoch_losses
+
+from .conftest import PYTHON, REPO, run
+
+CFG = generate.GenerateConfig(num_augs=3, num_syn=2)
+
+
+@pytest.fixture(scope="module")
+def dr_pool(toy_pool, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dr") / "shards"
+    summary = generate.run(str(Pool(toy_pool).shards_dir), str(out), CFG, 0, 1, workers=2)
+    assert summary["complete"] and summary["kept"] == summary["processed"]
+    return out
+
+
+def test_generated_reinforcements_replay_to_their_teacher_embeddings(dr_pool):
+    from PIL import Image
+
+    transforms, teachers, _ = generate._setup(CFG)
+    samples = list(iter_tar(expand(str(dr_pool))[0]))
+    assert json.loads((dr_pool / (expand(str(dr_pool))[0].rsplit("/", 1)[1][:-4] + "_stats.json")).read_text())[
+        "successes"] == len(samples)
+    for key, members in samples[:5]:
+        r = drs.reinforcement_from_sample(members, dim=64)
+        assert r.n_aug == 3 and r.n_syn == 2 and {"jpg", "txt", "json"} <= members.keys()
+        meta = json.loads(members["json"])
+        assert all(meta["toy_class"] in s for s in r.syn_text)  # the toy captioner names the true class
+        image = Image.open(io.BytesIO(members["jpg"])).convert("RGB")
+        for i, entry in enumerate(r.param_aug):  # replaying a stored augmentation gives the stored embedding
+            pixels = transforms.unnormalize(transforms.replay(image, entry))
+            emb = teachers[0].images(pixels[None])[0].numpy()
+            np.testing.assert_allclose(emb, r.image_emb[i], atol=1e-5)
+        text = teachers[0].texts([members["txt"].decode(), *r.syn_text]).numpy()
+        np.testing.assert_allclose(text, r.text_emb, atol=1e-5)
+
+
+def test_reinforcements_only_then_join_equals_full_generation(toy_pool, dr_pool, tmp_path):
+    only = tmp_path / "only"
+    cfg = generate.GenerateConfig(num_augs=3, num_syn=2, only_reinforcements=True)
+    first = expand(str(Pool(toy_pool).shards_dir))[0]
+    generate.run(first, str(only), cfg, 0, 1)
+    assert all(m.keys() == {"syn.json", "paug.json", "npz"} for _, m in iter_tar(expand(str(only))[0]))
+    join.run(first, str(only), str(tmp_path / "joined"))
+    joined = dict(iter_tar(expand(str(tmp_path / "joined"))[0]))
+    assert joined == dict(iter_tar(str(dr_pool / first.rsplit("/", 1)[1])))
+
+
+def _loader(shards, *flags):
+    import open_clip
+
+    import open_clip_patch
+
+    open_clip_patch.apply()
+    import open_clip_train.data as oc_data
+    import open_clip_train.main as oc_main
+
+    args = oc_main.parse_args(["--dataset-type", "webdataset", "--batch-size", "16", "--workers", "0",
+                               "--data-dir", str(shards), "--dataset-reinforcement",
+                               "--dataset-reinforcement-config", "dr_augment_12m", *flags])
+    args.world_size, args.rank, args.distributed = 1, 0, False
+    _, train, val = open_clip.create_model_and_transforms("ViT-Toy-8")
+    return oc_data.get_data(args, (train, val), epoch=0, tokenizer=open_clip.get_tokenizer("ViT-Toy-8"))["train"]
+
+
+def test_reinforced_loader_batches_and_skips_bad_samples(dr_pool, tmp_path):
+    samples = list(iter_tar(expand(str(dr_pool))[0]))
+    samples[3][1]["npz"] = b"not an npz"  # counted and skipped, not fatal
+    del samples[5][1]["syn.json"]
+    write_tar(tmp_path / "00000000.tar", samples)
+    (tmp_path / "sizes.json").write_text(json.dumps({"00000000.tar": len(samples)}))
+    images = texts = 0
+    for batch in _loader(tmp_path / "00000000.tar", "--train-num-samples", str(len(samples))).dataloader:
+        image, text, image_emb, text_emb, syn, syn_emb = batch
+        assert image.shape[1:] == (3, 64, 64) and image_emb.shape[1:] == text_emb.shape[1:] == syn_emb.shape[1:]
+        assert text.shape == syn.shape and image_emb.shape[1] == 64 and image_emb.dtype == torch.float32
+        images += len(image)
+        texts += len(text)
+    assert images == texts == len(samples) - 2
+
+    mixed = next(iter(_loader(tmp_path / "00000000.tar", "--train-num-samples", "16",
+                              "--dataset-reinforcement-mix-synthetic",
+                              "--dataset-reinforcement-mix-synthetic-ratio", "1").dataloader))
+    assert mixed[4].numel() == 0 and mixed[5].numel() == 0  # no separate synthetic term when mixing
+
+
+def test_toy_tiny_dr_trains_and_its_loss_falls(dr_pool, tmp_path):
+    res = run([PYTHON, str(REPO / "src" / "training" / "main.py"), "toy_tiny_dr", "--data-dir", str(dr_pool),
+               "--epochs", "4", "--logs", str(tmp_path / "logs"), "--name", "dr", "--log-every-n-steps", "2"],
+              cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = tmp_path / "logs" / "dr" / "out.log"
+    total, distill = epoch_losses(log, "loss"), epoch_losses(log, "distill_loss")
+    assert set(total) == set(distill) == {1, 2, 3, 4}
+    assert total[4] < total[1] and distill[4] < distill[1]
+    assert (tmp_path / "logs" / "dr" / "checkpoints" / "epoch_4.pt").exists()
