@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -82,7 +83,9 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     todo = [(p, ids[p]) for p in mine if not WorkDir.stats(step_dir, ids[p]).exists()]
     if len(todo) < len(mine):
         log.info(f"{step}: {len(mine) - len(todo)} of {len(mine)} shards already complete, skipped")
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(todo) > 1 else None
+    # spawn, not fork: a child forked from a parent that has run torch, faiss or OpenMP threads can hang
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 and len(todo) > 1 else None)
     results = pool.map(partial(_timed, work), todo) if pool else map(partial(_timed, work), todo)
     try:
         for shard_id, stats in tqdm(results, total=len(todo), desc=step, unit="shard",

@@ -115,7 +115,7 @@ class ReinforcedWds:
     def map_dict(self, image=None, text=None, **kw):
         from dr.transforms import from_config
 
-        transforms = from_config(augmentation_config(self._args.dataset_reinforcement_config, image))
+        transforms = from_config(augmentation_config(self._args.dr_augment_config, image))
         return self._wds.map(Reinforced(transforms, self._tokenizer, self._args, self._epoch),
                              handler=skip_bad_reinforcement)
 

@@ -125,11 +125,19 @@ def _resolve_dr(args: argparse.Namespace) -> None:
         raise UserError("--dataset-reinforcement supports --accum-freq 1 only")
     if not 0 <= args.dataset_reinforcement_mix_synthetic_ratio <= 1:
         raise UserError("--dataset-reinforcement-mix-synthetic-ratio: expected a probability in [0, 1]")
+    weights = args.distill_loss_weights or (1.0, 1.0)
+    if weights[1] > 0 and not args.distill_logit_scale:
+        raise UserError("--distill-loss-weights gives the distillation a weight: pass --distill-logit-scale "
+                        "(the teachers' logit scale, e.g. 100)")
+    teachers = len(args.distill_teacher_dimension or [-1])
+    if args.distill_logit_scale and len(args.distill_logit_scale) not in (1, teachers):
+        raise UserError(f"--distill-logit-scale: {len(args.distill_logit_scale)} values for {teachers} teachers")
     if args.dataset_reinforcement_config is None:
         raise UserError("--dataset-reinforcement needs --dataset-reinforcement-config (e.g. dr_augment_12m)")
     from dr.transforms import load_config
 
-    args.dataset_reinforcement_config = load_config(args.dataset_reinforcement_config)  # fail early, as a dict
+    # loaded (and checked) once, at parse time; the flag keeps the name or path the user gave, for the logs
+    args.dr_augment_config = load_config(args.dataset_reinforcement_config)
 
 
 def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:

@@ -136,3 +136,20 @@ def test_data_dir_datacomp_semantics(toy_pool, tmp_path):
     assert _parse(["--data-dir", str(toy_pool), "--train-data", "y.tar"]).train_data == "y.tar"
     with pytest.raises(UserError, match="no such directory"):
         _parse(["--data-dir", str(tmp_path / "nope")])
+
+
+def test_reinforcement_flags_are_checked():
+    dr = ["--dataset-reinforcement", "--dataset-reinforcement-config", "dr_augment_12m"]
+    args = _parse([*dr, "--distill-logit-scale", "100", "--distill-loss-weights", "0.25", "0.75",
+                   "--distill-teacher-dimension", "768", "768", "--distill-average-after-softmax"])
+    assert args.distill_loss_weights == [0.25, 0.75] and args.distill_teacher_dimension == [768, 768]
+    assert isinstance(args.dr_augment_config, dict)  # loaded (and checked) once, at parse time
+    assert _parse([*dr, "--distill-loss-weights", "1", "0"]).distill_logit_scale is None  # no KD, no scale
+    for argv, match in ((["--distill-loss-weights", "1", "0"], "needs --dataset-reinforcement"),
+                        ([*dr], "--distill-logit-scale"),
+                        ([*dr, "--distill-logit-scale", "1", "2", "3", "--distill-teacher-dimension", "4", "4"],
+                         "3 values for 2 teachers"),
+                        ([*dr, "--distill-logit-scale", "100", "--accum-freq", "2"], "--accum-freq 1"),
+                        (["--dataset-reinforcement", "--distill-logit-scale", "100"], "needs --dataset-re")):
+        with pytest.raises(UserError, match=match):
+            _parse(argv)

@@ -41,7 +41,8 @@ def test_every_recipe_parses_with_open_clip_and_plugin(name, toy_pool, toy_work)
     for f in dataclasses.fields(recipe):
         value = getattr(recipe, f.name)
         if value is not None and f.name not in ("toy_pool", "data_dir", "mode_work_dir"):
-            assert getattr(args, f.name) == value, f.name
+            want = list(value) if isinstance(value, tuple) else value  # argparse's nargs give lists
+            assert getattr(args, f.name) == want, f.name
 
 
 @pytest.mark.parametrize("name,model,batch,lr,warmup,beta2,samples", [
