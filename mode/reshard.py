@@ -44,11 +44,10 @@ def _selected(subset_path: str, path: str, result: dict) -> Iterator[tuple[str, 
     for key, sample in iter_tar(path, skipped):
         try:
             uid = json.loads(sample["json"])["uid"]
-            pair = hex_to_pairs([uid])
+            pos = members.position(uid)
         except (KeyError, ValueError, TypeError):
             skipped["no_uid"] += 1
             continue
-        pos = members.positions(pair)[0]
         for r in range(int(counts[pos]) if pos >= 0 else 0):
             yield f"{key}_{r}", sample
             result["uids"].append(uid)

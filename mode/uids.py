@@ -98,5 +98,16 @@ class UidSet:
             out[i] = left[i] + np.searchsorted(self.lo[left[i]:right], queries["f1"][i])
         return out
 
+    def position(self, uid: str) -> int:
+        """`positions` for one hex uid, without building arrays (per-sample loops); ValueError if malformed."""
+        if len(uid) != 32:
+            raise ValueError("a uid must have 32 hex characters")
+        hi, lo = np.uint64(int(uid[:16], 16)), np.uint64(int(uid[16:], 16))
+        left, right = self.hi.searchsorted(hi, "left"), self.hi.searchsorted(hi, "right")
+        if right - left == 1:  # the common case: f0 alone identifies the candidate
+            return int(left) if self.lo[left] == lo else -1
+        j = left + self.lo[left:right].searchsorted(lo)
+        return int(j) if j < right and self.lo[j] == lo else -1
+
     def __contains__(self, uid: str) -> bool:
         return bool(self.contains(hex_to_pairs([uid]))[0])

@@ -44,8 +44,17 @@ def test_uid_round_trip_sort_and_lookup():
     expected = [True] * 250 + [False] * 250 + [True] * 3 + [False] * 2
     assert members.contains(hex_to_pairs(queries)).tolist() == expected
     assert uids[3] in members and uids[400] not in members
+    positions = members.positions(hex_to_pairs(queries))
+    assert [members.position(u) for u in queries] == positions.tolist()  # the scalar path agrees
+    assert all(pairs_to_hex(sort_pairs(hex_to_pairs(uids[:250] + same_hi[:3]))[[p]])[0] == q
+               for p, q in zip(positions, queries) if p >= 0)
+    assert (positions >= 0).tolist() == expected
     with pytest.raises(ValueError):
         hex_to_pairs(["abc"])
+    with pytest.raises(ValueError):
+        members.position("abc")
+    with pytest.raises(ValueError):
+        members.position("z" * 32)
 
 
 def _uid_text_pool(toy_pool, out):
