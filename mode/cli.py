@@ -21,11 +21,15 @@ def _toy(args: argparse.Namespace) -> None:
 def _losses(args: argparse.Namespace) -> None:
     from mode.trainlog import epoch_losses
 
-    losses = epoch_losses(args.log)
-    if not losses:
+    terms = {name: epoch_losses(args.log, term) for name, term in
+             (("contrastive", "contrastive_loss"), ("distill", "distill_loss"), ("total", "loss"))}
+    terms = {name: losses for name, losses in terms.items() if losses}
+    if not terms:
         raise UserError(f"no training loss lines in {args.log}")
-    for epoch, loss in losses.items():
-        print(f"epoch {epoch:3d}  contrastive loss {loss:.4f}")
+    print("epoch  " + "  ".join(f"{name:>11s}" for name in terms))
+    for epoch in sorted(set().union(*terms.values())):
+        print(f"{epoch:5d}  " + "  ".join(f"{losses[epoch]:11.4f}" if epoch in losses else f"{'-':>11s}"
+                                         for losses in terms.values()))
 
 
 def _report(summary: dict) -> None:
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write the bundle only (the default without a HF login)")
     p.set_defaults(func=_submit)
 
-    p = sub.add_parser("losses", help="per-epoch mean contrastive loss from an open_clip_train out.log")
+    p = sub.add_parser("losses", help="per-epoch mean losses (contrastive, distill, total) from an out.log")
     p.add_argument("log", help="logs/<name>/out.log")
     p.set_defaults(func=_losses)
     return parser

@@ -114,3 +114,7 @@ def test_toy_tiny_dr_trains_and_its_loss_falls(dr_pool, tmp_path):
     assert set(total) == set(distill) == {1, 2, 3, 4}
     assert total[4] < total[1] and distill[4] < distill[1]
     assert (tmp_path / "logs" / "dr" / "checkpoints" / "epoch_4.pt").exists()
+    table = run([PYTHON, "-m", "mode", "losses", str(log)]).stdout.splitlines()
+    assert table[0].split() == ["epoch", "contrastive", "distill", "total"] and len(table) == 5
+    assert [float(v) for v in table[4].split()[1:]] == pytest.approx(
+        [epoch_losses(log)[4], distill[4], total[4]], abs=1e-4)
