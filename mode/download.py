@@ -346,17 +346,21 @@ def run_dr(repo: str, data_dir: str, allow_patterns: list[str] | None = None, ma
     out, start = Path(data_dir), time.perf_counter()
     what, fallback = f"the files of {repo}", f"copy them into {out}"
     patterns = list(allow_patterns) if allow_patterns else None
+    # list first: an unreachable hub fails here with its reason (snapshot_download would quietly return the
+    # existing folder), and patterns that match nothing fail before anything is written
+    files = hub_call(huggingface_hub.list_repo_files, what, fallback, repo_id=repo, repo_type="dataset",
+                     revision=revision)
     if max_shards is not None:
-        files = hub_call(huggingface_hub.list_repo_files, what, fallback, repo_id=repo, repo_type="dataset",
-                         revision=revision)
         patterns = dr_patterns(files, patterns, max_shards)
+    elif not list(filter_repo_objects(files, allow_patterns=patterns)):
+        raise UserError(f"nothing of {repo} matches {patterns} ({len(files)} files in the repo)")
     out.mkdir(parents=True, exist_ok=True)
     _guarded_fetch(out / SUMMARY, {"status": IN_PROGRESS, "kind": "dr", "repo": repo}, out,
                    lambda: _snapshot(repo, out, what, fallback, allow_patterns=patterns, revision=revision))
     local = [p.relative_to(out).as_posix() for p in _files(out, "**/*") if p != out / SUMMARY]
     got = list(filter_repo_objects(local, allow_patterns=patterns))
     if not got:
-        raise UserError(f"nothing of {repo} matches {patterns}; see its file list on huggingface.co")
+        raise UserError(f"nothing of {repo} matching {patterns or '*'} is in {out} after the download")
     summary = {"status": COMPLETE, "kind": "dr", "repo": repo, "revision": revision,
                "allow_patterns": list(allow_patterns or []), "max_shards": max_shards, "files": len(got),
                "shards": sum(f.endswith(".tar") for f in got), "bytes": sum((out / f).stat().st_size for f in got),

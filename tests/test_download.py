@@ -192,6 +192,9 @@ def test_real_hub_in_offline_mode_becomes_user_error(tmp_path, monkeypatch, no_i
         download.run_pool("small", str(tmp_path), skip_shards=True)
     with pytest.raises(UserError, match=r"unreachable \(OfflineModeIsEnabled\)"):
         download.run_dr("apple/DataCompDR-12M", str(tmp_path / "dr"), max_shards=2)
+    (tmp_path / "dr_all").mkdir()  # an existing folder: snapshot_download alone would return it, offline or not
+    with pytest.raises(UserError, match=r"unreachable \(OfflineModeIsEnabled\)"):
+        download.run_dr("apple/DataCompDR-12M", str(tmp_path / "dr_all"))
     assert not (tmp_path / "download.json").exists()
 
 
@@ -247,7 +250,8 @@ def test_img2dataset_gets_datacomps_parameters(tmp_path, hub, fake_img2dataset, 
 def test_dr_allow_patterns(tmp_path, hub):
     s = download.run_dr("apple/DataCompDR-12M", str(tmp_path), allow_patterns=["0000000[0-4].tar"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:08d}.tar" for i in range(5)] + ["download.json"]
-    assert hub.calls == [{"repo_id": "apple/DataCompDR-12M", "allow_patterns": ["0000000[0-4].tar"],
+    assert hub.calls == [{"list": "apple/DataCompDR-12M"},  # listed first: offline fails there, with its reason
+                         {"repo_id": "apple/DataCompDR-12M", "allow_patterns": ["0000000[0-4].tar"],
                           "revision": None}]
     assert s["files"] == 5 and s["shards"] == 5 and s["status"] == "complete"
     assert json.loads((tmp_path / "download.json").read_text()) == s
@@ -276,6 +280,7 @@ def test_dr_bad_input(tmp_path, hub):
         download.run_dr("apple/DataCompDR-12M", str(tmp_path), allow_patterns=["*.parquet"], max_shards=1)
     with pytest.raises(UserError, match="nothing of apple/DataCompDR-12M matches"):
         download.run_dr("apple/DataCompDR-12M", str(tmp_path), allow_patterns=["*.parquet"])
+    assert not (tmp_path / "download.json").exists()  # refused before anything was written
     with pytest.raises(UserError, match="with --dr REPO"):
         args = parse("--data_dir", str(tmp_path), "--max-shards", "3")
         args.func(args)
