@@ -123,7 +123,7 @@ def hub_call(fn, what: str, fallback: str, **kwargs):
 
     def unreachable(why: str) -> str:
         return (f"the Hugging Face hub is unreachable ({why}), so {what} cannot be fetched; {fallback} "
-                "or run `mode download` where the hub is reachable")
+                "or run the same command where the hub is reachable")
 
     if hub_offline():
         raise UserError(unreachable("HF_HUB_OFFLINE is set"))

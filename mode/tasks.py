@@ -73,13 +73,16 @@ def hub_repo(key: str) -> str:
 
 def download(key: str, root: str) -> Path:
     """Fetch DataComp task `key` from the Hugging Face hub into `root/<key>` (needs the network)."""
-    from huggingface_hub import snapshot_download
+    import huggingface_hub
+
+    from mode.download import hub_call
 
     target = Path(root) / key
-    try:
-        snapshot_download(repo_id=hub_repo(key), repo_type="dataset", local_dir=str(target))
-    except Exception as e:  # huggingface_hub raises many types when offline or missing
-        raise UserError(f"cannot download task {key!r} from {hub_repo(key)}: {type(e).__name__}: {e}")
+    what, fallback = f"task {key!r} ({hub_repo(key)})", f"copy it into {target}"
+    # listed first: offline, snapshot_download would quietly return an existing (perhaps partial) folder
+    hub_call(huggingface_hub.list_repo_files, what, fallback, repo_id=hub_repo(key), repo_type="dataset")
+    hub_call(huggingface_hub.snapshot_download, what, fallback, repo_id=hub_repo(key), repo_type="dataset",
+             local_dir=str(target))
     return target
 
 
