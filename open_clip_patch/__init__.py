@@ -8,8 +8,10 @@ What apply() changes, and nothing else:
 - `open_clip_train.data.get_wds_dataset` keeps only expert K's pairs when `--mode-work-dir W --expert K` is
   given (`open_clip_patch.data`); otherwise it is the stock function, called as is.
 - `open_clip_train.main.get_latest_checkpoint` skips a newest checkpoint that a kill left half-written (stock
-  open_clip writes `epoch_K.pt` in place, and `--resume latest` then crashes on it), and with `--init-from
-  CKPT` it and `pt_load` fall back to CKPT when a run has no checkpoint of its own (`open_clip_patch.init_from`).
+  open_clip writes `epoch_K.pt` in place, and `--resume latest` then crashes on it). With `--init-from CKPT`,
+  parse_args sets `--resume` to CKPT when the run has no checkpoint of its own (with or without
+  `--save-most-recent`), and `pt_load` strips CKPT to its weights with `--init-from-model-only`
+  (`open_clip_patch.init_from`).
 - with `--dataset-reinforcement` (DataCompDR), `get_wds_dataset` builds its training pipeline with the
   reinforced stages (`open_clip_patch.dr_data`), `create_loss` returns `DRClipLoss` (`open_clip_patch.loss`)
   and `train_one_epoch` gets a loader and model that carry synthetic captions and teacher embeddings

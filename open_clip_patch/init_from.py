@@ -1,18 +1,32 @@
 """Resuming: skip checkpoints left incomplete by a kill, and `--init-from CKPT` for runs with none of their own.
 
-open_clip_train's `--resume latest` looks for the run's own newest checkpoint; with `--init-from`, a run that has
-none yet starts from CKPT instead: model, optimizer state and epoch (so the LR schedule continues where the seed
-run stopped, as MoDE continues a partly trained dense model), or the model alone with
-`--init-from-model-only`. A relaunched run finds its own checkpoints and resumes those.
+A run started with `--init-from CKPT` (a MoDE expert forked from the dense seed run) starts from CKPT: model,
+optimizer, scaler and epoch, so the LR schedule continues where the seed run stopped, or the model alone with
+`--init-from-model-only`. Once the run has a complete checkpoint of its own, a relaunch resumes that instead.
+
+The choice is made when the arguments are parsed (`resolve_start`), because open_clip_train's `--resume latest`
+has two lookups and only one goes through a function we can wrap: with `--save-most-recent` it checks for
+`epoch_latest.pt` itself, and stock would then start a forked run from scratch. Where the run's own newest
+complete checkpoint is what stock's lookup finds, `--resume latest` stays; otherwise `--resume` is set to the
+file chosen here. open_clip_train refuses an explicit `--resume` for a run whose log exists (a relaunch after a
+kill before the first checkpoint), so that log is first moved aside to `out.log.<n>`, never deleted.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
+import re
 import zipfile
 
+from mode.errors import UserError
+
 log = logging.getLogger(__name__)
+
+LATEST = "epoch_latest.pt"  # open_clip_train's name for --save-most-recent's checkpoint
+_CHECKPOINT_NAME = re.compile(r"epoch_(\d+|latest)\.pt")
+_NUMBERED = re.compile(r"epoch_\d+\.pt")
 
 # The arguments of the run being set up in this process (open_clip_train trains one run per main() call).
 _current = {"args": None}
@@ -31,19 +45,85 @@ def is_complete_checkpoint(path: str) -> bool:
         return False
 
 
-def newest_complete_checkpoint(path: str) -> str | None:
-    """The newest checkpoint under `path` (open_clip's order) that was written completely.
+def newest_complete_checkpoint(path: str, numbered_only: bool = False) -> str | None:
+    """The newest `epoch_K.pt` / `epoch_latest.pt` under `path` (open_clip's order) that was written completely.
 
     open_clip_train writes `epoch_K.pt` in place, so a job killed while saving leaves a truncated file that
-    `--resume latest` would pick and fail on; this skips it (with a warning) and takes the one before.
+    `--resume latest` would pick and fail on; this skips it (with a warning) and takes the one before. Other
+    `.pt` files (`tmp.pt` of an interrupted `--save-most-recent`) are not checkpoints of the run;
+    `numbered_only` leaves out `epoch_latest.pt` too.
     """
     from open_clip_train.main import natural_key
 
-    for candidate in sorted(glob.glob(path + "**/*.pt", recursive=True), key=natural_key, reverse=True):
+    name = _NUMBERED if numbered_only else _CHECKPOINT_NAME
+    candidates = [p for p in glob.glob(os.path.join(path, "**", "*.pt"), recursive=True)
+                  if name.fullmatch(os.path.basename(p))]
+    for candidate in sorted(candidates, key=natural_key, reverse=True):
         if is_complete_checkpoint(candidate):
             return candidate
         log.warning(f"Skipping {candidate}: incomplete (the job was probably killed while saving it)")
     return None
+
+
+def own_checkpoint(checkpoint_dir: str, save_most_recent: bool) -> tuple[str | None, str | None]:
+    """(the run's newest complete checkpoint, what open_clip_train's `--resume latest` lookup finds).
+
+    Stock's lookup with `--save-most-recent` is `epoch_latest.pt` if it exists, else nothing; without it, the
+    newest `*.pt` (the plugin's wrapper skips incomplete ones, as here). They differ when a job was killed after
+    saving `epoch_K.pt` but before replacing `epoch_latest.pt` (the newer file wins, by modification time).
+    """
+    if not os.path.isdir(checkpoint_dir):
+        return None, None
+    if not save_most_recent:
+        newest = newest_complete_checkpoint(checkpoint_dir)
+        return newest, newest
+    latest = os.path.join(checkpoint_dir, LATEST)
+    stock = latest if os.path.exists(latest) else None  # written to tmp.pt, then renamed: always complete
+    numbered = newest_complete_checkpoint(checkpoint_dir, numbered_only=True)
+    if numbered is not None and (stock is None or os.path.getmtime(numbered) > os.path.getmtime(stock)):
+        return numbered, stock
+    return stock, stock
+
+
+def resolve_start(args) -> None:
+    """Decide where a run with `--init-from` starts (see the module docstring); changes `args.resume`."""
+    if not args.init_from:
+        return
+    if args.resume not in (None, "latest"):
+        raise UserError(f"--init-from {args.init_from} and --resume {args.resume}: pass one of them")
+    if getattr(args, "remote_sync", None):
+        raise UserError("--init-from does not support --remote-sync (its checkpoints are looked up remotely)")
+    if not os.path.isfile(args.init_from) or not is_complete_checkpoint(args.init_from):
+        raise UserError(f"--init-from {args.init_from}: not a complete checkpoint file")
+    args.resume = "latest"
+    if not args.name:  # open_clip names the run after the date and time: it is new, with no checkpoint
+        args.resume = args.init_from
+        return
+    run_dir = os.path.join(args.logs, args.name)
+    newest, stock = own_checkpoint(os.path.join(run_dir, "checkpoints"), bool(args.save_most_recent))
+    if newest is not None and newest == stock:
+        return  # stock's `--resume latest` finds the run's own newest checkpoint
+    args.resume = newest or args.init_from
+    log.info(f"Starting from {args.resume} ({'the run' if newest else 'no checkpoint of the run yet: --init-from'})")
+    _move_old_log_aside(args, run_dir)
+
+
+def _move_old_log_aside(args, run_dir: str) -> None:
+    """open_clip_train refuses an explicit --resume when the run's log exists: keep that log as out.log.<n>."""
+    from open_clip_train.distributed import world_info_from_env
+
+    local_rank, rank, _ = world_info_from_env()
+    if (local_rank if args.log_local else rank) != 0:
+        return
+    name = f"out-{rank}" if args.log_local else "out.log"
+    old = os.path.join(run_dir, name)
+    if not os.path.exists(old):
+        return
+    n = 1
+    while os.path.exists(f"{old}.{n}"):
+        n += 1
+    os.replace(old, f"{old}.{n}")
+    log.info(f"Kept the previous attempt's log as {old}.{n}")
 
 
 def wrap_get_latest_checkpoint(stock):
@@ -51,10 +131,6 @@ def wrap_get_latest_checkpoint(stock):
         found = stock(path, remote)
         if found is not None and not remote and not is_complete_checkpoint(found):
             found = newest_complete_checkpoint(path)
-        args = _current["args"]
-        if found is None and args is not None and getattr(args, "init_from", None):
-            log.info(f"No checkpoint of this run yet: starting from --init-from {args.init_from}")
-            return args.init_from
         return found
 
     get_latest_checkpoint.__wrapped__ = stock

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from mode.errors import UserError
+from open_clip_patch.init_from import resolve_start
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--ooc-ratio", type=float, default=None, metavar="R",
                    help="With --expert-data filter: share of out-of-cluster pairs among those kept (MoDE: 0.02).")
     g.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="Start from this checkpoint when the run has none of its own (implies --resume latest).")
+                   help="Start from this checkpoint (model, optimizer, epoch) when the run has none of its own; "
+                        "a relaunch resumes the run's newest complete checkpoint instead.")
     g.add_argument("--init-from-model-only", action="store_true",
                    help="Take only the model weights from --init-from (fresh optimizer, epoch 0).")
     _dr_flags(p.add_argument_group("DataCompDR reinforcements (flags named as ml-mobileclip's patch names them)"))
@@ -104,8 +106,7 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_data(args, argv)
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
-    if args.init_from and args.resume is None:
-        args.resume = "latest"
+    resolve_start(args)
     _resolve_dr(args)
     return args
 

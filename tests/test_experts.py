@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import tarfile
 import time
 from argparse import Namespace
@@ -298,3 +299,113 @@ def test_slurm_job_script(tmp_path, monkeypatch):
                  "#SBATCH --account=acc", "#SBATCH --constraint=a100", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=b32_mode_n4m1024_expert_0"):
         assert line in script, line
+
+
+def _spy_first_epoch(monkeypatch):
+    """Record the epoch, model weights and optimizer state that open_clip_train's loop starts with."""
+    import copy
+
+    import open_clip_train.main as oc_main
+
+    seen = {}
+    real = oc_main.train_one_epoch
+
+    def spy(model, data, loss, epoch, optimizer, *args, **kwargs):
+        if not seen:
+            seen.update(epoch=epoch, state={k: v.detach().clone() for k, v in model.state_dict().items()},
+                        optimizer=copy.deepcopy(optimizer.state_dict()))
+        return real(model, data, loss, epoch, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(oc_main, "train_one_epoch", spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def seed_run(toy_pool, tmp_path_factory):
+    """A dense seed run of the toy model, 1 epoch, with the MoDE recipes' checkpointing flags."""
+    from mode.train import run
+
+    logs = tmp_path_factory.mktemp("seed") / "logs"
+    run("toy_tiny", ["--toy-pool", str(toy_pool), "--logs", str(logs), "--name", "seed", "--epochs", "1",
+                     "--workers", "0", "--batch-size", "32", "--train-num-samples", "128", "--save-most-recent"])
+    return logs / "seed" / "checkpoints" / "epoch_1.pt"
+
+
+def _mode_recipe_fork_argv(toy_pool, toy_work, logs, name, seed, epochs):
+    """A MoDE recipe's own flags with only the model, data and size turned down to the toy."""
+    return ["--model", "ViT-Toy-8", "--precision", "fp32", "--toy-pool", str(toy_pool), "--mode-work-dir",
+            str(toy_work), "--expert", "0", "--batch-size", "32", "--train-num-samples", "128", "--workers", "0",
+            "--epochs", str(epochs), "--logs", str(logs), "--name", name, "--init-from", str(seed)]
+
+
+@pytest.mark.parametrize("recipe", ["b32_mode", "b16_mode", "l14_mode"])
+def test_mode_recipe_expert_forks_from_seed(recipe, toy_pool, toy_work, seed_run, tmp_path, monkeypatch):
+    from mode.train import run
+
+    assert "--save-most-recent" in run_configs.get_recipe(recipe).to_argv()  # the case stock resume ignores
+    seen = _spy_first_epoch(monkeypatch)
+    logs = tmp_path / "logs"
+    run(recipe, _mode_recipe_fork_argv(toy_pool, toy_work, logs, "e0", seed_run, 2))
+    seed = torch.load(seed_run, map_location="cpu", weights_only=True)
+    assert seen["epoch"] == seed["epoch"] == 1  # the expert's first epoch is the seed's E + 1 (0-based: E)
+    assert seen["state"].keys() == seed["state_dict"].keys()
+    assert all(torch.equal(seen["state"][k], v) for k, v in seed["state_dict"].items())
+    start, saved = seen["optimizer"]["state"], seed["optimizer"]["state"]
+    assert start.keys() == saved.keys() and len(saved) > 0
+    for i, moments in saved.items():
+        assert all(torch.equal(torch.as_tensor(start[i][m]), torch.as_tensor(v)) for m, v in moments.items())
+    assert set(epoch_losses(logs / "e0" / "out.log")) == {2}
+    own = torch.load(logs / "e0" / "checkpoints" / "epoch_latest.pt", map_location="cpu", weights_only=True)
+    assert own["epoch"] == 2
+
+
+def test_restart_resumes_own_checkpoint_not_seed(toy_pool, toy_work, seed_run, tmp_path, monkeypatch):
+    from mode.train import run
+
+    logs = tmp_path / "logs"
+    run("b32_mode", _mode_recipe_fork_argv(toy_pool, toy_work, logs, "e0", seed_run, 2))
+    seen = _spy_first_epoch(monkeypatch)
+    run("b32_mode", _mode_recipe_fork_argv(toy_pool, toy_work, logs, "e0", seed_run, 3))  # relaunched, longer
+    own = torch.load(logs / "e0" / "checkpoints" / "epoch_2.pt", map_location="cpu", weights_only=True)
+    assert seen["epoch"] == 2 and all(torch.equal(seen["state"][k], v) for k, v in own["state_dict"].items())
+    ckpt_dir = logs / "e0" / "checkpoints"
+    assert "epoch_latest.pt' (epoch 2)" in (logs / "e0" / "out.log").read_text()
+    # killed after writing epoch_3.pt but before replacing epoch_latest.pt: the newer epoch_3.pt wins
+    (ckpt_dir / "epoch_latest.pt").write_bytes((ckpt_dir / "epoch_2.pt").read_bytes())
+    written = (ckpt_dir / "epoch_3.pt").stat().st_mtime
+    os.utime(ckpt_dir / "epoch_latest.pt", (written - 60, written - 60))  # it was replaced an epoch earlier
+    seen.clear()
+    run("b32_mode", _mode_recipe_fork_argv(toy_pool, toy_work, logs, "e0", seed_run, 4))
+    assert seen["epoch"] == 3
+    assert (logs / "e0" / "out.log.1").exists()  # the earlier log kept, not deleted
+
+
+def test_relaunch_before_first_checkpoint_starts_from_seed(toy_pool, toy_work, seed_run, tmp_path, monkeypatch):
+    """A job killed during its first forked epoch left a log and no checkpoint: the relaunch forks again."""
+    from mode.train import run
+
+    logs = tmp_path / "logs"
+    (logs / "e0" / "checkpoints").mkdir(parents=True)
+    (logs / "e0" / "out.log").write_text("first attempt\n")
+    (logs / "e0" / "checkpoints" / "tmp.pt").write_bytes(b"cut short")
+    seen = _spy_first_epoch(monkeypatch)
+    run("b32_mode", _mode_recipe_fork_argv(toy_pool, toy_work, logs, "e0", seed_run, 2))
+    assert seen["epoch"] == 1
+    assert (logs / "e0" / "out.log.1").read_text() == "first attempt\n"
+
+
+def test_init_from_refuses_bad_input(toy_pool, toy_work, seed_run, tmp_path):
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    base = ["--toy-pool", str(toy_pool), "--logs", str(tmp_path), "--name", "x"]
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(seed_run.read_bytes()[:1000])
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        oc_main.parse_args([*base, "--init-from", str(cut)])
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        oc_main.parse_args([*base, "--init-from", str(tmp_path / "missing.pt")])
+    with pytest.raises(UserError, match="pass one of them"):
+        oc_main.parse_args([*base, "--init-from", str(seed_run), "--resume", str(seed_run)])
+    args = oc_main.parse_args([*base, "--init-from", str(seed_run), "--save-most-recent"])
+    assert args.resume == str(seed_run)
