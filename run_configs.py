@@ -72,6 +72,7 @@ class Recipe:
     expert: int | None = None
     expert_data: str | None = None
     ooc_ratio: float | None = None
+    ooc_mode: str | None = None
     init_from: str | None = None
     grad_clip_norm: float | None = None
     dataset_reinforcement: bool = False
@@ -161,6 +162,7 @@ class ToyTinyMode(ToyTiny):
     mode_work_dir: str = "runs/toy_work"
     dataset_resampled: bool = True
     ooc_ratio: float = 0.02
+    ooc_mode: str = "additive"
     epochs: int = 3
     log_every_n_steps: int = 5
 
@@ -189,6 +191,7 @@ class MoDEExpert(ClusterRecipe):
     workers: int = 8
     save_frequency: int = 1
     ooc_ratio: float = 0.02
+    ooc_mode: str = "additive"
 
 
 @dataclass

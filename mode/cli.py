@@ -76,7 +76,8 @@ def _assign(args: argparse.Namespace) -> None:
 def _route(args: argparse.Namespace) -> None:
     from mode import route
 
-    s = route.run(args.shards, args.work_dir, args.ooc_ratio, args.seed, args.rank, args.world_size, args.workers)
+    s = route.run(args.shards, args.work_dir, args.ooc_ratio, args.seed, args.rank, args.world_size, args.workers,
+                  ooc_mode=args.ooc_mode)
     _report(s)
     if s["complete"]:
         print(f"route: samples per expert {s['sizes']} (out-of-cluster {s['out_of_cluster']})")
@@ -229,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     _step_parser(sub, "assign", "step 3: nearest fine centroid and expert of every pair", _assign)
     p = _step_parser(sub, "route", "write each expert's webdataset shards in one pass over the pool", _route)
     p.add_argument("--ooc-ratio", type=float, default=0.0,
-                   help="share of each expert's pairs taken from other clusters (MoDE: 0.02)")
+                   help="out-of-cluster pairs each expert also gets (MoDE: 0.02); see --ooc-mode")
+    p.add_argument("--ooc-mode", choices=("share", "additive"), default="share",
+                   help="share: r is their share of the expert's data; additive (MoDE's loader): r times each "
+                        "shard's pairs of other clusters are added")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("train-experts", help="train one CLIP per expert (and a dense baseline) via submitit",

@@ -2,10 +2,10 @@
 
 For each input shard, each expert k gets `experts/<k>/shards/<shard>.tar` holding the shard's pairs assigned
 to coarse cluster k (same members, same keys) plus, with `--ooc-ratio r`, seeded random pairs assigned
-elsewhere, as many as make them a share r of the expert's data (r = 0.02: 2 in 100 pairs are out-of-cluster;
-the on-the-fly loader's `--ooc-ratio` means the same). MoDE's loader instead adds r times the number of
-out-of-cluster pairs, which gives experts of unequal out-of-cluster shares. The input is read once for all
-experts. Each expert's `sizes.json` lets open_clip_train count its samples.
+elsewhere: with `--ooc-mode share` (default) as many as make them a share r of the expert's data, with
+`additive` (MoDE's) r times the shard's out-of-cluster pairs (`mode.ooc`). The draw is fixed once here, where
+MoDE's loader redraws it at every read; the on-the-fly loader (`--expert-data filter`) redraws as MoDE does.
+The input is read once for all experts. Each expert's `sizes.json` lets open_clip_train count its samples.
 """
 
 from __future__ import annotations
@@ -20,30 +20,31 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from mode import ooc
 from mode.cluster import load_config
-from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.runner import read_complete_summary, run_per_shard
 from mode.shards import expand, iter_tar, shard_ids, tar_writer, write_json
 
 
-def ooc_picks(coarse: np.ndarray, n_experts: int, ratio: float, seed: int, shard_id: str) -> list[np.ndarray]:
-    """For each expert, the sorted rows of out-of-cluster pairs it also gets: round(n_in * r / (1 - r)) of them."""
+def ooc_picks(coarse: np.ndarray, n_experts: int, ratio: float, seed: int, shard_id: str,
+              mode: str = "share") -> list[np.ndarray]:
+    """For each expert, the sorted rows of out-of-cluster pairs it also gets (`mode.ooc.count` of them)."""
     rng = np.random.default_rng([seed, zlib.crc32(shard_id.encode())])
     picks = []
     for k in range(n_experts):
         out = np.flatnonzero(coarse != k)
-        m = min(len(out), int(round((len(coarse) - len(out)) * ratio / (1 - ratio))))
+        m = ooc.count(len(coarse) - len(out), len(out), ratio, mode)
         picks.append(np.sort(rng.choice(out, size=m, replace=False)) if m else np.zeros(0, np.int64))
     return picks
 
 
-def _work(work_dir: str, n_experts: int, ratio: float, seed: int, path: str, shard_id: str) -> dict:
+def _work(work_dir: str, n_experts: int, ratio: float, mode: str, seed: int, path: str, shard_id: str) -> dict:
     wd = WorkDir(work_dir)
     table = pq.read_table(wd.assignment(shard_id), columns=["key", "coarse"])
     keys, coarse = table.column("key").to_pylist(), table.column("coarse").to_numpy()
     targets: dict[str, list[int]] = {k: [int(c)] for k, c in zip(keys, coarse)}
-    for k, rows in enumerate(ooc_picks(coarse, n_experts, ratio, seed, shard_id)):
+    for k, rows in enumerate(ooc_picks(coarse, n_experts, ratio, seed, shard_id, mode)):
         for r in rows:
             targets[keys[r]].append(k)
     skipped: Counter = Counter()
@@ -75,17 +76,18 @@ def write_sizes(wd: WorkDir, ids: list[str], n_experts: int) -> None:
 
 
 def run(shards: str, work_dir: str, ooc_ratio: float = 0.0, seed: int = 0, rank: int | None = None,
-        world_size: int | None = None, workers: int = 1) -> dict:
+        world_size: int | None = None, workers: int = 1, ooc_mode: str = "share") -> dict:
     """Route this rank's shards to the experts; once all shards are done, write every sizes.json."""
-    if not 0.0 <= ooc_ratio < 1.0:
-        raise UserError(f"--ooc-ratio {ooc_ratio}: expected a fraction in [0, 1)")
+    ooc.check(ooc_ratio, ooc_mode)
     wd = WorkDir(Path(work_dir))
     assign = read_complete_summary(wd.assign_dir, "assign", "route")
     n_experts = load_config(work_dir).coarse
     paths = expand(shards)
-    work = partial(_work, str(wd.root), n_experts, ooc_ratio, seed)
-    summary = run_per_shard("route", wd.route_dir, paths, work,
-                            params={"ooc_ratio": ooc_ratio, "seed": seed, "assign": assign["params_hash"]},
+    work = partial(_work, str(wd.root), n_experts, ooc_ratio, ooc_mode, seed)
+    params = {"ooc_ratio": ooc_ratio, "seed": seed, "assign": assign["params_hash"]}
+    if ooc_mode != "share":  # (outputs made before --ooc-mode existed keep their hash)
+        params["ooc_mode"] = ooc_mode
+    summary = run_per_shard("route", wd.route_dir, paths, work, params=params,
                             rank=rank, world_size=world_size, workers=workers)
     if summary["complete"]:
         write_sizes(wd, list(shard_ids(paths).values()), n_experts)

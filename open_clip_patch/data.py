@@ -1,8 +1,10 @@
 """Expert data on the fly (MoDE-style): the stock webdataset loader over the whole pool, keeping expert K's pairs.
 
-With `--mode-work-dir W --expert K [--ooc-ratio r]`, open_clip_train's own `get_wds_dataset` builds the
-pipeline as usual, except that its sample filter also keeps only the samples whose uid `mode assign` gave to
-coarse cluster K, plus out-of-cluster samples at the rate that makes them a share `r` of what is kept. The uid
+With `--mode-work-dir W --expert K [--ooc-ratio r] [--ooc-mode share|additive]`, open_clip_train's own
+`get_wds_dataset` builds the pipeline as usual, except that its sample filter also keeps only the samples whose
+uid `mode assign` gave to coarse cluster K, plus out-of-cluster samples, each kept with the probability
+`mode.ooc.keep_rate` gives: a share `r` of what is kept, or (`additive`, MoDE's) r of the other clusters'
+pairs, redrawn at every read as MoDE's loader does (seeded by --seed, the epoch and the loader worker). The uid
 lookup is a binary search in a sorted `u8,u8` array (mode.uids.UidSet), not a Python set of strings.
 Everything else (shard resampling, shuffling, batching, `--train-num-samples` per epoch) is stock.
 """
@@ -19,6 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mode import ooc
 from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.uids import UidSet, hex_to_pairs
@@ -49,9 +52,9 @@ def expert_uids(work_dir: str, expert: int) -> tuple[UidSet, int, int]:
 class ExpertFilter:
     """A webdataset `select` predicate: stock's caption-and-image check, then expert membership by uid."""
 
-    def __init__(self, stock_filter, uids: UidSet, keep_outside: float, seed: int):
+    def __init__(self, stock_filter, uids: UidSet, keep_outside: float, seed: int, epoch: int = 0):
         self.stock_filter, self.uids, self.keep_outside = stock_filter, uids, keep_outside
-        self.seed, self._rng, self._warned = seed, None, False
+        self.seed, self.epoch, self._rng, self._warned = seed, epoch, None, False
 
     def __call__(self, sample: dict) -> bool:
         if not self.stock_filter(sample):
@@ -66,19 +69,13 @@ class ExpertFilter:
             return False
         if inside:
             return True
-        if self._rng is None:  # one stream per loader worker, seeded by its identity
+        if self._rng is None:  # one stream per loader worker: seed, epoch, rank and worker id
             import torch.utils.data
+            from open_clip_train.distributed import world_info_from_env
 
             info = torch.utils.data.get_worker_info()
-            self._rng = random.Random(hash((self.seed, info.id if info else -1, info.seed if info else 0)))
+            self._rng = random.Random(f"{self.seed}/{self.epoch}/{world_info_from_env()[1]}/{info.id if info else -1}")
         return self._rng.random() < self.keep_outside
-
-
-def outside_keep_rate(ooc_ratio: float, n_expert: int, n_total: int) -> float:
-    """Probability to keep an out-of-cluster pair so that they make up `ooc_ratio` of the kept pairs."""
-    if ooc_ratio <= 0 or n_total <= n_expert:
-        return 0.0
-    return min(1.0, ooc_ratio / (1 - ooc_ratio) * n_expert / (n_total - n_expert))
 
 
 def wrap_get_wds_dataset(stock_get_wds_dataset, oc_data):
@@ -88,9 +85,9 @@ def wrap_get_wds_dataset(stock_get_wds_dataset, oc_data):
         if not (is_train and getattr(args, "mode_work_dir", None) is not None):
             return stock_get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
         uids, n_expert, n_total = expert_uids(args.mode_work_dir, args.expert)
-        keep = outside_keep_rate(args.ooc_ratio or 0.0, n_expert, n_total)
+        keep = ooc.keep_rate(n_expert, n_total - n_expert, args.ooc_ratio or 0.0, args.ooc_mode)
         stock_filter = oc_data.filter_no_caption_or_no_image
-        oc_data.filter_no_caption_or_no_image = ExpertFilter(stock_filter, uids, keep, args.seed)
+        oc_data.filter_no_caption_or_no_image = ExpertFilter(stock_filter, uids, keep, args.seed, epoch)
         try:  # the pipeline captures the filter when built
             return stock_get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
         finally:

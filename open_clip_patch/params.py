@@ -9,10 +9,13 @@ rule: the one given last on the command line wins, so a user's flag always overr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 
+from mode import ooc
 from mode.errors import UserError
+from mode.layout import WorkDir
 from open_clip_patch.init_from import resolve_start
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,11 @@ def plugin_parser() -> argparse.ArgumentParser:
                    help="filter: read the whole pool (--train-data/--data-dir) and keep expert K's pairs on the fly; "
                         "routed: read W/experts/K/shards written by `mode route`.")
     g.add_argument("--ooc-ratio", type=float, default=None, metavar="R",
-                   help="With --expert-data filter: share of out-of-cluster pairs among those kept (MoDE: 0.02).")
+                   help="With --expert-data filter: out-of-cluster pairs kept (MoDE: 0.02), see --ooc-mode; routed "
+                        "shards hold the mix `mode route` made.")
+    g.add_argument("--ooc-mode", choices=("share", "additive"), default="share",
+                   help="share: R is the out-of-cluster share of the expert's data; additive (MoDE's loader): "
+                        "R of the other clusters' pairs are added.")
     g.add_argument("--init-from", default=None, metavar="CKPT",
                    help="Start from this checkpoint (model, optimizer, epoch) when the run has none of its own; "
                         "a relaunch resumes the run's newest complete checkpoint instead.")
@@ -150,22 +157,35 @@ def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
         return argv
     if args.expert is None:
         raise UserError("--mode-work-dir needs --expert K (which coarse cluster to train)")
-    if args.ooc_ratio is not None and not 0 <= args.ooc_ratio < 1:
-        raise UserError(f"--ooc-ratio {args.ooc_ratio}: expected a share in [0, 1)")
-    from mode.layout import WorkDir
-
+    ooc.check(args.ooc_ratio or 0.0, args.ooc_mode)
     if args.expert_data == "routed":
-        if args.ooc_ratio:
-            raise UserError("--ooc-ratio applies to --expert-data filter; routed shards were mixed by `mode route`")
+        _check_routed_mix(args)
         args.data_dir = str(WorkDir(args.mode_work_dir).expert_shards_dir(args.expert))
         args.mode_work_dir = None  # the stock loader reads the routed shards; nothing to filter
         return [*argv, "--data-dir"]  # so that _resolve_data takes it as the last data flag
     if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
         from open_clip_patch.data import expert_uids
 
-        _, n_expert, _ = expert_uids(args.mode_work_dir, args.expert)
-        args.train_num_samples = int(n_expert / (1 - (args.ooc_ratio or 0.0)))
+        _, n_expert, n_total = expert_uids(args.mode_work_dir, args.expert)
+        args.train_num_samples = ooc.expected_size(n_expert, n_total - n_expert, args.ooc_ratio or 0.0,
+                                                   args.ooc_mode)
     return argv
+
+
+def _check_routed_mix(args: argparse.Namespace) -> None:
+    """Routed shards already hold `mode route`'s out-of-cluster pairs: say so where --ooc-* asks another mix."""
+    wd = WorkDir(args.mode_work_dir)
+    try:
+        with open(WorkDir.summary(wd.route_dir)) as f:
+            params = json.load(f)["params"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"--expert-data routed: no routed shards in {wd.root}: run `mode route` first")
+    made = (params.get("ooc_ratio", 0.0), params.get("ooc_mode", "share"))
+    asked = (args.ooc_ratio or 0.0, args.ooc_mode)
+    if asked != made and asked[0] > 0:
+        log.warning(f"--expert-data routed: the routed shards hold out-of-cluster pairs mixed by `mode route` "
+                    f"(--ooc-ratio {made[0]} --ooc-mode {made[1]}); --ooc-ratio {asked[0]} --ooc-mode {asked[1]} "
+                    "is not applied again")
 
 
 def _resolve_data(args: argparse.Namespace, argv: Sequence[str]) -> None:

@@ -72,7 +72,7 @@ def _uid_text_pool(toy_pool, out):
     return out
 
 
-def _loader_uids(pool, work, expert, ooc, samples):
+def _loader_uids(pool, work, expert, ooc, samples, mode="share"):
     open_clip_patch.apply()
     import open_clip_train.data as oc_data
     import open_clip_train.main as oc_main
@@ -80,7 +80,7 @@ def _loader_uids(pool, work, expert, ooc, samples):
     args = oc_main.parse_args(["--train-data", f"{pool}/{{00000000..00000003}}.tar", "--dataset-type", "webdataset",
                                "--dataset-resampled", "--train-num-samples", str(samples), "--batch-size", "50",
                                "--workers", "0", "--mode-work-dir", str(work), "--expert", str(expert),
-                               "--ooc-ratio", str(ooc)])
+                               "--ooc-ratio", str(ooc), "--ooc-mode", mode])
     args.world_size, args.rank, args.distributed = 1, 0, False
     data = oc_data.get_data(args, (lambda im: torch.zeros(1), lambda im: torch.zeros(1)), epoch=0,
                             tokenizer=lambda texts: [texts])
@@ -107,6 +107,19 @@ def test_on_the_fly_loader_keeps_expert_pairs(toy_pool, toy_work, tmp_path, ooc)
     assert abs(outside - ooc) < 0.035
 
 
+def test_on_the_fly_loader_additive_mix_is_moDEs(toy_pool, toy_work, tmp_path):
+    """--ooc-mode additive (MoDE's loader): r of the other clusters' pairs join the expert's own."""
+    pool = _uid_text_pool(toy_pool, tmp_path / "pool")
+    coarse = _expert_of(toy_work)
+    sizes = np.bincount(list(coarse.values()))
+    expert = int(np.argmin(sizes))  # the smallest expert: additive gives it the largest out-of-cluster share
+    n_in, n_out = sizes[expert], len(coarse) - sizes[expert]
+    uids = _loader_uids(pool, toy_work, expert, 0.1, samples=3000, mode="additive")
+    outside = np.mean([coarse[u] != expert for u in uids])
+    assert abs(outside - 0.1 * n_out / (n_in + 0.1 * n_out)) < 0.035
+    assert abs(outside - 0.1) > 0.05  # not the share semantics: the two modes differ on this expert
+
+
 def test_expert_flags_are_checked(toy_pool, toy_work):
     open_clip_patch.apply()
     import open_clip_train.main as oc_main
@@ -117,14 +130,15 @@ def test_expert_flags_are_checked(toy_pool, toy_work):
         oc_main.parse_args(["--expert", "1"])
     with pytest.raises(UserError, match="experts 0..2"):
         oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "7", "--data-dir", str(toy_pool)])
-    routed = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--expert-data", "routed"])
+    routed = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--expert-data", "routed",
+                                 "--ooc-ratio", "0.02"])  # the shards' own mix (0.1) stands; a warning says so
     sizes = json.loads((WorkDir(toy_work).expert_shards_dir(1) / "sizes.json").read_text())
     assert routed.train_data.startswith(str(WorkDir(toy_work).expert_shards_dir(1)))
     assert routed.train_num_samples == sum(sizes.values()) and routed.mode_work_dir is None
     filtered = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--data-dir", str(toy_pool),
                                    "--ooc-ratio", "0.2"])
     n1 = json.loads((WorkDir(toy_work).assign_dir / "summary.json").read_text())["counts"]["coarse"][1]
-    assert filtered.train_num_samples == int(n1 / 0.8)
+    assert filtered.train_num_samples == round(n1 / 0.8)
 
 
 @pytest.mark.parametrize("name,world,per_gpu,model,lr", [
@@ -142,6 +156,10 @@ def test_mode_recipes(monkeypatch, toy_pool, toy_work, name, world, per_gpu, mod
     assert (args.model, args.lr, args.batch_size, args.warmup) == (model, lr, per_gpu, 2000)
     assert (args.beta1, args.beta2, args.eps, args.wd, args.precision) == (0.9, 0.98, 1e-6, 0.2, "amp")
     assert args.train_num_samples == 400_000_000 and args.epochs == 32 and args.ooc_ratio == 0.02
+    assert args.ooc_mode == "additive"  # MoDE's loader semantics
+    routed = oc_main.parse_args(run_configs.build_argv(name, ["--mode-work-dir", str(toy_work), "--expert", "0",
+                                                              "--expert-data", "routed"]))  # the README's example
+    assert routed.train_data.startswith(str(WorkDir(toy_work).expert_shards_dir(0)))
     assert args.grad_checkpointing == (name != "b32_mode") and args.dataset_resampled
     with pytest.raises(UserError, match="needs a clustering"):
         run_configs.build_argv(name, ["--data-dir", str(toy_pool)])

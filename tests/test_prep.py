@@ -86,6 +86,23 @@ def test_route_writes_each_experts_pairs_and_sizes(toy_pool, reference):
         assert got[key] == originals[key]  # same members, same bytes, original key
 
 
+def test_route_additive_adds_r_times_the_others(toy_pool, reference, tmp_path):
+    """--ooc-mode additive (MoDE's): per shard, int(r x the shard's out-of-cluster pairs) join each expert."""
+    work = tmp_path / "work"
+    shutil.copytree(reference, work, ignore=shutil.ignore_patterns("experts"))
+    route.run(str(toy_pool), str(work), 0.1, 0, 0, 1, ooc_mode="additive")
+    wd = WorkDir(work)
+    for k in range(3):
+        expected = 0
+        for p in sorted(wd.assign_dir.glob("*.parquet")):
+            c = np.asarray(pq.read_table(p).column("coarse"))
+            expected += int(np.sum(c != k) * 0.1)
+        stats = json.loads((wd.route_dir / "summary.json").read_text())
+        assert stats["out_of_cluster"][k] == expected
+    with pytest.raises(UserError, match="--ooc-mode"):
+        route.run(str(toy_pool), str(work), 0.1, 0, 0, 1, ooc_mode="half")
+
+
 @pytest.mark.parametrize("step", ["captions", "embed", "assign", "route"])
 def test_crash_midway_then_rerun_is_byte_identical(toy_pool, reference, tmp_path, monkeypatch, step):
     """A step that dies after two shards (a stale temp file left behind) and is run again."""
