@@ -5,6 +5,9 @@ What apply() changes, and nothing else:
 - `open_clip_train.main.parse_args` also reads the plugin's flags (`open_clip_patch.params`); with none of
   them given, it returns what stock parse_args returns, plus the plugin's attributes set to None.
 - `open_clip_train.zero_shot.accuracy` works under numpy 2 (stock 3.3.0 raises TypeError there).
+- `open_clip_train.data.get_wds_dataset` shuffles training samples with a generator seeded by `--seed`, the
+  epoch, the rank and the loader worker (`open_clip_patch.seeded`; stock seeds it from the clock, so one seed
+  gave different batches run to run); sizes, shard order and everything else are stock.
 - `open_clip_train.data.get_wds_dataset` keeps only expert K's pairs when `--mode-work-dir W --expert K` is
   given (`open_clip_patch.data`); otherwise it is the stock function, called as is.
 - `open_clip_train.main.get_latest_checkpoint` skips a newest checkpoint that a kill left half-written (stock
@@ -71,7 +74,7 @@ def apply() -> None:
     import open_clip_train.zero_shot as oc_zero_shot
     import torch
 
-    from open_clip_patch import data, dr_data, dr_train, init_from, params, zero_shot
+    from open_clip_patch import data, dr_data, dr_train, init_from, params, seeded, zero_shot
 
     if not set(model_names()) <= set(open_clip.list_models()):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -79,8 +82,8 @@ def apply() -> None:
         return
     oc_main.parse_args = _wrap_parse_args(oc_main.parse_args, params)
     oc_zero_shot.accuracy = zero_shot.accuracy
-    oc_data.get_wds_dataset = dr_data.wrap_get_wds_dataset(data.wrap_get_wds_dataset(oc_data.get_wds_dataset, oc_data),
-                                                           oc_data)
+    get_wds = seeded.wrap_get_wds_dataset(oc_data.get_wds_dataset, oc_data)
+    oc_data.get_wds_dataset = dr_data.wrap_get_wds_dataset(data.wrap_get_wds_dataset(get_wds, oc_data), oc_data)
     oc_main.create_loss = dr_train.wrap_create_loss(oc_main.create_loss)
     oc_main.train_one_epoch = dr_train.wrap_train_one_epoch(oc_main.train_one_epoch)
     oc_main.get_latest_checkpoint = init_from.wrap_get_latest_checkpoint(oc_main.get_latest_checkpoint)
