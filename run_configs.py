@@ -38,6 +38,7 @@ class Recipe:
     # What a recipe needs that is not a flag (ClassVar fields are not emitted).
     needs: ClassVar[tuple[tuple[str, ...], ...]] = ()  # each: one of these flags must be given
     slurm: ClassVar[Slurm] = Slurm()
+    seed_epochs: ClassVar[int | None] = None  # `mode train-experts`: epochs of the seed run the experts fork from
 
     model: str | None = None
     dataset_type: str | None = None
@@ -74,6 +75,7 @@ class Recipe:
     ooc_ratio: float | None = None
     ooc_mode: str | None = None
     init_from: str | None = None
+    stop_epoch: int | None = None
     grad_clip_norm: float | None = None
     dataset_reinforcement: bool = False
     dataset_reinforcement_config: str | None = None
@@ -171,12 +173,14 @@ class ToyTinyMode(ToyTiny):
 class MoDEExpert(ClusterRecipe):
     """MoDE's expert recipe (MetaCLIP's run_configs_mode.b32_mode): one coarse cluster of a 400M-pair pool.
 
-    64 GPUs x 512 = 32768 global batch, 32 epochs of 400M samples, experts started from a dense seed run
-    (`--init-from logs/<dense>/checkpoints/epoch_27.pt`, model + optimizer + schedule position, as MoDE does).
+    64 GPUs x 512 = 32768 global batch, 32 epochs of 400M samples; `mode train-experts` trains the dense seed run
+    to epoch 27 and forks every expert from its checkpoint (model + optimizer + schedule position, as MoDE does),
+    or pass your own seed with `--init-from logs/<dense>/checkpoints/epoch_27.pt`.
     """
 
     needs: ClassVar[tuple[tuple[str, ...], ...]] = (("--mode-work-dir",), (*DATA_FLAGS, "--expert-data"))
     slurm: ClassVar[Slurm] = Slurm(nodes=8, gpus_per_node=8, cpus_per_task=10, time_min=4320)
+    seed_epochs: ClassVar[int | None] = 27
 
     model: str = "ViT-B-32-quickgelu"
     global_batch_size: int = 32768

@@ -91,7 +91,7 @@ def _train_experts(args: argparse.Namespace) -> None:
              "constraint": args.constraint}
     given = any(v is not None for v in slurm.values())
     launch(args.config, args.experts, args.train_flags, executor=args.executor, dense=args.dense,
-           slurm_overrides=slurm if given else None, folder=args.folder, wait=args.wait)
+           slurm_overrides=slurm if given else None, folder=args.folder, wait=args.wait, seed_epochs=args.seed_epochs)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", default="all", help="all, or a comma list of expert ids like 0,2")
     p.add_argument("--dense", action="store_true", help="also train the dense baseline: whole pool, the experts' "
                                                         "compute together")
+    p.add_argument("--seed-epochs", type=int, default=None, metavar="E",
+                   help="train the dense seed run to epoch E and fork every expert (and --dense) from it; 0: no "
+                        "seed run (default: the recipe's, 27 for the MoDE recipes)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs to finish")

@@ -1,7 +1,15 @@
-"""`mode train-experts`: one open_clip_train job per expert (and optionally a dense baseline) through submitit.
+"""`mode train-experts`: MoDE's protocol as open_clip_train jobs through submitit.
 
-Each job runs the recipe with `--expert K --name <recipe>_n<Kc>m<Kf>/expert_K --resume latest`; under SLURM it
-is checkpointable: on preemption or timeout submitit requeues it and `--resume latest` continues from its last
+Runs, named under `--logs` as `<recipe>_n<Kc>m<Kf>/...`:
+1. `seed`: the dense run on the whole pool, stopped after epoch E (`--seed-epochs`, MoDE: 27 of 32) on its
+   full-length LR schedule (`--stop-epoch`). Reused when its `epoch_E.pt` exists.
+2. `expert_K`: one per coarse cluster, forked from the seed's `epoch_E.pt` (model, optimizer, scaler, epoch:
+   `--init-from`) and trained to the last epoch on its cluster.
+3. `dense` (with `--dense`): the seed run continued to the last epoch with the experts' compute together (K times
+   an expert's samples per epoch), the baseline MoDE compares with.
+With `--seed-epochs 0` (or the user's own `--init-from`) there is no seed run. Under SLURM the experts and the
+dense run depend on the seed job (`afterok`), so one command submits the whole protocol; every job is
+checkpointable: on preemption or timeout submitit requeues it and `--resume latest` continues from its last
 checkpoint. The local executor runs the same jobs on this machine, one after the other.
 """
 
@@ -15,6 +23,7 @@ from pathlib import Path
 
 from mode.errors import UserError
 from mode.layout import WorkDir
+from open_clip_patch.init_from import is_complete_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +82,70 @@ def parse_experts(spec: str, n_experts: int) -> list[int]:
     return experts
 
 
-def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False) -> list[tuple[str, TrainJob]]:
-    """(name, job) for each expert asked, plus the dense baseline with `dense`."""
+@dataclass
+class PlannedJob:
+    """One run to submit: its name (under --logs), the job, and the name of the run it waits for."""
+
+    name: str
+    job: TrainJob
+    after: str | None = None
+    reuse_if: str | None = None  # a checkpoint that, once complete, makes this run unnecessary
+
+
+def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
+              seed_epochs: int | None = None) -> list[PlannedJob]:
+    """The runs of MoDE's protocol: the dense seed run to epoch E (`seed_epochs`, default the recipe's), one
+    expert per cluster forked from its epoch-E checkpoint and, with `dense`, the dense run continued from there
+    with the experts' compute together. With E = 0, or an `--init-from` of the user's, there is no seed run."""
+    from open_clip_train.params import parse_args
+
     import run_configs
     from open_clip_patch.params import split_argv
 
-    probe = run_configs.get_recipe(recipe).to_argv() + list(extra)
-    plugin_args, rest = split_argv(probe)
+    plugin_args, rest = split_argv(run_configs.get_recipe(recipe).to_argv() + list(extra))
     if plugin_args.mode_work_dir is None:
         raise UserError(f"config {recipe!r} has no clustering: pass --mode-work-dir W")
     n_coarse, n_fine = clustering_shape(plugin_args.mode_work_dir)
+    stock = parse_args(rest)
     base = f"{recipe}_n{n_coarse}m{n_fine}"
-    jobs = [(f"{base}/expert_{k}", TrainJob(recipe, [*extra, "--expert", str(k), "--name", f"{base}/expert_{k}",
-                                                     "--resume", "latest"]))
-            for k in parse_experts(experts, n_coarse)]
+    fork, plan = [], []
+    seed_epochs = _seed_epochs(recipe, seed_epochs, plugin_args, stock.epochs)
+    if seed_epochs:
+        seed_name = f"{base}/seed"
+        seed_ckpt = os.path.abspath(os.path.join(stock.logs, seed_name, "checkpoints", f"epoch_{seed_epochs}.pt"))
+        plan.append(PlannedJob(seed_name, TrainJob(recipe, [*extra, *_dense_flags(stock.train_num_samples, 1),
+                                                            "--stop-epoch", str(seed_epochs), "--name", seed_name,
+                                                            "--resume", "latest"]), reuse_if=seed_ckpt))
+        fork = ["--init-from", seed_ckpt]
+    after = plan[0].name if plan else None
+    for k in parse_experts(experts, n_coarse):
+        name = f"{base}/expert_{k}"
+        plan.append(PlannedJob(name, TrainJob(recipe, [*extra, "--expert", str(k), "--name", name, "--resume",
+                                                       "latest", *fork]), after))
     if dense:
-        jobs.append((f"{base}/dense", TrainJob(recipe, [*extra, *_dense_flags(rest, n_coarse), "--name",
-                                                        f"{base}/dense", "--resume", "latest"])))
-    return jobs
+        name = f"{base}/dense"
+        plan.append(PlannedJob(name, TrainJob(recipe, [*extra, *_dense_flags(stock.train_num_samples, n_coarse),
+                                                       "--name", name, "--resume", "latest", *fork]), after))
+    return plan
 
 
-def _dense_flags(open_clip_argv: list[str], n_experts: int) -> list[str]:
-    """The whole pool, with the compute of all experts together: n_experts x the experts' samples per epoch."""
-    from open_clip_train.params import parse_args
+def _seed_epochs(recipe: str, asked: int | None, plugin_args, epochs: int) -> int:
+    import run_configs
 
-    per_expert = parse_args(open_clip_argv).train_num_samples
+    if plugin_args.init_from:
+        if asked:
+            raise UserError(f"--seed-epochs {asked} and --init-from {plugin_args.init_from}: pass one of them")
+        return 0
+    e = type(run_configs.get_recipe(recipe)).seed_epochs if asked is None else asked
+    if e and not 0 < e < epochs:
+        raise UserError(f"--seed-epochs {e}: expected 0 (no seed run) or an epoch in 1..{epochs - 1} (--epochs "
+                        f"{epochs})")
+    return e or 0
+
+
+def _dense_flags(per_expert: int | None, n_experts: int) -> list[str]:
+    """The whole pool, with the compute of `n_experts` experts: n_experts x an expert's samples per epoch (with
+    no fixed size, an expert's epoch is its cluster and the dense epoch the whole pool: about the same)."""
     flags = ["--mode-work-dir", ""]  # empty: no expert, the whole pool
     if per_expert is not None:
         flags += ["--train-num-samples", str(per_expert * n_experts)]
@@ -127,21 +175,29 @@ def make_executor(executor: str, folder: str, name: str, slurm: dict):
 
 
 def launch(recipe: str, experts: str, extra: list[str], executor: str = "local", dense: bool = False,
-           slurm_overrides: dict | None = None, folder: str = "logs/submitit", wait: bool | None = None) -> list:
-    """Submit the jobs; the local executor runs them one after the other and waits. Returns the submitit jobs."""
+           slurm_overrides: dict | None = None, folder: str = "logs/submitit", wait: bool | None = None,
+           seed_epochs: int | None = None) -> list:
+    """Submit the runs; the seed run first, the others after it (SLURM: `afterok`). The local executor runs
+    them one after the other and waits. A seed run whose epoch-E checkpoint exists is reused. Returns the jobs."""
     import run_configs
 
     slurm = {**vars(type(run_configs.get_recipe(recipe)).slurm), **{k: v for k, v in (slurm_overrides or {}).items()
                                                                   if v is not None}}
     if executor == "local" and slurm_overrides is None:
         slurm["gpus_per_node"] = 1  # one process per job on this machine unless asked otherwise
-    jobs = []
-    for name, job in plan_jobs(recipe, experts, extra, dense):
-        ex = make_executor(executor, folder, name.replace("/", "_"), slurm)
-        submitted = ex.submit(job)
-        print(f"{name}: submitted job {submitted.job_id} ({executor}); logs in {folder}", flush=True)
+    submitted: dict[str, object] = {}
+    for planned in plan_jobs(recipe, experts, extra, dense, seed_epochs):
+        if planned.reuse_if and is_complete_checkpoint(planned.reuse_if):
+            print(f"{planned.name}: reusing {planned.reuse_if}", flush=True)
+            continue
+        ex = make_executor(executor, folder, planned.name.replace("/", "_"), slurm)
+        if executor == "slurm" and planned.after in submitted:
+            ex.update_parameters(slurm_additional_parameters={
+                "dependency": f"afterok:{submitted[planned.after].job_id}", "kill-on-invalid-dep": "yes"})
+        job = submitted[planned.name] = ex.submit(planned.job)
+        after = f", after {planned.after}" if executor == "slurm" and planned.after in submitted else ""
+        print(f"{planned.name}: submitted job {job.job_id} ({executor}{after}); logs in {folder}", flush=True)
         if executor == "local" or wait:
-            submitted.result()  # raises with the job's traceback if it failed
-            print(f"{name}: done", flush=True)
-        jobs.append(submitted)
-    return jobs
+            job.result()  # raises with the job's traceback if it failed
+            print(f"{planned.name}: done", flush=True)
+    return list(submitted.values())

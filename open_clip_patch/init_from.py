@@ -1,4 +1,5 @@
-"""Resuming: skip checkpoints left incomplete by a kill, and `--init-from CKPT` for runs with none of their own.
+"""Where a run starts and stops: checkpoints left incomplete by a kill are skipped, `--init-from CKPT` starts a
+run that has no checkpoint of its own, `--stop-epoch E` ends one early on its full-length LR schedule.
 
 A run started with `--init-from CKPT` (a MoDE expert forked from the dense seed run) starts from CKPT: model,
 optimizer, scaler and epoch, so the LR schedule continues where the seed run stopped, or the model alone with
@@ -124,6 +125,23 @@ def _move_old_log_aside(args, run_dir: str) -> None:
         n += 1
     os.replace(old, f"{old}.{n}")
     log.info(f"Kept the previous attempt's log as {old}.{n}")
+
+
+def wrap_create_loss(stock):
+    """With `--stop-epoch E`: the run stops after epoch E while its LR schedule spans `--epochs` (MoDE's dense
+    seed run, stopped where the experts fork). open_clip_train calls create_loss once, after making the schedule
+    and before the epoch loop, so `args.epochs` becomes E only for the loop; epoch E is saved as a last epoch is.
+    """
+
+    def create_loss(args):
+        stop = getattr(args, "stop_epoch", None)
+        if stop and stop < args.epochs:
+            log.info(f"--stop-epoch {stop}: the LR schedule spans {args.epochs} epochs; training stops after {stop}")
+            args.epochs = stop
+        return stock(args)
+
+    create_loss.__wrapped__ = stock
+    return create_loss
 
 
 def wrap_get_latest_checkpoint(stock):

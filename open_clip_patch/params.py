@@ -58,6 +58,9 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from", default=None, metavar="CKPT",
                    help="Start from this checkpoint (model, optimizer, epoch) when the run has none of its own; "
                         "a relaunch resumes the run's newest complete checkpoint instead.")
+    g.add_argument("--stop-epoch", type=int, default=None, metavar="E",
+                   help="Stop after epoch E; the LR schedule still spans --epochs (MoDE's dense seed run, which "
+                        "the experts fork from at E; resuming later with no --stop-epoch finishes the schedule).")
     g.add_argument("--init-from-model-only", action="store_true",
                    help="Take only the model weights from --init-from (fresh optimizer, epoch 0).")
     _dr_flags(p.add_argument_group("DataCompDR reinforcements (flags named as ml-mobileclip's patch names them)"))
@@ -114,6 +117,8 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
     resolve_start(args)
+    if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
+        raise UserError(f"--stop-epoch {args.stop_epoch}: expected an epoch in 1..--epochs ({args.epochs})")
     _resolve_dr(args)
     return args
 

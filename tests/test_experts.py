@@ -6,6 +6,7 @@ import os
 import tarfile
 import time
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -168,10 +169,23 @@ def test_mode_recipes(monkeypatch, toy_pool, toy_work, name, world, per_gpu, mod
 def test_plan_jobs_names_experts_and_dense(toy_work, toy_pool):
     extra = ["--mode-work-dir", str(toy_work), "--data-dir", str(toy_pool)]
     jobs = launch.plan_jobs("b32_mode", "0,2", extra, dense=True)
-    assert [n for n, _ in jobs] == ["b32_mode_n3m8/expert_0", "b32_mode_n3m8/expert_2", "b32_mode_n3m8/dense"]
-    dense = jobs[-1][1].argv
+    assert [j.name for j in jobs] == ["b32_mode_n3m8/seed", "b32_mode_n3m8/expert_0", "b32_mode_n3m8/expert_2",
+                                      "b32_mode_n3m8/dense"]
+    seed_ckpt = str((Path("logs") / "b32_mode_n3m8/seed/checkpoints/epoch_27.pt").resolve())
+    seed = jobs[0].job.argv
+    assert seed[seed.index("--stop-epoch") + 1] == "27" and seed[seed.index("--train-num-samples") + 1] == str(
+        400_000_000) and jobs[0].reuse_if == seed_ckpt  # MoDE's split: 27 of 32 epochs
+    for j in jobs[1:]:
+        assert j.after == "b32_mode_n3m8/seed" and j.job.argv[-2:] == ["--init-from", seed_ckpt]
+    dense = jobs[-1].job.argv
     assert dense[dense.index("--train-num-samples") + 1] == str(3 * 400_000_000)
     assert dense[dense.index("--mode-work-dir", len(extra)) + 1] == ""
+    own = launch.plan_jobs("b32_mode", "0", [*extra, "--init-from", "x.pt"])
+    assert [j.name for j in own] == ["b32_mode_n3m8/expert_0"] and own[0].after is None
+    assert [j.name for j in launch.plan_jobs("b32_mode", "1", extra, seed_epochs=0)] == ["b32_mode_n3m8/expert_1"]
+    for bad in (32, 40, -1):
+        with pytest.raises(UserError, match="--seed-epochs"):
+            launch.plan_jobs("b32_mode", "0", extra, seed_epochs=bad)
     with pytest.raises(UserError, match="experts 0..2"):
         launch.parse_experts("0,3", 3)
     assert launch.parse_experts("all", 3) == [0, 1, 2]
@@ -252,7 +266,8 @@ def test_local_executor_trains_every_expert_and_resumes_after_kill(toy_pool, toy
     monkeypatch.chdir(tmp_path)
     logs = tmp_path / "logs"
     extra = _toy_expert_argv(toy_pool, toy_work, logs, 3)
-    name, job = launch.plan_jobs("toy_tiny_mode", "1", extra)[0]
+    planned = launch.plan_jobs("toy_tiny_mode", "1", extra)[0]
+    name, job = planned.name, planned.job
     ex = launch.make_executor("local", str(tmp_path / "submitit"), "e1", {**vars(run_configs.Slurm()),
                                                                         "gpus_per_node": 1})
     first = ex.submit(job)
@@ -287,8 +302,8 @@ def test_cli_train_experts_all(toy_pool, toy_work, tmp_path):
 
 
 def test_dense_argv_parses(toy_work, toy_pool):
-    _, job = launch.plan_jobs("toy_tiny_mode", "0", ["--mode-work-dir", str(toy_work), "--toy-pool", str(toy_pool)],
-                              dense=True)[-1]
+    job = launch.plan_jobs("toy_tiny_mode", "0", ["--mode-work-dir", str(toy_work), "--toy-pool", str(toy_pool)],
+                           dense=True)[-1].job
     open_clip_patch.apply()
     import open_clip_train.main as oc_main
 
@@ -448,3 +463,76 @@ def test_same_seed_same_training(toy_pool, toy_work, tmp_path):
     (losses_a, a), (losses_b, b), (losses_c, _) = train("a", 0), train("b", 0), train("c", 1)
     assert len(losses_a) >= 4 and losses_a == losses_b and losses_a != losses_c
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_epoch_keeps_the_full_schedule(toy_pool, tmp_path):
+    """--epochs 2 --stop-epoch 1 saves the same epoch-1 weights as the full 2-epoch run (a 1-epoch LR schedule
+    would not), and stops there."""
+    from mode.train import run
+
+    logs = tmp_path / "logs"
+    base = ["--toy-pool", str(toy_pool), "--logs", str(logs), "--epochs", "2", "--batch-size", "32",
+            "--train-num-samples", "256", "--warmup", "2"]
+    run("toy_tiny", [*base, "--name", "full"])
+    run("toy_tiny", [*base, "--name", "stopped", "--stop-epoch", "1"])
+    run("toy_tiny", [*base, "--name", "short", "--epochs", "1"])
+    ckpt = {n: torch.load(logs / n / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
+            for n in ("full", "stopped", "short")}
+    full, stopped, short = (ckpt[n]["state_dict"] for n in ("full", "stopped", "short"))
+    assert all(torch.equal(full[k], stopped[k]) for k in full)
+    assert not all(torch.equal(full[k], short[k]) for k in full)
+    assert not (logs / "stopped" / "checkpoints" / "epoch_2.pt").exists()
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    with pytest.raises(UserError, match="--stop-epoch 3"):
+        oc_main.parse_args([*base, "--stop-epoch", "3"])
+
+
+def test_cli_runs_modes_protocol(toy_pool, toy_work, tmp_path):
+    """`mode train-experts --seed-epochs 1 --dense`: the dense seed run to epoch 1, every expert and the dense
+    baseline forked from its checkpoint; run again, the seed is reused and every run resumes its own."""
+    from .conftest import PYTHON, run
+
+    logs = tmp_path / "logs"
+    cmd = [PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "all", "--dense", "--seed-epochs",
+           "1", "--folder", str(tmp_path / "submitit"), "--", *_toy_expert_argv(toy_pool, toy_work, logs, 2),
+           "--train-num-samples", "96"]
+    res = run(cmd, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    base = logs / "toy_tiny_mode_n3m8"
+    seed_ckpt = base / "seed" / "checkpoints" / "epoch_1.pt"
+    assert seed_ckpt.exists() and not (base / "seed" / "checkpoints" / "epoch_2.pt").exists()
+    assert "stop_epoch: 1\n" in (base / "seed" / "params.txt").read_text()
+    for name in ["expert_0", "expert_1", "expert_2", "dense"]:
+        log = (base / name / "out.log").read_text()
+        assert f"resuming checkpoint '{seed_ckpt}' (epoch 1)" in log, name
+        assert set(epoch_losses(base / name / "out.log")) == {2}, name
+    assert "train_num_samples: 288\n" in (base / "dense" / "params.txt").read_text()  # 3 experts x 96
+    again = run(cmd, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"seed: reusing {seed_ckpt}" in again.stdout and again.stdout.count(": done") == 4
+    assert "(epoch 2)" in (base / "expert_0" / "out.log").read_text().rsplit("resuming", 1)[1]
+
+
+def test_slurm_experts_wait_for_the_seed_job(toy_pool, toy_work, tmp_path, monkeypatch):
+    """Under SLURM one command submits the protocol: the experts and the dense run depend on the seed job."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    counter = tmp_path / "next_id"
+    counter.write_text("100")
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "sbatch").write_text(f"#!/bin/sh\nn=$(cat {counter}); echo $((n + 1)) > {counter}\n"
+                                 f"cp \"$1\" {tmp_path}/script_$n.sh\necho \"Submitted batch job $n\"\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    jobs = launch.launch("b32_mode", "all", ["--mode-work-dir", str(toy_work), "--data-dir", str(toy_pool),
+                                             "--logs", str(tmp_path / "logs")], executor="slurm", dense=True,
+                         folder=str(tmp_path / "submitit"))
+    assert [j.job_id for j in jobs] == ["100", "101", "102", "103", "104"]
+    seed_script = (tmp_path / "script_100.sh").read_text()
+    assert "#SBATCH --job-name=b32_mode_n3m8_seed" in seed_script and "dependency" not in seed_script
+    for n in range(101, 105):
+        script = (tmp_path / f"script_{n}.sh").read_text()
+        assert "#SBATCH --dependency=afterok:100" in script and "#SBATCH --kill-on-invalid-dep=yes" in script

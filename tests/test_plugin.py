@@ -36,9 +36,10 @@ def test_apply_is_idempotent_and_wraps_stock_once():
     # the rest of the training loop is open_clip_train's own
     assert oc_main.get_data is oc_data.get_data
     assert oc_main.train_one_epoch.__wrapped__ is oc_train.train_one_epoch  # stock, unless reinforced
-    assert oc_main.create_loss.__wrapped__ is open_clip.create_loss  # stock, unless reinforced
-    # wrapped once for reinforcements and once for experts
-    assert oc_data.get_wds_dataset.__wrapped__.__wrapped__.__module__ == "open_clip_train.data"
+    # stock, unless reinforced (inner layer) or stopped early with --stop-epoch (outer layer)
+    assert oc_main.create_loss.__wrapped__.__wrapped__ is open_clip.create_loss
+    # wrapped once for reinforcements, once for experts and once for the seeded sample shuffle
+    assert oc_data.get_wds_dataset.__wrapped__.__wrapped__.__wrapped__.__module__ == "open_clip_train.data"
     assert oc_main.pt_load.__wrapped__.__module__ == "open_clip_train.file_utils"
 
 
