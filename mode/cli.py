@@ -57,6 +57,7 @@ def _cluster(args: argparse.Namespace) -> None:
 
     cfg = cluster.ClusterConfig(fine=args.fine, coarse=args.coarse, metric=args.metric, balance=args.balance,
                                 sample_fraction=args.sample_fraction, max_samples=args.max_samples,
+                                sample_shards=args.sample_shards,
                                 niter=args.niter, seed=args.seed)
     s = cluster.run(args.shards, args.work_dir, cfg, args.world_size)
     print(f"cluster: {s['sampled']} of {s['features']} features -> {cfg.fine} fine -> {cfg.coarse} coarse; "
@@ -222,9 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine", type=int, default=1024, help="fine clusters")
     p.add_argument("--coarse", type=int, default=4, help="coarse clusters = experts")
     p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine")
-    p.add_argument("--balance", action="store_true", help="make coarse clusters hold near-equal numbers of pairs")
+    p.add_argument("--balance", action="store_true",
+                   help="balanced k-means at both levels (MoDE's): equal fine clusters, equal fine per coarse")
     p.add_argument("--sample-fraction", type=float, default=None, help="share of the features to train on")
     p.add_argument("--max-samples", type=int, default=None, help="features to train on (default 256 x --fine)")
+    p.add_argument("--sample-shards", type=float, default=None, metavar="F",
+                   help="train on every feature of a seeded share F of the shards (MoDE: about 0.05)")
     p.add_argument("--niter", type=int, default=20, help="fine k-means iterations")
     p.add_argument("--seed", type=int, default=0)
     _step_parser(sub, "assign", "step 3: nearest fine centroid and expert of every pair", _assign)

@@ -1,10 +1,12 @@
 """Step 2 (global, world size 1): two-level k-means over the caption embeddings.
 
-1. Fine k-means (faiss; GPU when present) on a seeded sample of the features: `--fine` centroids, spherical
-   (cosine) by default as MoDE clusters unit-norm SimCSE features, or plain Euclidean.
-2. Coarse k-means over the fine centroids, each weighted by its fine cluster's size so that experts are
-   sized by data, best of 10 restarts (cheap: it clusters Kf points). `--balance` then reassigns fine
-   clusters so that the coarse clusters hold near-equal numbers of pairs (MoDE trains on balanced clusters).
+1. Fine k-means (faiss; GPU when present) on a seeded sample of the features (rows, or with
+   `--sample-shards f` every row of a seeded share f of the shards, as MoDE samples ~5% of its shards):
+   `--fine` centroids, spherical (cosine) by default, or Euclidean on the unit-norm features (MoDE's).
+2. Coarse k-means over the fine centroids, best of 10 restarts (cheap: it clusters Kf points): each fine
+   centroid weighted by its cluster's size, so that experts are sized by data.
+With `--balance` both levels are balanced k-means (`mode.bkmeans`, as MoDE clusters): every fine cluster takes
+an equal share of the sample and every coarse cluster an equal number of fine clusters, unweighted (MoDE's).
 
 Writes clusters/fine.npy [Kf, d], coarse.npy [Kc, d] (float32, unit norm), fine_to_coarse.npy [Kf] and
 summary.json (config, sizes, mean cosine to centroid, iterations, seconds, max/min expert size).
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mode.bkmeans import balanced_kmeans
 from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.runner import read_complete_summary
@@ -36,8 +39,9 @@ class ClusterConfig:
     fine: int = 1024
     coarse: int = 4
     metric: str = "cosine"
-    balance: bool = False
+    balance: bool = False  # balanced k-means at both levels (MoDE's)
     sample_fraction: float | None = None
+    sample_shards: float | None = None  # MoDE's sampling: every row of this seeded share of the shards
     max_samples: int | None = None  # default: 256 points per fine centroid
     niter: int = 20
     coarse_niter: int = 50
@@ -85,54 +89,47 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndar
     return idx[:, 0], score[:, 0]
 
 
-def balanced_assign(sim: np.ndarray, weights: np.ndarray, slack: float = 0.05) -> np.ndarray:
-    """Assign items (fine clusters) to groups (coarse clusters) so that group weights stay near-equal.
-
-    Greedy: the items with the most to lose (best minus second-best similarity) choose first, each taking its
-    most similar group that still has room; room is total weight / groups * (1 + slack), and an item heavier
-    than any room left goes to the emptiest group.
-
-    Args:
-        sim: [items, groups] similarity (higher is closer).
-        weights: [items] pairs per item.
-        slack: how far above the equal share a group may grow.
-    """
-    n_items, n_groups = sim.shape
-    cap = weights.sum() / n_groups * (1 + slack)
-    order_sim = np.sort(sim, axis=1)
-    regret = order_sim[:, -1] - (order_sim[:, -2] if n_groups > 1 else 0)
-    load = np.zeros(n_groups)
-    out = np.empty(n_items, np.int64)
-    for i in np.lexsort((-weights, -regret)):
-        for g in np.argsort(-sim[i], kind="stable"):
-            if load[g] + weights[i] <= cap:
-                break
-        else:
-            g = int(np.argmin(load))
-        out[i] = g
-        load[g] += weights[i]
-    return out
-
-
 def coarse_cluster(fine: np.ndarray, fine_sizes: np.ndarray, cfg: ClusterConfig):
-    """Coarse centroids [Kc, d] and fine_to_coarse [Kf] from the fine centroids weighted by their sizes."""
+    """Coarse centroids [Kc, d] and fine_to_coarse [Kf]: k-means over the fine centroids weighted by their
+    sizes, or with `balance` balanced k-means over them unweighted; best of `coarse_nredo` seeded restarts."""
+    if cfg.balance:
+        runs = [balanced_kmeans(fine, cfg.coarse, cfg.metric, cfg.coarse_niter, cfg.seed + r, candidates=cfg.coarse)
+                for r in range(cfg.coarse_nredo)]
+        best = max(runs, key=lambda r: r.objective(fine, cfg.metric))
+        return best.centroids.astype(np.float32), best.labels.astype(np.int64), best.iterations
     km = _kmeans(fine, cfg.coarse, cfg, cfg.coarse_niter, weights=fine_sizes.astype(np.float32),
                  nredo=cfg.coarse_nredo)
-    centroids = km.centroids
-    f2c, _ = _nearest(fine, centroids, cfg.metric)
+    f2c, _ = _nearest(fine, km.centroids, cfg.metric)
+    return km.centroids.astype(np.float32), f2c.astype(np.int64), len(km.iteration_stats)
+
+
+def fine_cluster(x: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """(fine centroids, each sampled row's fine cluster, objective, iterations) of the sample `x`."""
     if cfg.balance:
-        for _ in range(10):  # alternate balanced assignment and centroid update until stable
-            sim = fine @ centroids.T if cfg.metric == "cosine" else -(
-                (fine[:, None, :] - centroids[None]) ** 2).sum(-1)
-            new = balanced_assign(sim, fine_sizes.astype(np.float64))
-            centroids = np.stack([np.average(fine[new == g], axis=0, weights=fine_sizes[new == g] + 1e-9)
-                                  if (new == g).any() else centroids[g] for g in range(cfg.coarse)])
-            if cfg.metric == "cosine":
-                centroids = _normalise(centroids)
-            if np.array_equal(new, f2c):
-                break
-            f2c = new
-    return centroids.astype(np.float32), f2c.astype(np.int64), len(km.iteration_stats)
+        r = balanced_kmeans(x, cfg.fine, cfg.metric, cfg.niter, cfg.seed)
+        return r.centroids, r.labels, r.objective(x, cfg.metric), r.iterations
+    km = _kmeans(x, cfg.fine, cfg, cfg.niter)
+    fine = _normalise(km.centroids) if cfg.metric == "cosine" else km.centroids
+    idx, _ = _nearest(x, fine, cfg.metric)
+    return fine, idx, float(km.obj[-1]), len(km.iteration_stats)
+
+
+def _sample(paths: list[Path], cfg: ClusterConfig) -> tuple[np.ndarray, int]:
+    """(the rows to cluster, float32, and the number of features in all shards)."""
+    sizes = [np.load(p, mmap_mode="r").shape[0] for p in paths]
+    n_total = sum(sizes)
+    if cfg.sample_shards is not None:
+        if not 0 < cfg.sample_shards <= 1:
+            raise UserError(f"--sample-shards {cfg.sample_shards}: expected a share of the shards in (0, 1]")
+        rng = np.random.default_rng(cfg.seed)
+        m = max(1, int(round(cfg.sample_shards * len(paths))))
+        chosen = np.sort(rng.choice(len(paths), size=m, replace=False))
+        x = np.concatenate([np.asarray(np.load(paths[i]), dtype=np.float32) for i in chosen])
+        return x, n_total
+    n_sample = cfg.max_samples or 256 * cfg.fine
+    if cfg.sample_fraction is not None:
+        n_sample = int(round(cfg.sample_fraction * n_total))
+    return sample_features(paths, n_total, min(n_total, n_sample), cfg.seed), n_total
 
 
 def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None = None) -> dict:
@@ -149,26 +146,20 @@ def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None =
     if WorkDir.summary(wd.clusters_dir).exists():
         with open(WorkDir.summary(wd.clusters_dir)) as f:
             done = json.load(f)
-        if done["config"] == asdict(cfg):
+        if ClusterConfig(**done["config"]) == cfg:
             log.info(f"cluster: {wd.clusters_dir} already holds this clustering, skipped")
             return done
         raise UserError(f"{wd.clusters_dir} holds a clustering with another config; use a new --work-dir")
     read_complete_summary(wd.features_dir, "embed", "cluster")
     paths = [wd.features(i) for i in shard_ids(expand(shards)).values()]
-    n_total = sum(np.load(p, mmap_mode="r").shape[0] for p in paths)
-    n_sample = cfg.max_samples or 256 * cfg.fine
-    if cfg.sample_fraction is not None:
-        n_sample = int(round(cfg.sample_fraction * n_total))
-    n_sample = min(n_total, n_sample)
+    x, n_total = _sample(paths, cfg)
+    n_sample = len(x)
     if n_sample < cfg.fine:
         raise UserError(f"{n_sample} sampled features cannot make {cfg.fine} fine clusters; lower --fine")
-    x = sample_features(paths, n_total, n_sample, cfg.seed)
-    if cfg.metric == "cosine":
-        x = _normalise(x)
-    log.info(f"cluster: fine k-means of {n_sample} of {n_total} features into {cfg.fine}")
-    km = _kmeans(x, cfg.fine, cfg, cfg.niter)
-    fine = _normalise(km.centroids) if cfg.metric == "cosine" else km.centroids
-    idx, _ = _nearest(x, fine, cfg.metric)
+    x = _normalise(x)  # unit norm for both metrics: cosine, and Euclidean on L2-normalised features (MoDE's)
+    log.info(f"cluster: {'balanced ' if cfg.balance else ''}fine k-means of {n_sample} of {n_total} features "
+             f"into {cfg.fine}")
+    fine, idx, fine_objective, fine_iters = fine_cluster(x, cfg)
     fine_sizes = np.bincount(idx, minlength=cfg.fine)
     coarse, f2c, coarse_iters = coarse_cluster(fine, fine_sizes, cfg)
     cos_to_fine = float(np.mean(np.sum(x * _normalise(fine)[idx], axis=1)))
@@ -183,8 +174,8 @@ def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None =
         "fine_sizes": fine_sizes.tolist(), "coarse_sizes_sampled": coarse_sizes.tolist(),
         "coarse_share": [round(float(s), 4) for s in share],
         "expert_size_max_over_min": round(float(share.max() / max(share.min(), 1e-12)), 3),
-        "mean_cosine_to_fine": round(cos_to_fine, 5), "fine_objective": float(km.obj[-1]),
-        "fine_iterations": len(km.iteration_stats), "coarse_iterations": coarse_iters,
+        "mean_cosine_to_fine": round(cos_to_fine, 5), "fine_objective": fine_objective,
+        "fine_iterations": fine_iters, "coarse_iterations": coarse_iters,
         "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(WorkDir.summary(wd.clusters_dir), summary)

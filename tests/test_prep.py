@@ -232,15 +232,51 @@ def test_bad_input_is_counted_and_skipped(toy_pool, tmp_path):
     assert sum(r["sizes"]) == s["kept"]
 
 
-def test_balanced_assign_keeps_groups_near_equal():
+def test_balanced_assignment_is_exact_stable_and_auction_optimal():
+    from scipy.optimize import linear_sum_assignment
+
+    from mode.bkmeans import capacities, deferred_acceptance, price_assign
+
     rng = np.random.default_rng(0)
-    sim = rng.standard_normal((40, 4))
-    sim[:, 0] += 3  # every item prefers group 0
-    weights = rng.integers(1, 20, size=40).astype(float)
-    groups = cluster.balanced_assign(sim, weights, slack=0.05)
-    load = np.bincount(groups, weights=weights, minlength=4)
-    assert load.max() <= weights.sum() / 4 * 1.05 + weights.max()
-    assert load.min() > 0
+    n, k = 62, 6
+    cost = rng.random((n, k))
+    cost[:, 0] -= 0.5  # every point prefers cluster 0
+    cand = np.argsort(cost, axis=1)
+    caps = capacities(n, k)
+    labels, _ = deferred_acceptance(np.take_along_axis(cost, cand, 1), cand, caps)
+    assert (labels >= 0).all() and np.bincount(labels, minlength=k).tolist() == caps.tolist()
+    for i in range(n):  # stable: no point and cluster that both prefer each other to what they have
+        for j in range(k):
+            if cost[i, j] < cost[i, labels[i]]:
+                assert cost[labels == j, j].max() <= cost[i, j]
+    slots = np.repeat(np.arange(k), caps)  # the optimal balanced assignment, for comparison
+    rows, cols = linear_sum_assignment(cost[:, slots])
+    optimum = cost[rows, slots[cols]].sum()
+    assert cost[np.arange(n), labels].sum() > 1.2 * optimum  # stable is not optimal when all want one cluster
+    auction, _, rounds = price_assign(np.take_along_axis(cost, cand, 1), cand, caps, max_rounds=10_000)
+    assert rounds < 10_000 and np.bincount(auction, minlength=k).tolist() == caps.tolist()
+    assert cost[np.arange(n), auction].sum() <= optimum + n * 1e-5  # the auction reaches the optimum
+
+
+def test_balanced_kmeans_balances_skewed_data():
+    from mode.bkmeans import balanced_kmeans
+
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((10, 32)).astype(np.float32)
+    sizes = [1200, 600, 300, 300, 200, 150, 100, 80, 40, 30]  # a long tail, as caption topics have
+    x = np.concatenate([c + 0.4 * rng.standard_normal((m, 32)).astype(np.float32) for c, m in zip(centres, sizes)])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for metric in ("cosine", "euclidean"):
+        r = balanced_kmeans(x, 16, metric=metric, niter=30, seed=0, candidates=8)
+        counts = np.bincount(r.labels, minlength=16)
+        assert counts.min() == len(x) // 16 and counts.max() <= len(x) // 16 + 1
+        again = balanced_kmeans(x, 16, metric=metric, niter=30, seed=0, candidates=8)
+        assert np.array_equal(r.labels, again.labels) and np.array_equal(r.centroids, again.centroids)
+    free = cluster._kmeans(x, 16, cluster.ClusterConfig(fine=16), 30)
+    c = free.centroids / np.linalg.norm(free.centroids, axis=1, keepdims=True)
+    unbalanced = float(np.mean(np.max(x @ c.T, axis=1)))
+    assert r.objective(x, "euclidean") < 0 and balanced_kmeans(x, 16, niter=30).objective(x, "cosine") > \
+        0.9 * unbalanced
 
 
 def test_balance_flag_evens_out_experts(toy_pool, reference, tmp_path):
@@ -248,9 +284,12 @@ def test_balance_flag_evens_out_experts(toy_pool, reference, tmp_path):
     shutil.copytree(WorkDir(reference).features_dir, WorkDir(work).features_dir)
     plain = json.loads((WorkDir(reference).clusters_dir / "summary.json").read_text())
     bal = cluster.run(str(toy_pool), str(work), cluster.ClusterConfig(fine=8, coarse=3, balance=True), world_size=1)
-    assert bal["expert_size_max_over_min"] <= plain["expert_size_max_over_min"]
-    assert bal["expert_size_max_over_min"] < 1.6  # 8 fine clusters cannot split finer than this
-    assert sum(bal["coarse_sizes_sampled"]) == sum(plain["coarse_sizes_sampled"])
+    n = sum(plain["coarse_sizes_sampled"])
+    assert sorted(set(bal["fine_sizes"])) in ([n // 8], [n // 8, n // 8 + 1])  # balanced fine k-means
+    f2c = np.load(WorkDir(work).fine_to_coarse)
+    assert sorted(np.bincount(f2c, minlength=3).tolist()) == [2, 3, 3]  # balanced coarse: 8 fine over 3
+    assert bal["expert_size_max_over_min"] <= 1.5 + 0.01
+    assert sum(bal["coarse_sizes_sampled"]) == n
 
 
 def test_embed_under_torchrun_splits_shards_across_ranks(toy_pool, reference, tmp_path):
