@@ -3,11 +3,12 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")" && pwd)"  # paths given by the user stay relative to where they ran this
 
-# The whole pipeline on a fresh toy pool: DataComp basic filter -> reshard -> MoDE prep -> one expert per toy
-# domain + a dense baseline with the same compute -> evaluate -> ensemble -> report.
-# SAMPLES (6000) and EPOCHS (10) size it; ~10 min on 2 CPU cores.
+# The whole pipeline on a fresh toy pool, in MoDE's protocol: DataComp basic filter -> reshard -> MoDE prep ->
+# a dense seed run to epoch SEED_EPOCHS -> one expert per toy domain forked from it, and the dense run continued
+# with the experts' compute -> evaluate -> ensemble -> report. Every step is seeded: the same tables every run.
+# SAMPLES (6000), EPOCHS (12) and SEED_EPOCHS (8) size it; ~12 min on 2 CPU cores.
 demo() {
-  local out="${1:-runs/demo}" samples="${SAMPLES:-6000}" epochs="${EPOCHS:-10}"
+  local out="${1:-runs/demo}" samples="${SAMPLES:-6000}" epochs="${EPOCHS:-12}" seed_epochs="${SEED_EPOCHS:-8}"
   local fine=32 coarse=3
   local runs="$out/logs/toy_tiny_mode_n${coarse}m${fine}"
   echo "== toy pool -> $out/pool"
@@ -19,8 +20,10 @@ demo() {
     --overwrite
   echo "== MoDE prep: captions, embed, cluster ($fine fine -> $coarse coarse), assign, route -> $out/work"
   FINE=$fine COARSE=$coarse prep_steps "$out/filtered" "$out/work"
-  echo "== train $coarse experts + a dense baseline (open_clip_train + plugin, CPU) -> $runs"
-  python -m mode train-experts toy_tiny_mode --experts all --dense --folder "$out/logs/submitit" -- \
+  echo "== dense seed run to epoch $seed_epochs of $epochs, then $coarse experts forked from it + the dense run" \
+    "continued with their compute (open_clip_train + plugin, CPU) -> $runs"
+  python -m mode train-experts toy_tiny_mode --experts all --dense --seed-epochs "$seed_epochs" \
+    --folder "$out/logs/submitit" -- \
     --data-dir "$out/filtered" --mode-work-dir "$out/work" --logs "$out/logs" --epochs "$epochs"
   local models=() labels=()
   for k in $(seq 0 $((coarse - 1))); do
@@ -41,16 +44,28 @@ demo() {
 # MoDE prep: captions -> embed -> cluster -> assign -> route. The per-shard steps take their rank from
 # torchrun/SLURM when launched there; cluster is global. Settings from the environment:
 #   FINE (1024) COARSE (4) OOC_RATIO (0.02) WORKERS (2) ENCODER (packaged all-MiniLM-L6-v2) BALANCE (0/1)
+#   PRESET: fast (default: the packaged MiniLM mean-pooled, spherical k-means on a row sample, fine centroids
+#   weighted by size, out-of-cluster pairs a share of each expert) or mode (MoDE's choices: SimCSE's pooler
+#   output, balanced Euclidean k-means at both levels on 5% of the shards, r x the other clusters' pairs).
+#   Any setting given beside PRESET wins, e.g. PRESET=mode ENCODER=all-MiniLM-L6-v2 offline.
 prep_steps() {
   local shards="${1:?usage: $0 prep-steps SHARDS WORK_DIR}" work="${2:?usage: $0 prep-steps SHARDS WORK_DIR}"
-  local enc=() bal=()
-  [ -n "${ENCODER:-}" ] && enc=(--encoder "$ENCODER")
-  [ "${BALANCE:-0}" = 1 ] && bal=(--balance)
+  local enc=() emb=() clu=() rte=() encoder="${ENCODER:-}" balance="${BALANCE:-0}"
+  case "${PRESET:-fast}" in
+    fast) ;;
+    mode) encoder="${ENCODER:-princeton-nlp/sup-simcse-bert-base-uncased}" balance="${BALANCE:-1}"
+          emb=(--pooling pooler) clu=(--metric euclidean --sample-shards "${SAMPLE_SHARDS:-0.05}")
+          rte=(--ooc-mode additive) ;;
+    *) echo "PRESET=${PRESET}: expected fast or mode" >&2; return 2 ;;
+  esac
+  [ -n "$encoder" ] && enc=(--encoder "$encoder")
+  [ "$balance" = 1 ] && clu+=(--balance)
   python -m mode captions --shards "$shards" --work-dir "$work" --workers "${WORKERS:-2}"
-  python -m mode embed --shards "$shards" --work-dir "$work" "${enc[@]}"
-  python -m mode cluster --shards "$shards" --work-dir "$work" --fine "${FINE:-1024}" --coarse "${COARSE:-4}" "${bal[@]}"
+  python -m mode embed --shards "$shards" --work-dir "$work" "${enc[@]}" "${emb[@]}"
+  python -m mode cluster --shards "$shards" --work-dir "$work" --fine "${FINE:-1024}" --coarse "${COARSE:-4}" "${clu[@]}"
   python -m mode assign --shards "$shards" --work-dir "$work" --workers "${WORKERS:-2}"
-  python -m mode route --shards "$shards" --work-dir "$work" --ooc-ratio "${OOC_RATIO:-0.02}" --workers "${WORKERS:-2}"
+  python -m mode route --shards "$shards" --work-dir "$work" --ooc-ratio "${OOC_RATIO:-0.02}" \
+    --workers "${WORKERS:-2}" "${rte[@]}"
 }
 
 case "${1:-}" in

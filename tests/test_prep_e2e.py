@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -49,3 +50,30 @@ def test_prep_steps_cluster_the_toy_domains(tmp_path):
         routed += sum(sizes.values())
     # out-of-cluster pairs are 2% of each expert's data (rounded per shard)
     assert abs(routed - len(pairs) / 0.98) <= 3 * 16
+
+
+def test_mode_preset_runs_modes_choices(toy_pool, tmp_path):
+    """PRESET=mode: pooler-output embeddings, balanced Euclidean k-means at both levels on a share of the shards,
+    out-of-cluster pairs added as r x the others (offline with the packaged encoder in SimCSE's place)."""
+    work = tmp_path / "work"
+    res = run(["bash", str(REPO / "run_mode.sh"), "prep-steps", str(toy_pool), str(work)],
+              env={"PRESET": "mode", "ENCODER": "all-MiniLM-L6-v2", "FINE": "8", "COARSE": "3",
+                   "SAMPLE_SHARDS": "0.5", "OOC_RATIO": "0.1", "WORKERS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    wd = WorkDir(work)
+    assert json.loads(wd.features_meta.read_text())["pooling"] == "pooler"
+    summary = json.loads((wd.clusters_dir / "summary.json").read_text())
+    config = summary["config"]
+    assert (config["balance"], config["metric"], config["sample_shards"]) == (True, "euclidean", 0.5)
+    n = summary["sampled"]
+    assert summary["features"] > n and sorted(set(summary["fine_sizes"])) in ([n // 8], [n // 8, n // 8 + 1])
+    assert sorted(Counter(np.load(wd.fine_to_coarse).tolist()).values()) == [2, 3, 3]
+    route = json.loads((wd.route_dir / "summary.json").read_text())
+    assert route["params"]["ooc_mode"] == "additive"
+    coarse = np.concatenate([pq.read_table(p, columns=["coarse"]).column("coarse").to_numpy()
+                             for p in sorted(wd.assign_dir.glob("*.parquet"))])
+    for k in range(3):  # about r x the other clusters' pairs, per shard (int() rounds down)
+        assert 0 <= 0.1 * np.sum(coarse != k) - route["out_of_cluster"][k] <= 4
+    bad = run(["bash", str(REPO / "run_mode.sh"), "prep-steps", str(toy_pool), str(tmp_path / "w2")],
+              env={"PRESET": "metaclip"})
+    assert bad.returncode == 2 and "expected fast or mode" in bad.stderr
