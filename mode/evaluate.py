@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,8 @@ def load_model(spec: ModelSpec, device: str):
     model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
     if spec.checkpoint:
         try:
-            ckpt = torch.load(spec.checkpoint, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as e:
+            ckpt = torch.load(spec.checkpoint, map_location="cpu", weights_only=True)  # never runs pickled code
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
             raise UserError(f"--model {spec.label}: cannot read {spec.checkpoint}: {str(e).splitlines()[0]}")
         state = ckpt.get("state_dict", ckpt)
         model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})

@@ -220,3 +220,26 @@ def test_download_tasks_offline_is_one_line(tmp_path):
               env={"HF_HUB_OFFLINE": "1"})
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "djghosh/wds_dtd_test" in res.stderr
+
+
+def test_evaluate_refuses_a_checkpoint_that_runs_code(tmp_path):
+    """A crafted .pt whose unpickling would run code is refused in one line; the code never runs."""
+    import os
+    import pickle
+
+    import torch
+
+    from mode.errors import UserError
+    from mode.evaluate import ModelSpec, load_model
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, bad, pickle_module=pickle)
+    with pytest.raises(UserError, match="cannot read"):
+        load_model(ModelSpec.parse(f"x=ViT-Toy-8:{bad}"), "cpu")
+    assert not marker.exists()
