@@ -61,13 +61,16 @@ def deferred_acceptance(cost: np.ndarray, cand: np.ndarray, caps: np.ndarray) ->
     held_cost = np.zeros(n, cost.dtype)
     nxt = np.zeros(n, np.int64)
     free = np.arange(n)
+    touched = np.zeros(len(caps) + 1, bool)  # the last slot stands for "held by no cluster" (-1)
     while free.size:
         free = free[nxt[free] < m]
         if not free.size:
             break
         clusters, costs = cand[free, nxt[free]], cost[free, nxt[free]]
         nxt[free] += 1
-        holders = np.flatnonzero(held >= 0)
+        touched[:] = False
+        touched[clusters] = True
+        holders = np.flatnonzero(touched[held])  # only clusters that got proposals can change their holders
         pts = np.concatenate([holders, free])
         cl = np.concatenate([held[holders], clusters])
         co = np.concatenate([held_cost[holders], costs])
@@ -95,20 +98,20 @@ def price_assign(cost: np.ndarray, cand: np.ndarray, caps: np.ndarray, prices: n
         (labels [n], prices [k], rounds); clusters may still be overfull if `max_rounds` ran out.
     """
     n, k = len(cost), len(caps)
-    prices = np.zeros(k) if prices is None else np.asarray(prices, np.float64).copy()
+    prices = np.zeros(k, cost.dtype) if prices is None else np.asarray(prices, cost.dtype).copy()
     rows = np.arange(n)
     labels = cand[:, 0]
     for r in range(max_rounds):
         adj = cost + prices[cand]
-        two = np.argpartition(adj, 1, axis=1)[:, :2] if cand.shape[1] > 1 else np.zeros((n, 2), np.int64)
-        v = np.take_along_axis(adj, two, 1)
-        first = np.where(v[:, 1] < v[:, 0], two[:, 1], two[:, 0])
+        first = adj.argmin(axis=1)
         labels = cand[rows, first]
         excess = np.bincount(labels, minlength=k) - caps
         over = np.flatnonzero(excess > 0)
         if not over.size or cand.shape[1] == 1:
             return labels, prices, r
-        regret = np.abs(v[:, 1] - v[:, 0])  # how far this point's cluster's price may rise before it leaves
+        best = adj[rows, first]
+        adj[rows, first] = np.inf
+        regret = adj.min(axis=1) - best  # how far this point's cluster's price may rise before it leaves
         order = np.lexsort((rows, regret, labels))
         starts = np.searchsorted(labels[order], over)
         prices[over] += regret[order[starts + excess[over] - 1]] + eps
@@ -129,7 +132,7 @@ def _search(x: np.ndarray, centroids: np.ndarray, m: int, metric: str) -> tuple[
 
 
 def balanced_assign(x: np.ndarray, centroids: np.ndarray, metric: str = "cosine", candidates: int = 32,
-                    caps: np.ndarray | None = None, prices: np.ndarray | None = None, price_rounds: int = 20
+                    caps: np.ndarray | None = None, prices: np.ndarray | None = None, price_rounds: int = 5
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Each row of `x` to a centroid, every centroid taking exactly `caps` rows (default: N // K or N // K + 1).
 
@@ -168,7 +171,7 @@ def _means(x: np.ndarray, labels: np.ndarray, k: int, old: np.ndarray) -> np.nda
 
 def balanced_kmeans(x: np.ndarray, k: int, metric: str = "cosine", niter: int = 20, seed: int = 0,
                     candidates: int = 32, tol: float = 1e-3, init_niter: int = 10,
-                    price_rounds: int = 20) -> BalancedResult:
+                    price_rounds: int = 5) -> BalancedResult:
     """Balanced k-means of the rows of `x` (float32; unit norm for the cosine metric) into `k` clusters.
 
     Starts from faiss's (unbalanced) k-means after `init_niter` iterations, seeded, then runs up to `niter`

@@ -290,6 +290,11 @@ def test_balance_flag_evens_out_experts(toy_pool, reference, tmp_path):
     assert sorted(np.bincount(f2c, minlength=3).tolist()) == [2, 3, 3]  # balanced coarse: 8 fine over 3
     assert bal["expert_size_max_over_min"] <= 1.5 + 0.01
     assert sum(bal["coarse_sizes_sampled"]) == n
+    again = tmp_path / "again"  # one seed, one clustering: byte-identical files
+    shutil.copytree(WorkDir(reference).features_dir, WorkDir(again).features_dir)
+    cluster.run(str(toy_pool), str(again), cluster.ClusterConfig(fine=8, coarse=3, balance=True), world_size=1)
+    for name in ("fine.npy", "coarse.npy", "fine_to_coarse.npy"):
+        assert (WorkDir(work).clusters_dir / name).read_bytes() == (WorkDir(again).clusters_dir / name).read_bytes()
 
 
 def test_embed_under_torchrun_splits_shards_across_ranks(toy_pool, reference, tmp_path):
