@@ -27,6 +27,32 @@ from mode.shards import atomic_write, expand, iter_tar, pool_map, shard_ids, wri
 from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 
 SHARD_FORMAT = "{:08d}.tar"
+MARKER = ".mode-reshard"  # written first: `--overwrite` replaces only folders that hold it
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether `a` is `b` or lies inside it."""
+    return a == b or b in a.parents
+
+
+def _check_output(out: Path, spec: str, paths: list[str], subset: str) -> None:
+    """Refuse an output folder that is, holds or lies inside an input (shards, their folders, the subset)."""
+    target = out.resolve()
+    roots = {Path(part).resolve() for part in spec.split("::") if Path(part).is_dir()}
+    roots |= {Path(p).resolve().parent for p in paths}
+    for root in sorted(roots):
+        if _inside(target, root) or _inside(root, target):
+            raise UserError(f"output {out} overlaps the input {root}: choose an output outside the pool")
+    if _inside(Path(subset).resolve(), target):
+        raise UserError(f"output {out} holds the subset file {subset}: choose another output")
+
+
+def _is_old_reshard(out: Path) -> bool:
+    """A complete output of an earlier version of this tool (before the marker file): its meta.json says so."""
+    try:
+        return "output_shard_format" in json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 @lru_cache(maxsize=1)
@@ -73,14 +99,20 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
         overwrite: bool = False) -> dict:
     """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary."""
     out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
     if shard_size < 1:
         raise UserError("--shard-size must be positive")
     load_subset(subset)  # checks dtype and order once, with a clear error
     start, paths = time.perf_counter(), expand(inputs)
+    _check_output(out, inputs, paths, subset)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} is not empty; pass --overwrite to replace it")
+        if not (out / MARKER).exists() and not _is_old_reshard(out):
+            raise UserError(f"--overwrite: {out} was not written by `mode reshard` (no {MARKER}); remove it yourself "
+                            "or choose another output")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by mode reshard; --overwrite may replace this folder\n")
     parts_dir = out / ".parts"
     parts_dir.mkdir(parents=True)
     results: list[dict] = []

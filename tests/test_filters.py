@@ -247,3 +247,32 @@ def test_assets_are_fetched_verified_and_cached(tmp_path):
     with pytest.raises(UserError, match="unknown asset"):
         assets.fetch("nope", root, registry)
     assert set(assets.IN1K_FEATURES) < set(assets.ASSETS) and "medium_centroids" in assets.ASSETS
+
+
+def test_reshard_overwrite_never_destroys_inputs(toy_pool, tmp_path, rows):
+    """--overwrite refuses an output that is, holds or lies inside the input pool, or holds the subset, and
+    replaces only folders `mode reshard` wrote; the pool's files stay as they were."""
+    import shutil
+
+    from mode.uids import save_subset
+
+    pool = tmp_path / "pool"
+    shutil.copytree(toy_pool, pool)
+    subset = tmp_path / "subset.npy"
+    save_subset(str(subset), hex_to_pairs([r["uid"] for r in rows if r["toy_downloaded"]][:40]))
+    before = {p: p.read_bytes() for p in sorted(pool.rglob("*")) if p.is_file()}
+    for inp, out in ((pool / "shards", pool / "shards"), (pool / "shards", pool), (pool, pool),
+                     (pool, pool / "filtered"), (pool / "shards", tmp_path)):
+        with pytest.raises(UserError, match="overlaps the input|holds the subset"):
+            reshard.run(str(inp), str(out), str(subset), overwrite=True)
+    assert {p: p.read_bytes() for p in sorted(pool.rglob("*")) if p.is_file()} == before
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not written by `mode reshard`"):
+        reshard.run(str(pool), str(theirs), str(subset), overwrite=True)
+    assert (theirs / "notes.txt").read_text() == "keep me"
+    ours = tmp_path / "ours"
+    first = reshard.run(str(pool), str(ours), str(subset), shard_size=10)
+    again = reshard.run(str(pool), str(ours), str(subset), shard_size=20, overwrite=True)
+    assert first["samples"] == again["samples"] == 40 and len(expand(str(ours))) == 2
