@@ -311,6 +311,8 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
     if FILTERS[name].needs_score:
         if (params.threshold is None) == (params.fraction is None):
             raise UserError(f"{name} needs exactly one of --threshold or --fraction")
+        if params.fraction is not None and not 0 < params.fraction <= 1:
+            raise UserError(f"--fraction {params.fraction}: expected the share of the pool to keep, in (0, 1]")
         if params.threshold is None:
             params = replace(params, threshold=threshold_for_fraction(paths, _score_key(params), params.fraction))
     if FILTERS[name].prepare:

@@ -73,6 +73,10 @@ def test_filter_errors(toy_pool, tmp_path):
         filters.run("image_based", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), filters.FilterParams())
     with pytest.raises(UserError, match="no .parquet"):
         filters.run("no_filter", str(tmp_path), str(tmp_path / "x.npy"), filters.FilterParams())
+    for bad in (-0.2, 0.0, 1.5):  # -0.2 once kept 80% of the pool
+        with pytest.raises(UserError, match="--fraction"):
+            filters.run("clip_score", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"),
+                        filters.FilterParams(fraction=bad))
 
 
 def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_path, rows):
