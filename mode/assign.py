@@ -70,4 +70,4 @@ def run(shards: str, work_dir: str, rank: int | None = None, world_size: int | N
     work = partial(_work, str(wd.root), cfg.metric, cfg.fine, cfg.coarse)
     clusters = hashlib.sha256(wd.fine_centroids.read_bytes() + wd.fine_to_coarse.read_bytes()).hexdigest()[:16]
     return run_per_shard("assign", wd.assign_dir, expand(shards), work, params={"clusters": clusters},
-                         rank=rank, world_size=world_size, workers=workers)
+                         rank=rank, world_size=world_size, workers=workers, outputs=lambda i: [wd.assignment(i)])

@@ -73,4 +73,4 @@ def run(shards: str, work_dir: str, rank: int | None = None, world_size: int | N
     wd = WorkDir(Path(work_dir))
     return run_per_shard("captions", wd.captions_dir, expand(shards), partial(_work, str(wd.root)),
                          params={"cleaning": "open_clip basic_clean+whitespace_clean"},
-                         rank=rank, world_size=world_size, workers=workers)
+                         rank=rank, world_size=world_size, workers=workers, outputs=lambda i: [wd.captions(i)])

@@ -197,4 +197,4 @@ def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str =
     work = partial(_work, str(wd.root), file_mode, encoder, batch_size, device, pooling)
     params = {k: meta[k] for k in ("encoder", "dim", "pooling") if k in meta}
     return run_per_shard("embed", wd.features_dir, paths, work, params=params,
-                         rank=rank, world_size=world_size, workers=1)
+                         rank=rank, world_size=world_size, workers=1, outputs=lambda i: [wd.features(i)])

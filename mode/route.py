@@ -88,7 +88,8 @@ def run(shards: str, work_dir: str, ooc_ratio: float = 0.0, seed: int = 0, rank:
     if ooc_mode != "share":  # (outputs made before --ooc-mode existed keep their hash)
         params["ooc_mode"] = ooc_mode
     summary = run_per_shard("route", wd.route_dir, paths, work, params=params,
-                            rank=rank, world_size=world_size, workers=workers)
+                            rank=rank, world_size=world_size, workers=workers,
+                            outputs=lambda i: [wd.expert_shard(k, i) for k in range(n_experts)])
     if summary["complete"]:
         write_sizes(wd, list(shard_ids(paths).values()), n_experts)
     return summary

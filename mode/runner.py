@@ -72,7 +72,8 @@ def _timed(work: Callable[[str, str], dict], item: tuple[str, str]) -> tuple[str
 
 
 def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Callable[[str, str], dict],
-                  params: dict, rank: int | None = None, world_size: int | None = None, workers: int = 1) -> dict:
+                  params: dict, rank: int | None = None, world_size: int | None = None, workers: int = 1,
+                  outputs: Callable[[str], list[Path]] | None = None) -> dict:
     """Process this rank's incomplete shards with `work`; return the step's summary.
 
     Args:
@@ -83,6 +84,8 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
         params: everything that determines the outputs; their hash must match existing outputs'.
         rank, world_size: this process's share; None reads torchrun's or SLURM's environment.
         workers: processes for this rank (1 runs in this process).
+        outputs: the files `work` writes for a shard id; their sizes go into the shard's stats, and a shard
+            counts as complete only while they are all there with those sizes (else it is redone).
     """
     rank, world_size = rank_and_world(rank, world_size)
     ids = shard_ids(shard_paths)
@@ -92,7 +95,7 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     mine = for_rank(shard_paths, rank, world_size)
     if not mine:
         log.warning(f"{step}: rank {rank} of {world_size} has no shards")
-    todo = [(p, ids[p]) for p in mine if not WorkDir.stats(step_dir, ids[p]).exists()]
+    todo = [(p, ids[p]) for p in mine if not _complete(step_dir, ids[p])]
     if len(todo) < len(mine):
         log.info(f"{step}: {len(mine) - len(todo)} of {len(mine)} shards already complete, skipped")
     # spawn, not fork: a child forked from a parent that has run torch, faiss or OpenMP threads can hang
@@ -102,11 +105,30 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     try:
         for shard_id, stats in tqdm(results, total=len(todo), desc=step, unit="shard",
                                     disable=not todo or rank != 0):
-            write_json(WorkDir.stats(step_dir, shard_id), {**stats, "params_hash": digest})
+            files = outputs(shard_id) if outputs else ()
+            written = {os.path.relpath(o, step_dir): os.path.getsize(o) for o in files}
+            write_json(WorkDir.stats(step_dir, shard_id), {**stats, "params_hash": digest, "outputs": written})
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
     return write_summary(step, step_dir, ids.values(), params, digest)
+
+
+def _complete(step_dir: Path, shard_id: str) -> bool:
+    """A shard is complete when its stats file exists and every output it lists is there with its size; a
+    shard whose outputs went missing or changed loses its stats file and is redone."""
+    path = WorkDir.stats(step_dir, shard_id)
+    if not path.exists():
+        return False
+    with open(path) as f:
+        recorded = json.load(f).get("outputs", {})
+    for rel, size in recorded.items():
+        out = step_dir / rel
+        if not out.exists() or out.stat().st_size != size:
+            log.warning(f"{out} is missing or changed since it was written: redoing shard {shard_id}")
+            path.unlink()
+            return False
+    return True
 
 
 def _check_params(step_dir: Path, shard_ids_: object, digest: str) -> None:
@@ -138,7 +160,7 @@ def _summarise(step: str, step_dir: Path, all_ids: list, present: list, params: 
     for shard_id in present:
         with open(WorkDir.stats(step_dir, shard_id)) as f:
             done.append(json.load(f))
-    totals = merge_stats([{k: v for k, v in s.items() if k != "params_hash"} for s in done])
+    totals = merge_stats([{k: v for k, v in s.items() if k not in ("params_hash", "outputs")} for s in done])
     summary = {"step": step, "params": params, "params_hash": digest, "shards_total": len(all_ids),
                "shards_done": len(done), "complete": len(done) == len(all_ids),
                "processed": 0, "kept": 0, "skipped": {}, **totals}

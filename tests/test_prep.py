@@ -340,3 +340,21 @@ def test_pooler_embedding_is_cls_through_the_trained_pooler():
     assert np.abs(mean - got).max() > 0.1
     with pytest.raises(UserError, match="--pooling"):
         embed.encode(texts, pooling="cls")
+
+
+@pytest.mark.parametrize("step", ["captions", "embed", "assign", "route"])
+def test_missing_or_changed_outputs_are_redone(toy_pool, reference, tmp_path, step):
+    """A completion marker counts only while the outputs it recorded are there with their sizes."""
+    work = tmp_path / "work"
+    shutil.copytree(reference, work)
+    wd = WorkDir(work)
+    ids = sorted(p.stem for p in wd.captions_dir.glob("*.parquet"))
+    out = {"captions": wd.captions, "embed": wd.features, "assign": wd.assignment,
+           "route": lambda i: wd.expert_shard(1, i)}[step]
+    assert "outputs" in json.loads(WorkDir.stats({"captions": wd.captions_dir, "embed": wd.features_dir,
+                                                  "assign": wd.assign_dir, "route": wd.route_dir}[step],
+                                                 ids[0]).read_text())
+    out(ids[0]).unlink()  # deleted
+    out(ids[1]).write_bytes(out(ids[1]).read_bytes()[:-7])  # cut short
+    _run_step(step, toy_pool, work)
+    assert_same_outputs(reference, work)
