@@ -160,7 +160,7 @@ def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
     from PIL import Image
 
     skipped: Counter = Counter()
-    name = Path(path).name
+    name = f"{shard_id}.tar"  # distinct even where two joined pools share a file name
     written = 0
     torch.manual_seed(cfg.seed)  # the transforms draw from torch's generator: seeded per shard
     rng = np.random.default_rng([cfg.seed, int.from_bytes(shard_id.encode()[-8:], "little")])

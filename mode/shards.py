@@ -7,6 +7,7 @@ one `.tar` path.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -264,10 +265,18 @@ def iter_tar(path: str | os.PathLike, errors: Counter | None = None) -> Iterator
 
 
 def shard_ids(paths: list[str]) -> dict[str, str]:
-    """A name for each shard's outputs: its stem, or `<parent>-<stem>` where stems repeat across folders."""
+    """A distinct name for each shard's outputs: its stem; `<parent>-<stem>` where stems repeat across folders;
+    `<parent>-<hash of the parent's path>-<stem>` where that repeats too (two DataComp pools joined by `::`
+    both have `shards/00000000.tar`)."""
     stems = Counter(Path(p).stem for p in paths)
-    return {p: (Path(p).stem if stems[Path(p).stem] == 1 else f"{Path(p).parent.name}-{Path(p).stem}")
-            for p in paths}
+    named = {p: (Path(p).stem if stems[Path(p).stem] == 1 else f"{Path(p).parent.name}-{Path(p).stem}")
+             for p in paths}
+    again = Counter(named.values())
+    for p, name in named.items():
+        if again[name] > 1:
+            parent = Path(p).resolve().parent
+            named[p] = f"{parent.name}-{hashlib.sha1(str(parent).encode()).hexdigest()[:8]}-{Path(p).stem}"
+    return named
 
 
 def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -358,3 +358,19 @@ def test_missing_or_changed_outputs_are_redone(toy_pool, reference, tmp_path, st
     out(ids[1]).write_bytes(out(ids[1]).read_bytes()[:-7])  # cut short
     _run_step(step, toy_pool, work)
     assert_same_outputs(reference, work)
+
+
+def test_two_pools_joined_keep_every_shard(toy_pool, tmp_path):
+    """Two DataComp pools joined by '::' both hold shards/00000000.tar: each gets its own outputs, and the summary
+    counts what is on disk (once 1572 were reported and 786 kept)."""
+    from mode.shards import shard_ids
+
+    for name in ("a", "b"):
+        shutil.copytree(toy_pool, tmp_path / name / "pool")
+    spec = f"{tmp_path / 'a' / 'pool'}::{tmp_path / 'b' / 'pool'}"
+    ids = shard_ids(expand(spec))
+    assert len(set(ids.values())) == len(ids) == 8
+    summary = captions.run(spec, str(tmp_path / "work"), 0, 1)
+    on_disk = sum(pq.read_table(p).num_rows for p in WorkDir(tmp_path / "work").captions_dir.glob("*.parquet"))
+    assert len(list(WorkDir(tmp_path / "work").captions_dir.glob("*.parquet"))) == 8
+    assert summary["kept"] == on_disk == 2 * sum(1 for p in expand(str(toy_pool)) for _ in iter_tar(p))
