@@ -53,10 +53,30 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
         load_subset(str(p))  # u8,u8 and sorted, or a one-line error
     if not Path(sub.results).exists():
         raise UserError(f"--results: {sub.results} does not exist (run `mode evaluate` or DataComp's evaluate.py)")
-    results = [json.loads(line) for line in Path(sub.results).read_text().splitlines() if line.strip()]
+    results = _read_results(Path(sub.results))
     if sub.checkpoint and not Path(sub.checkpoint).exists():
         raise UserError(f"--checkpoint: {sub.checkpoint} does not exist")
     return samples, results
+
+
+def _read_results(path: Path) -> list[dict]:
+    """DataComp's eval_results.jsonl: one JSON object per line, each with a dataset and its main metric."""
+    results = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and "dataset" in row and "main_metric" in row.get("metrics", {})
+        except (ValueError, AttributeError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"--results: line {n} of {path} is not an eval_results.jsonl row "
+                            '({"key", "dataset", "metrics": {..., "main_metric"}})')
+        results.append(row)
+    if not results:
+        raise UserError(f"--results: {path} holds no results (run `mode evaluate` first)")
+    return results
 
 
 def record(sub: Submission, results: list[dict], samples: list[Path]) -> dict:

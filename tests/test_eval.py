@@ -189,6 +189,15 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
                "--author", "me", "--email", "e", "--samples", str(unsorted), "--results", str(results),
                "--hf-repo", "me/sub", "--bundle", str(tmp_path / "b2"), "--dry-run"])
     assert res.returncode == 2 and "not sorted" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    for text, why in (("", "holds no results"), ("\n\n", "holds no results"), ("not json\n", "line 1"),
+                      ('{"key": "x"}\n', "line 1")):  # an empty results file once made an empty bundle
+        bad = tmp_path / "bad_results.jsonl"
+        bad.write_text(text)
+        res = run([PYTHON, "-m", "mode", "submit", "--scale", "small", "--track", "filtering", "--method-name", "m",
+                   "--author", "me", "--email", "e", "--samples", str(tmp_path / "a.npy"), "--results", str(bad),
+                   "--hf-repo", "me/sub", "--bundle", str(tmp_path / "b3"), "--dry-run"])
+        assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (tmp_path / "b3").exists()
 
 
 def test_retrieval_task_end_to_end(toy_pool, tmp_path):
