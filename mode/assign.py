@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mode.cluster import load_config
+from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.runner import run_per_shard
 from mode.shards import atomic_write, expand
@@ -51,7 +52,8 @@ def _work(work_dir: str, metric: str, n_fine: int, n_coarse: int, path: str, sha
     captions = pq.read_table(wd.captions(shard_id), columns=["uid", "key"])
     feats = np.load(wd.features(shard_id))
     if len(feats) != captions.num_rows:
-        raise RuntimeError(f"{wd.features(shard_id)} has {len(feats)} rows for {captions.num_rows} captions")
+        raise UserError(f"{wd.features(shard_id)} has {len(feats)} rows for {captions.num_rows} captions: delete it "
+                        "and its embed stats, and rerun `mode embed`")
     fine, coarse, score = nearest_fine(feats, work_dir, metric)
     table = pa.table([captions.column("uid"), captions.column("key"), pa.array(fine), pa.array(coarse),
                       pa.array(score)], schema=SCHEMA)

@@ -114,6 +114,17 @@ def fine_cluster(x: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndar
     return fine, idx, float(km.obj[-1]), len(km.iteration_stats)
 
 
+def _check_rows(wd: WorkDir, ids: list[str]) -> None:
+    """Every features file has one row per caption (a file from another run would cluster the wrong rows)."""
+    import pyarrow.parquet as pq
+
+    for i in ids:
+        n, rows = np.load(wd.features(i), mmap_mode="r").shape[0], pq.read_metadata(wd.captions(i)).num_rows
+        if n != rows:
+            raise UserError(f"{wd.features(i)} has {n} rows for {rows} captions in {wd.captions(i)}: delete it and "
+                            "its embed stats, and rerun `mode embed`")
+
+
 def _sample(paths: list[Path], cfg: ClusterConfig) -> tuple[np.ndarray, int]:
     """(the rows to cluster, float32, and the number of features in all shards)."""
     sizes = [np.load(p, mmap_mode="r").shape[0] for p in paths]
@@ -151,7 +162,9 @@ def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None =
             return done
         raise UserError(f"{wd.clusters_dir} holds a clustering with another config; use a new --work-dir")
     read_complete_summary(wd.features_dir, "embed", "cluster")
-    paths = [wd.features(i) for i in shard_ids(expand(shards)).values()]
+    ids = list(shard_ids(expand(shards)).values())
+    _check_rows(wd, ids)
+    paths = [wd.features(i) for i in ids]
     x, n_total = _sample(paths, cfg)
     n_sample = len(x)
     if n_sample < cfg.fine:

@@ -374,3 +374,14 @@ def test_two_pools_joined_keep_every_shard(toy_pool, tmp_path):
     on_disk = sum(pq.read_table(p).num_rows for p in WorkDir(tmp_path / "work").captions_dir.glob("*.parquet"))
     assert len(list(WorkDir(tmp_path / "work").captions_dir.glob("*.parquet"))) == 8
     assert summary["kept"] == on_disk == 2 * sum(1 for p in expand(str(toy_pool)) for _ in iter_tar(p))
+
+
+def test_features_that_do_not_match_their_captions_are_refused(toy_pool, reference, tmp_path):
+    """A features file with fewer rows than its captions (once clustered silently) is a one-line error."""
+    work = tmp_path / "work"
+    shutil.copytree(reference, work, ignore=shutil.ignore_patterns("clusters", "assign", "experts"))
+    wd = WorkDir(work)
+    first = sorted(wd.features_dir.glob("*.npy"))[0]
+    np.save(first, np.load(first)[:-5])
+    with pytest.raises(UserError, match="rows for .* captions"):
+        cluster.run(str(toy_pool), str(work), CFG, world_size=1)
