@@ -88,6 +88,7 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
             counts as complete only while they are all there with those sizes (else it is redone).
     """
     rank, world_size = rank_and_world(rank, world_size)
+    _check_apart(step_dir.parent, shard_paths)
     ids = shard_ids(shard_paths)
     digest = params_hash(params)
     step_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,16 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
         if pool:
             pool.shutdown(cancel_futures=True)
     return write_summary(step, step_dir, ids.values(), params, digest)
+
+
+def _check_apart(root: Path, shard_paths: list[str]) -> None:
+    """Outputs and inputs in separate trees: a work dir inside a shard folder, or shards inside the work dir (its
+    routed shards given as input), would let one step's outputs become another's input or overwrite it."""
+    top = root.resolve()
+    for folder in sorted({Path(p).resolve().parent for p in shard_paths}):
+        if folder == top or top in folder.parents or folder in top.parents:
+            raise UserError(f"the work dir {root} and the input shards in {folder} overlap: keep the work dir "
+                            "outside the pool")
 
 
 def _complete(step_dir: Path, shard_id: str) -> bool:

@@ -282,6 +282,7 @@ def test_balanced_kmeans_balances_skewed_data():
 def test_balance_flag_evens_out_experts(toy_pool, reference, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(WorkDir(reference).features_dir, WorkDir(work).features_dir)
+    shutil.copytree(WorkDir(reference).captions_dir, WorkDir(work).captions_dir)
     plain = json.loads((WorkDir(reference).clusters_dir / "summary.json").read_text())
     bal = cluster.run(str(toy_pool), str(work), cluster.ClusterConfig(fine=8, coarse=3, balance=True), world_size=1)
     n = sum(plain["coarse_sizes_sampled"])
@@ -292,6 +293,7 @@ def test_balance_flag_evens_out_experts(toy_pool, reference, tmp_path):
     assert sum(bal["coarse_sizes_sampled"]) == n
     again = tmp_path / "again"  # one seed, one clustering: byte-identical files
     shutil.copytree(WorkDir(reference).features_dir, WorkDir(again).features_dir)
+    shutil.copytree(WorkDir(reference).captions_dir, WorkDir(again).captions_dir)
     cluster.run(str(toy_pool), str(again), cluster.ClusterConfig(fine=8, coarse=3, balance=True), world_size=1)
     for name in ("fine.npy", "coarse.npy", "fine_to_coarse.npy"):
         assert (WorkDir(work).clusters_dir / name).read_bytes() == (WorkDir(again).clusters_dir / name).read_bytes()
@@ -385,3 +387,13 @@ def test_features_that_do_not_match_their_captions_are_refused(toy_pool, referen
     np.save(first, np.load(first)[:-5])
     with pytest.raises(UserError, match="rows for .* captions"):
         cluster.run(str(toy_pool), str(work), CFG, world_size=1)
+
+
+def test_work_dir_and_input_shards_must_not_overlap(toy_pool, reference, tmp_path):
+    pool = tmp_path / "pool"
+    shutil.copytree(toy_pool, pool)
+    with pytest.raises(UserError, match="overlap"):
+        captions.run(str(pool / "shards"), str(pool / "shards" / "work"), 0, 1)
+    routed = str(WorkDir(reference).expert_shards_dir(0))  # an expert's routed shards as the input of its own work dir
+    with pytest.raises(UserError, match="overlap"):
+        captions.run(routed, str(reference), 0, 1)
