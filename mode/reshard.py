@@ -23,11 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from mode.errors import UserError
-from mode.shards import atomic_write, expand, iter_tar, pool_map, shard_ids, write_json, write_tar
+from mode.shards import RESHARD_MARKER, atomic_write, expand, iter_tar, pool_map, shard_ids, write_json, write_tar
 from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 
 SHARD_FORMAT = "{:08d}.tar"
-MARKER = ".mode-reshard"  # written first: `--overwrite` replaces only folders that hold it
+MARKER = RESHARD_MARKER  # written first: `--overwrite` replaces only folders that hold it
 
 
 def _inside(a: Path, b: Path) -> bool:

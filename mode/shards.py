@@ -68,6 +68,9 @@ def expand(spec: str) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+RESHARD_MARKER = ".mode-reshard"  # `mode reshard` writes it first and meta.json last
+
+
 def tars_in_dir(directory: str) -> list[str]:
     """The shards of one directory, with DataComp's rules for finding them.
 
@@ -76,6 +79,9 @@ def tars_in_dir(directory: str) -> list[str]:
     subdirectory, recursively, as DataComp's train.py does.
     """
     meta_path = os.path.join(directory, "meta.json")
+    if os.path.exists(os.path.join(directory, RESHARD_MARKER)) and not os.path.isfile(meta_path):
+        raise UserError(f"{directory} is an unfinished `mode reshard` output (no meta.json: it was stopped "
+                        "before the end); run the reshard again")
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
@@ -241,7 +247,8 @@ def iter_tar(path: str | os.PathLike, errors: Counter | None = None) -> Iterator
 
     Members of one sample are consecutive (webdataset's convention). A truncated or corrupt tar ends the
     stream after the last complete sample and counts one `truncated_tar` (or `unreadable_tar` when nothing
-    could be read) in `errors`; it never raises.
+    could be read) in `errors`; it never raises. An uncompressed tar cut exactly between two members reads
+    without error, so it must end with tar's end-of-archive marker (two zero blocks) or it counts as truncated.
     """
     errors = errors if errors is not None else Counter()
     key, members = None, {}
@@ -257,11 +264,23 @@ def iter_tar(path: str | os.PathLike, errors: Counter | None = None) -> Iterator
                     members = {}
                 key = k
                 members[ext] = data
+            whole = getattr(tar.fileobj, "comptype", "tar") != "tar" or _ends_with_marker(path, tar.offset)
     except (tarfile.TarError, EOFError, OSError, zlib.error):
         errors["unreadable_tar" if key is None else "truncated_tar"] += 1
         return  # the sample being read when the tar broke is incomplete: drop it
+    if not whole:
+        errors["truncated_tar"] += 1
+        return  # the last sample may miss members that were cut off
     if members:
         yield key, members
+
+
+def _ends_with_marker(path: str | os.PathLike, offset: int) -> bool:
+    """Whether the two zero blocks that end a tar archive follow its last member at `offset`."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        tail = f.read(2 * tarfile.BLOCKSIZE)
+    return len(tail) == 2 * tarfile.BLOCKSIZE and not tail.strip(b"\0")
 
 
 def shard_ids(paths: list[str]) -> dict[str, str]:

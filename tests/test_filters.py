@@ -280,3 +280,6 @@ def test_reshard_overwrite_never_destroys_inputs(toy_pool, tmp_path, rows):
     first = reshard.run(str(pool), str(ours), str(subset), shard_size=10)
     again = reshard.run(str(pool), str(ours), str(subset), shard_size=20, overwrite=True)
     assert first["samples"] == again["samples"] == 40 and len(expand(str(ours))) == 2
+    (ours / "meta.json").unlink()  # as a reshard killed before its end leaves it
+    with pytest.raises(UserError, match="unfinished `mode reshard` output"):
+        expand(str(ours))

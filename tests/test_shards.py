@@ -116,3 +116,22 @@ def test_write_tar_is_reproducible_and_readable(tmp_path):
         assert tar.getnames() == ["k0.txt", "k0.cls", "k1.txt", "k1.cls", "k2.txt", "k2.cls"]
         assert tar.extractfile("k1.txt").read() == b"caption 1"
     assert io.BytesIO((tmp_path / "a.tar").read_bytes()).getbuffer().nbytes % 512 == 0
+
+
+def test_tar_cut_between_members_counts_as_truncated(tmp_path):
+    """A shard cut exactly at a member boundary reads without error in tarfile; it is still counted and its last
+    (possibly incomplete) sample dropped."""
+    import tarfile
+    from collections import Counter
+
+    samples = [(f"k{i}", {"txt": f"caption {i}".encode(), "json": b"{}"}) for i in range(4)]
+    whole = tmp_path / "whole.tar"
+    shards.write_tar(whole, iter(samples))
+    errors = Counter()
+    assert [k for k, _ in shards.iter_tar(whole, errors)] == ["k0", "k1", "k2", "k3"] and not errors
+    with tarfile.open(whole) as t:
+        cut_at = t.getmembers()[5].offset  # the header of k2.json: k2 has lost a member
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[:cut_at])
+    errors = Counter()
+    assert [k for k, _ in shards.iter_tar(cut, errors)] == ["k0", "k1"] and errors == {"truncated_tar": 1}
