@@ -25,6 +25,7 @@ import numpy as np
 from mode.bkmeans import balanced_kmeans
 from mode.errors import UserError
 from mode.layout import WorkDir
+from mode.lock import holding
 from mode.runner import read_complete_summary
 from mode.shards import atomic_write, expand, rank_and_world, shard_ids, write_json
 
@@ -144,7 +145,13 @@ def _sample(paths: list[Path], cfg: ClusterConfig) -> tuple[np.ndarray, int]:
 
 
 def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None = None) -> dict:
-    """Cluster the features of every shard; write clusters/ and return its summary."""
+    """Cluster the features of every shard; write clusters/ and return its summary. One run per work dir at a
+    time: a second concurrent `mode cluster` on it stops with one line naming the first."""
+    with holding(work_dir, "cluster", "`mode cluster`"):
+        return _run(shards, work_dir, cfg, world_size)
+
+
+def _run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None = None) -> dict:
     _, world = rank_and_world(0, world_size)
     if world != 1:
         raise UserError(f"mode cluster is a global step: run it once, not with world size {world}")

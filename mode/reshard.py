@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mode.errors import UserError
+from mode.lock import holding
 from mode.shards import RESHARD_MARKER, atomic_write, expand, iter_tar, pool_map, shard_ids, write_json, write_tar
 from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 
@@ -97,13 +98,21 @@ def _streamed(subset_path: str, paths: list[str], results: list[dict]) -> Iterat
 
 def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, workers: int = 1,
         overwrite: bool = False) -> dict:
-    """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary."""
-    out = Path(output_dir)
+    """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary. One run per output
+    folder at a time (the lock lies beside the folder, which --overwrite replaces)."""
     if shard_size < 1:
         raise UserError("--shard-size must be positive")
     load_subset(subset)  # checks dtype and order once, with a clear error
-    start, paths = time.perf_counter(), expand(inputs)
-    _check_output(out, inputs, paths, subset)
+    paths = expand(inputs)
+    _check_output(Path(output_dir), inputs, paths, subset)  # before anything is written, the lock included
+    out = Path(output_dir).resolve()
+    with holding(out.parent, f"reshard-{out.name}", "`mode reshard`"):
+        return _run(paths, output_dir, subset, shard_size, workers, overwrite)
+
+
+def _run(paths: list[str], output_dir: str, subset: str, shard_size: int, workers: int, overwrite: bool) -> dict:
+    out = Path(output_dir)
+    start = time.perf_counter()
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out} is not empty; pass --overwrite to replace it")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mode.errors import UserError
 from mode.layout import WorkDir
+from mode.lock import holding
 from mode.shards import for_rank, rank_and_world, shard_ids, write_json
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,12 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     digest = params_hash(params)
     step_dir.mkdir(parents=True, exist_ok=True)
     _check_params(step_dir, ids.values(), digest)
+    with holding(step_dir, f"{step}-rank{rank}-of{world_size}", f"`mode {step}` (rank {rank} of {world_size})"):
+        _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs)
+    return write_summary(step, step_dir, ids.values(), params, digest)
+
+
+def _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs) -> None:
     mine = for_rank(shard_paths, rank, world_size)
     if not mine:
         log.warning(f"{step}: rank {rank} of {world_size} has no shards")
@@ -112,7 +119,6 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    return write_summary(step, step_dir, ids.values(), params, digest)
 
 
 def _check_apart(root: Path, shard_paths: list[str]) -> None:

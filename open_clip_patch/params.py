@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections.abc import Sequence
 
 from mode import ooc
 from mode.errors import UserError
 from mode.layout import WorkDir
+from mode.lock import hold_for_process
 from open_clip_patch.init_from import resolve_start
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,21 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
     resolve_start(args)
+    _lock_run(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop-epoch {args.stop_epoch}: expected an epoch in 1..--epochs ({args.epochs})")
     _resolve_dr(args)
     return args
+
+
+def _lock_run(args: argparse.Namespace) -> None:
+    """One training per run name at a time: rank 0 holds `<logs>/<name>/.lock-train` until its process ends."""
+    if not args.name:
+        return  # open_clip names the run after the date and time: a new run
+    from open_clip_train.distributed import world_info_from_env
+
+    if world_info_from_env()[1] == 0:
+        hold_for_process(os.path.join(args.logs, args.name), "train", f"training run named {args.name!r}")
 
 
 def _resolve_dr(args: argparse.Namespace) -> None:

@@ -21,7 +21,8 @@ from .conftest import TOY_CLUSTER as CFG  # noqa: E402
 
 def data_files(work: Path) -> list[Path]:
     """Every artifact except stats/summaries (which hold timings) and temp files."""
-    return sorted(p.relative_to(work) for p in work.rglob("*") if p.is_file() and not p.name.startswith(".tmp")
+    return sorted(p.relative_to(work) for p in work.rglob("*") if p.is_file()
+                  and not p.name.startswith((".tmp", ".lock-"))
                   and not p.name.endswith("stats.json") and p.name != "summary.json")
 
 

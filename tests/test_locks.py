@@ -1,0 +1,74 @@
+"""One run at a time: a second concurrent run of a step, a reshard or a training run stops with one line."""
+
+import os
+
+import pytest
+
+import open_clip_patch
+from mode import captions, cluster, lock, reshard
+from mode.errors import UserError
+from mode.layout import WorkDir
+
+from .conftest import TOY_CLUSTER
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _held_elsewhere(folder, name):
+    """The lock as another process holding it would: a separate open file description with its flock."""
+    return lock.acquire(folder, name, "test holder")
+
+
+def test_second_cluster_run_on_a_work_dir_stops(toy_pool, toy_work, tmp_path):
+    fd = _held_elsewhere(toy_work, "cluster")
+    try:
+        with pytest.raises(UserError, match=f"another `mode cluster` is running .*pid {os.getpid()}"):
+            cluster.run(str(toy_pool), str(toy_work), TOY_CLUSTER, world_size=1)
+    finally:
+        lock.release(fd)
+    assert cluster.run(str(toy_pool), str(toy_work), TOY_CLUSTER, world_size=1)["config"]["fine"] == 8
+
+
+def test_second_per_shard_run_of_one_rank_stops(toy_pool, tmp_path):
+    work = tmp_path / "work"
+    fd = _held_elsewhere(WorkDir(work).captions_dir, "captions-rank0-of1")
+    try:
+        with pytest.raises(UserError, match=r"another `mode captions` \(rank 0 of 1\) is running"):
+            captions.run(str(toy_pool), str(work), 0, 1)
+        assert not list(WorkDir(work).captions_dir.glob("*.parquet"))
+        other_rank = captions.run(str(toy_pool), str(work), 1, 2)  # another rank's share is not blocked
+        assert other_rank["shards_done"] == 2
+    finally:
+        lock.release(fd)
+
+
+def test_second_reshard_into_one_folder_stops(toy_pool, tmp_path):
+    import numpy as np
+
+    subset = tmp_path / "s.npy"
+    np.save(subset, np.zeros(0, "u8,u8"))
+    fd = _held_elsewhere(tmp_path, "reshard-out")
+    try:
+        with pytest.raises(UserError, match="another `mode reshard` is running"):
+            reshard.run(str(toy_pool), str(tmp_path / "out"), str(subset))
+    finally:
+        lock.release(fd)
+    assert not (tmp_path / "out").exists()
+
+
+def test_second_training_with_one_name_stops(toy_pool, tmp_path):
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    fd = _held_elsewhere(tmp_path / "logs" / "run", "train")
+    try:
+        with pytest.raises(UserError, match="another training run named 'run' is running"):
+            oc_main.parse_args(["--toy-pool", str(toy_pool), "--logs", str(tmp_path / "logs"), "--name", "run"])
+    finally:
+        lock.release(fd)
+    args = oc_main.parse_args(["--toy-pool", str(toy_pool), "--logs", str(tmp_path / "logs"), "--name", "run"])
+    assert args.name == "run"
