@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from mode.errors import UserError
 
@@ -382,7 +383,30 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
+    except OSError as e:  # a path: missing, not a folder, a folder, no permission, disk full
+        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n)
+        print(f"error: {e.strerror or e}{': ' + names if names else ''}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if isinstance(e, _bad_data_errors()):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"error: unreadable input ({type(e).__name__}): {first}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print("error: an unexpected failure, probably a bug: please report it with the traceback above",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _bad_data_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a data file is not what it should be (parquet, JSON, npy/zip, tar, pickle, text)."""
+    import json
+    import pickle
+    import tarfile
+    import zipfile
+
+    import pyarrow as pa
+
+    return (pa.ArrowException, json.JSONDecodeError, zipfile.BadZipFile, tarfile.TarError, pickle.UnpicklingError,
+            UnicodeDecodeError)

@@ -322,6 +322,17 @@ def test_cli_errors_are_one_line(tmp_path):
     res = run([PYTHON, "-m", "mode", "cluster", "--shards", str(tmp_path), "--work-dir", str(tmp_path),
                "--world-size", "2"])
     assert res.returncode == 2 and "global step" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "0.parquet").write_bytes(b"this is not parquet at all, just some bytes")
+    res = run([PYTHON, "-m", "mode", "filter", "--name", "no_filter", "--metadata-dir", str(meta), "--save-path",
+               str(tmp_path / "s.npy")])  # once a pyarrow traceback
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
+    assert res.stderr.startswith("error: unreadable input (Arrow")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    res = run([PYTHON, "-m", "mode", "toy", str(a_file / "pool"), "--samples", "20", "--shards", "1"])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and str(a_file) in res.stderr
 
 
 def test_pooler_embedding_is_cls_through_the_trained_pooler():
