@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -141,14 +142,13 @@ def encode(texts: list[str], encoder: str | None = None, batch_size: int | None 
     return emb.astype(np.float32)
 
 
-def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str) -> list[str]:
+def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str, skipped: Counter) -> list[str]:
+    """The shard's captions: step 0's parquet, or (tarfile mode) read from the tar, counting what is skipped."""
     if file_mode == "caption":
         return pq.read_table(wd.captions(shard_id), columns=["caption"]).column("caption").to_pylist()
-    from collections import Counter
-
     from mode.captions import SCHEMA, shard_captions
 
-    rows = list(shard_captions(path, Counter()))
+    rows = list(shard_captions(path, skipped))
     if not wd.captions(shard_id).exists():  # keep the contract: features row i <-> captions row i
         table = pa.Table.from_pylist([dict(zip(SCHEMA.names, r)) for r in rows], schema=SCHEMA)
         with atomic_write(wd.captions(shard_id)) as f:
@@ -159,11 +159,13 @@ def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str) -> list[
 def _work(work_dir: str, file_mode: str, encoder: str | None, batch_size: int | None, device: str, pooling: str,
           path: str, shard_id: str) -> dict:
     wd = WorkDir(work_dir)
-    texts = _shard_texts(wd, file_mode, path, shard_id)
+    skipped: Counter = Counter()  # (tarfile mode: samples without caption, bad json, ... as `mode captions` counts)
+    texts = _shard_texts(wd, file_mode, path, shard_id, skipped)
     emb = encode(texts, encoder, batch_size, device, pooling).astype(np.float16)
     with atomic_write(wd.features(shard_id)) as f:
         np.save(f, emb)
-    return {"processed": len(texts), "kept": len(texts), "skipped": {}}
+    per_sample = sum(v for k, v in skipped.items() if not k.endswith("_tar"))
+    return {"processed": len(texts) + per_sample, "kept": len(texts), "skipped": dict(skipped)}
 
 
 def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str = "caption",

@@ -231,6 +231,9 @@ def test_bad_input_is_counted_and_skipped(toy_pool, tmp_path):
     r = route.run(str(bad), str(work), 0.0, 0, 0, 1)
     assert r["complete"] and r["skipped"]["unassigned"] == 2 and r["skipped"]["truncated_tar"] == 1
     assert sum(r["sizes"]) == s["kept"]
+    direct = embed.run(str(bad), str(tmp_path / "w2"), file_mode="tarfile", rank=0, world_size=1)
+    assert direct["skipped"] == s["skipped"] and direct["kept"] == s["kept"]  # once an empty {} in tarfile mode
+    assert direct["processed"] == s["processed"]
 
 
 def test_balanced_assignment_is_exact_stable_and_auction_optimal():
