@@ -10,8 +10,8 @@ normalised), time. Small problem: ours vs the balanced k-means MoDE ran (kernelm
 `kmeans_pytorch.KMeans(balanced=True)`, an auction over the full distance matrix; run from a fetched copy of
 that repository given with --mode-kmeans-src, which holds its `kmeans_pytorch/` folder; it imports numba) and
 vs PyPI `balanced-kmeans` (`kmeans_equal`). Every method runs in its own process, seeded.
-Data: unit vectors (d=384) around 4096 random centres as in cluster_bench.py; with --skewed the centres'
-sizes follow a Zipf law (caption topics are long-tailed), which is where balancing costs quality.
+Data: cluster_bench.py's unit vectors (d=384) around 4096 random centres; with --skewed the centres' sizes
+follow a Zipf law (caption topics are long-tailed), which is where balancing costs quality.
 Needs: pip install balanced-kmeans numba.
 """
 
@@ -19,19 +19,8 @@ import argparse
 import sys
 
 import numpy as np
+from cluster_bench import fit_kmeans_equal, make_data
 from common import Timer, in_child, report
-
-
-def make_data(n: int, skewed: bool, d: int = 384, centres: int = 4096, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, d), dtype=np.float32)
-    p = 1.0 / np.arange(1, centres + 1) if skewed else np.ones(centres)
-    p /= p.sum()
-    x = np.empty((n, d), np.float32)
-    for start in range(0, n, 10_000):
-        m = min(10_000, n - start)
-        x[start:start + m] = c[rng.choice(centres, size=m, p=p)] + 0.6 * rng.standard_normal((m, d), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def quality(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
@@ -40,20 +29,20 @@ def quality(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
 
 
 def child(method: str, n: int, k: int, niter: int, skewed: bool, src: str) -> None:
-    x = make_data(n, skewed)
+    x = make_data(n, skewed=skewed)
     if method == "ours":
         from mode.bkmeans import balanced_kmeans
 
         with Timer() as t:
             r = balanced_kmeans(x, k, metric="cosine", niter=niter, seed=0)
-        centroids, labels = r.centroids, r.labels
+        centroids, labels, seconds = r.centroids, r.labels, t.seconds
     elif method == "faiss":
-        from mode.cluster import ClusterConfig, _kmeans, _nearest
+        from mode.bkmeans import faiss_kmeans, nearest
 
         with Timer() as t:
-            km = _kmeans(x, k, ClusterConfig(fine=k, niter=niter), niter)
-            labels, _ = _nearest(x, km.centroids, "cosine")
-        centroids = km.centroids
+            centroids = faiss_kmeans(x, k, "cosine", niter, seed=0).centroids
+            labels = nearest(x, centroids, 1, "cosine")[1][:, 0]
+        seconds = t.seconds
     elif method == "mode":
         sys.path.insert(0, src)
         import torch
@@ -64,21 +53,11 @@ def child(method: str, n: int, k: int, niter: int, skewed: bool, src: str) -> No
         km = KMeans(n_clusters=k, device=torch.device("cpu"), balanced=True)
         with Timer() as t:  # as MoDE's prep_hrchy.py calls it for the coarse level (euclidean, not online)
             labels = km.fit(torch.from_numpy(x), distance="euclidean", iter_limit=niter, tqdm_flag=False).numpy()
-        centroids = km.cluster_centers.numpy()
+        centroids, seconds = km.cluster_centers.numpy(), t.seconds
     else:
-        import balanced_kmeans
-        import torch
-        from balanced_kmeans import kmeans_equal
-
-        # the package squeezes away the batch dimension of a single problem; the same formula without it:
-        balanced_kmeans.pairwise_distance = lambda a, b: ((a.unsqueeze(-2) - b.unsqueeze(1)) ** 2).sum(-1)
-        torch.manual_seed(0)
-        with Timer() as t:
-            labels_t, centers = kmeans_equal(torch.from_numpy(x)[None], num_clusters=k, cluster_size=n // k,
-                                             max_iters=niter, tol=0.0)
-        centroids, labels = centers[0].numpy(), labels_t[0].numpy()
+        centroids, labels, seconds = fit_kmeans_equal(x, k, niter)
     sizes = np.bincount(labels, minlength=k)
-    report(seconds=round(t.seconds, 3), mean_cosine=round(quality(x, centroids, labels), 5),
+    report(seconds=round(seconds, 3), mean_cosine=round(quality(x, centroids, labels), 5),
            size_min=int(sizes.min()), size_max=int(sizes.max()))
 
 

@@ -17,14 +17,36 @@ import numpy as np
 from common import Timer, in_child, report
 
 
-def make_data(n: int, d: int = 384, centres: int = 4096, seed: int = 0) -> np.ndarray:
+def make_data(n: int, d: int = 384, centres: int = 4096, seed: int = 0, skewed: bool = False) -> np.ndarray:
+    """Unit vectors around random centres; with `skewed` the centres' sizes follow a Zipf law."""
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, d), dtype=np.float32)
+    p = None
+    if skewed:
+        p = 1.0 / np.arange(1, centres + 1)
+        p /= p.sum()
     x = np.empty((n, d), np.float32)
     for start in range(0, n, 10_000):  # in chunks, so that the data's temporaries do not dominate peak RSS
         m = min(10_000, n - start)
-        x[start:start + m] = c[rng.integers(centres, size=m)] + 0.6 * rng.standard_normal((m, d), dtype=np.float32)
+        picks = rng.choice(centres, size=m, p=p) if skewed else rng.integers(centres, size=m)
+        x[start:start + m] = c[picks] + 0.6 * rng.standard_normal((m, d), dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fit_kmeans_equal(x: np.ndarray, k: int, niter: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(centroids, labels, seconds) of the balanced-kmeans package's `kmeans_equal` on one problem."""
+    import balanced_kmeans
+    import torch
+    from balanced_kmeans import kmeans_equal
+
+    # the package's pairwise_distance squeezes away the batch dimension of one problem ([1, N, K] ->
+    # [N, K]), which kmeans_equal then indexes as 2-D; the same formula without that squeeze:
+    balanced_kmeans.pairwise_distance = lambda a, b: ((a.unsqueeze(-2) - b.unsqueeze(1)) ** 2).sum(-1)
+    torch.manual_seed(0)
+    with Timer() as t:
+        labels, centers = kmeans_equal(torch.from_numpy(x)[None], num_clusters=k, cluster_size=len(x) // k,
+                                       max_iters=niter, tol=0.0)
+    return centers[0].numpy(), labels[0].numpy(), t.seconds
 
 
 def mean_cosine(x: np.ndarray, centroids: np.ndarray) -> float:
@@ -53,18 +75,8 @@ def child(method: str, n: int, k: int, niter: int) -> None:
                                  max_no_improvement=None, tol=0.0).fit(x)
         centroids = km.cluster_centers_
     else:
-        import balanced_kmeans
-        import torch
-        from balanced_kmeans import kmeans_equal
-
-        # the package's pairwise_distance squeezes away the batch dimension of one problem ([1, N, K] ->
-        # [N, K]), which kmeans_equal then indexes as 2-D; the same formula without that squeeze:
-        balanced_kmeans.pairwise_distance = lambda a, b: ((a.unsqueeze(-2) - b.unsqueeze(1)) ** 2).sum(-1)
-        torch.manual_seed(0)
-        with Timer() as t:
-            _, centers = kmeans_equal(torch.from_numpy(x)[None], num_clusters=k, cluster_size=n // k,
-                                      max_iters=niter, tol=0.0)
-        centroids = centers[0].numpy()
+        centroids, _, seconds = fit_kmeans_equal(x, k, niter)
+        return report(seconds=round(seconds, 3), mean_cosine=round(mean_cosine(x, centroids), 5))
     report(seconds=round(t.seconds, 3), mean_cosine=round(mean_cosine(x, centroids), 5))
 
 

@@ -118,8 +118,22 @@ def price_assign(cost: np.ndarray, cand: np.ndarray, caps: np.ndarray, prices: n
     return labels, prices, max_rounds
 
 
-def _search(x: np.ndarray, centroids: np.ndarray, m: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cost [n, m], candidate ids [n, m]) of each row's m nearest centroids: -cosine, or squared L2."""
+def faiss_kmeans(x: np.ndarray, k: int, metric: str, niter: int, seed: int, weights: np.ndarray | None = None,
+                 nredo: int = 1):
+    """faiss's (unbalanced) k-means, seeded; spherical for the cosine metric; GPU when present. The trained
+    `faiss.Kmeans` (centroids, obj, iteration_stats)."""
+    import faiss
+
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, spherical=metric == "cosine",
+                      gpu=faiss.get_num_gpus() > 0, max_points_per_centroid=max(256, len(x) // k + 1),
+                      min_points_per_centroid=1, verbose=False)
+    km.train(np.ascontiguousarray(x, dtype=np.float32), weights=weights)
+    return km
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, m: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(cost [n, m], centroid ids [n, m]) of each row's m nearest centroids, nearest first: -cosine for the
+    cosine metric (inner product), squared L2 for the euclidean one. faiss, GPU when present."""
     import faiss
 
     d = centroids.shape[1]
@@ -127,7 +141,7 @@ def _search(x: np.ndarray, centroids: np.ndarray, m: int, metric: str) -> tuple[
     if faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    score, ids = index.search(x, m)
+    score, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), m)
     return (-score if metric == "cosine" else score), ids.astype(np.int64)
 
 
@@ -143,7 +157,7 @@ def balanced_assign(x: np.ndarray, centroids: np.ndarray, metric: str = "cosine"
     caps = capacities(n, k) if caps is None else np.asarray(caps, np.int64)
     if caps.sum() != n:
         raise ValueError(f"capacities sum to {caps.sum()}, not the {n} points")
-    cost, cand = _search(x, centroids, min(candidates, k), metric)
+    cost, cand = nearest(x, centroids, min(candidates, k), metric)
     labels, prices, _ = price_assign(cost, cand, caps, prices, max_rounds=price_rounds)
     if (np.bincount(labels, minlength=k) > caps).any():  # rounds ran out: settle the rest by deferred acceptance
         adj = cost + prices[cand]
@@ -153,7 +167,7 @@ def balanced_assign(x: np.ndarray, centroids: np.ndarray, metric: str = "cosine"
     if rest.size:  # rejected by all their candidates: place them among the clusters with room, all candidates
         room = caps - np.bincount(labels[labels >= 0], minlength=k)
         open_ = np.flatnonzero(room > 0)
-        sub_cost, sub_idx = _search(x[rest], centroids[open_], len(open_), metric)
+        sub_cost, sub_idx = nearest(x[rest], centroids[open_], len(open_), metric)
         sub, _ = deferred_acceptance(sub_cost, sub_idx, room[open_])
         labels[rest] = open_[sub]
     return labels, prices
@@ -177,16 +191,11 @@ def balanced_kmeans(x: np.ndarray, k: int, metric: str = "cosine", niter: int = 
     Starts from faiss's (unbalanced) k-means after `init_niter` iterations, seeded, then runs up to `niter`
     balanced Lloyd iterations (see the module docstring).
     """
-    import faiss
-
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
+    n = len(x)
     if not 1 <= k <= n:
         raise ValueError(f"cannot make {k} balanced clusters of {n} points")
-    km = faiss.Kmeans(d, k, niter=max(1, init_niter), seed=seed, spherical=metric == "cosine",
-                      gpu=faiss.get_num_gpus() > 0, max_points_per_centroid=max(256, n // k + 1),
-                      min_points_per_centroid=1, verbose=False)
-    km.train(x)
+    km = faiss_kmeans(x, k, metric, max(1, init_niter), seed)
     centroids = np.array(km.centroids, dtype=np.float32)
     labels = np.full(n, -1, np.int64)
     changed: list[float] = []

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mode.bkmeans import balanced_kmeans
+from mode.bkmeans import balanced_kmeans, faiss_kmeans, nearest
 from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.lock import holding
@@ -71,23 +71,13 @@ def sample_features(paths: list[Path], n_total: int, n_sample: int, seed: int) -
 
 def _kmeans(x: np.ndarray, k: int, cfg: ClusterConfig, niter: int, weights: np.ndarray | None = None,
             nredo: int = 1):
-    import faiss
-
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=cfg.seed, spherical=cfg.metric == "cosine",
-                      gpu=faiss.get_num_gpus() > 0, max_points_per_centroid=max(256, len(x) // k + 1),
-                      min_points_per_centroid=1, verbose=False)
-    km.train(np.ascontiguousarray(x, dtype=np.float32), weights=weights)
-    return km
+    return faiss_kmeans(x, k, cfg.metric, niter, cfg.seed, weights, nredo)
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid and its score (cosine for 'cosine', squared L2 for 'euclidean') for each row."""
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    score, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return idx[:, 0], score[:, 0]
+    cost, idx = nearest(x, centroids, 1, metric)
+    return idx[:, 0], (-cost if metric == "cosine" else cost)[:, 0]
 
 
 def coarse_cluster(fine: np.ndarray, fine_sizes: np.ndarray, cfg: ClusterConfig):

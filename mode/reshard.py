@@ -24,27 +24,31 @@ from tqdm import tqdm
 
 from mode.errors import UserError
 from mode.lock import holding
-from mode.shards import RESHARD_MARKER, atomic_write, expand, iter_tar, pool_map, shard_ids, write_json, write_tar
+from mode.shards import (
+    RESHARD_MARKER,
+    atomic_write,
+    expand,
+    iter_tar,
+    overlaps,
+    pool_map,
+    shard_ids,
+    write_json,
+    write_tar,
+)
 from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 
 SHARD_FORMAT = "{:08d}.tar"
 MARKER = RESHARD_MARKER  # written first: `--overwrite` replaces only folders that hold it
 
 
-def _inside(a: Path, b: Path) -> bool:
-    """Whether `a` is `b` or lies inside it."""
-    return a == b or b in a.parents
-
-
 def _check_output(out: Path, spec: str, paths: list[str], subset: str) -> None:
     """Refuse an output folder that is, holds or lies inside an input (shards, their folders, the subset)."""
-    target = out.resolve()
     roots = {Path(part).resolve() for part in spec.split("::") if Path(part).is_dir()}
     roots |= {Path(p).resolve().parent for p in paths}
     for root in sorted(roots):
-        if _inside(target, root) or _inside(root, target):
+        if overlaps(out, root):
             raise UserError(f"output {out} overlaps the input {root}: choose an output outside the pool")
-    if _inside(Path(subset).resolve(), target):
+    if out.resolve() in Path(subset).resolve().parents:
         raise UserError(f"output {out} holds the subset file {subset}: choose another output")
 
 

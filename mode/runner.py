@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.lock import holding
-from mode.shards import for_rank, rank_and_world, shard_ids, write_json
+from mode.shards import for_rank, overlaps, rank_and_world, shard_ids, write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,8 @@ def _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, 
 def _check_apart(root: Path, shard_paths: list[str]) -> None:
     """Outputs and inputs in separate trees: a work dir inside a shard folder, or shards inside the work dir (its
     routed shards given as input), would let one step's outputs become another's input or overwrite it."""
-    top = root.resolve()
     for folder in sorted({Path(p).resolve().parent for p in shard_paths}):
-        if folder == top or top in folder.parents or folder in top.parents:
+        if overlaps(root, folder):
             raise UserError(f"the work dir {root} and the input shards in {folder} overlap: keep the work dir "
                             "outside the pool")
 

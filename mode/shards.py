@@ -68,6 +68,12 @@ def expand(spec: str) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two folders are one, or one lies inside the other (after resolving links and `..`)."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 RESHARD_MARKER = ".mode-reshard"  # `mode reshard` writes it first and meta.json last
 
 
