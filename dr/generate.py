@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dr import sample as drs
+from mode.device import pick_device
 from mode.errors import UserError
 from mode.runner import run_per_shard
 from mode.shards import expand, iter_tar, tar_writer, write_json
@@ -192,5 +193,6 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
         raise UserError("--num-syn must be at least 1")
     out_dir = Path(out)
     params = asdict(cfg) | {"format_version": 1}
+    cfg = replace(cfg, device=pick_device(cfg.device))  # checked now; `auto` resolved for this rank
     return run_per_shard("dr-generate", out_dir / "_dr_generate", expand(shards), partial(_work, cfg, str(out_dir)),
                          params, rank=rank, world_size=world_size, workers=workers)

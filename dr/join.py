@@ -5,9 +5,11 @@ shards named and keyed like DataComp-12M's (`<key>.jpg`, `.txt`, `.json`, ...); 
 shell loop that untars both and tars them together. This does the same per shard pair, in parallel: the output
 shard holds, for every key present in both, the members of both (in key order of the image shard).
 
-Checks: a key in only one of the two shards is counted and left out; a member present in both with different
-bytes is an error for that shard (the shards do not belong together); after writing, the output is read back
-and every member compared with its source, byte for byte. Each output shard gets `<shard>_stats.json`, and
+Checks: a key in only one of the two shards, or whose merged sample lacks a DataCompDR member (synthetic
+captions, augmentation parameters, embeddings), is counted and left out (not one reinforced sample is an
+error: the wrong folder was given); a member present in both with different bytes is an error for that shard
+(the shards do not belong together); after writing, the output is read back and every member compared with
+its source, byte for byte. Each output shard gets `<shard>_stats.json`, and
 `<out>/dr_join.json` sums the counts.
 """
 
@@ -18,12 +20,19 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+from dr import sample as drs
 from mode.errors import UserError
 from mode.shards import expand, iter_tar, pool_map, tar_writer, write_json
 
 
 def _digest(members: dict[str, bytes]) -> dict[str, str]:
     return {ext: hashlib.sha256(data).hexdigest() for ext, data in members.items()}
+
+
+def _reinforced(members: dict[str, bytes]) -> bool:
+    """Whether a sample holds DataCompDR's members: synthetic captions, augmentation parameters, embeddings."""
+    return (drs.SYN_MEMBER in members and drs.PAUG_MEMBER in members
+            and any(ext in members for ext in drs.EMBEDDING_FORMATS))
 
 
 def join_pair(base: str, reinforcements: str, out: str) -> dict:
@@ -42,6 +51,9 @@ def join_pair(base: str, reinforcements: str, out: str) -> dict:
                 raise UserError(f"{base} and {reinforcements}: sample {key} has different {clash[0]!r} members; "
                                 "these shards do not belong together")
             merged = {**members, **extra.pop(key)}
+            if not _reinforced(merged):
+                counts["no_reinforcement"] += 1
+                continue
             sink.write(key, merged)
             expected[key] = _digest(merged)
             counts["joined"] += 1
@@ -66,6 +78,10 @@ def run(base: str, reinforcements: str, out: str, workers: int = 1) -> dict:
     totals = Counter()
     for counts in pool_map(work, common, workers):
         totals.update(counts)
+    if not totals["joined"] and totals["no_reinforcement"]:
+        raise UserError(f"no sample of {reinforcements} holds DataCompDR members ({drs.SYN_MEMBER}, "
+                        f"{drs.PAUG_MEMBER}, {' or '.join(drs.EMBEDDING_FORMATS)}): --reinforcements must be the "
+                        "DataCompDR shards (or `mode dr-generate --only-reinforcements` output)")
     summary = {"shards": len(common), "shards_only_in_base": len(base_paths.keys() - dr_paths.keys()),
                "shards_only_in_reinforcements": len(dr_paths.keys() - base_paths.keys()), **totals}
     write_json(Path(out) / "dr_join.json", summary)

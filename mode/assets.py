@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mode.errors import UserError
+from mode.errors import UserError, first_line, reading
 from mode.shards import atomic_write
 
 _RELEASE = "https://github.com/sagadre/datacomp_baseline_assets/releases/download/v0.1.0-alpha"
@@ -122,19 +122,21 @@ def load_array(path: str | os.PathLike, key: str | None = None, trusted: bool = 
     its centroids are pickled numpy arrays, which the safe loader refuses).
     """
     path = str(path)
-    if path.endswith(".npy"):
-        return np.asarray(np.load(path), dtype=np.float32)
-    if path.endswith(".npz"):
-        with np.load(path) as z:
-            return np.asarray(z[key or z.files[0]], dtype=np.float32)
-    import pickle
-
+    if path.endswith((".npy", ".npz")):
+        with reading(path, "float array"):
+            if path.endswith(".npy"):
+                return np.asarray(np.load(path), dtype=np.float32)
+            with np.load(path) as z:
+                return np.asarray(z[key or z.files[0]], dtype=np.float32)
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path}: not loadable safely (weights_only); save it as .npy instead") from None
+        with reading(path, "torch file"):
+            obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except (UserError, RuntimeError) as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise UserError(f"{path}: not loadable safely (weights_only); save it as .npy instead") from None
+        raise UserError(str(e) if isinstance(e, UserError) else f"{path}: {first_line(e)}") from None
     if isinstance(obj, dict):
         if key not in obj:
             raise UserError(f"{path}: expected key {key!r}, found {', '.join(map(str, obj))}")

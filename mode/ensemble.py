@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mode import tasks as T
-from mode.errors import UserError
+from mode.errors import UserError, reading
 from mode.evaluate import task_metrics
 from mode.layout import WorkDir
 from mode.shards import atomic_write, write_json
@@ -105,8 +105,9 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
     meta = json.loads(wd.features_meta.read_text()) if wd.features_meta.exists() else None
     if meta is None or not wd.fine_centroids.exists():
         raise UserError(f"no clustering in {work_dir}: run `./run_mode.sh prep-steps` first")
-    fine, f2c = np.load(wd.fine_centroids), np.load(wd.fine_to_coarse)
-    coarse = np.load(wd.coarse_centroids)
+    with reading(wd.clusters_dir, "clustering (.npy centroids)"):
+        fine, f2c = np.load(wd.fine_centroids), np.load(wd.fine_to_coarse)
+        coarse = np.load(wd.coarse_centroids)
     if len(experts) != int(f2c.max()) + 1:
         raise UserError(f"{len(experts)} expert evaluations for {int(f2c.max()) + 1} clusters: list them in order")
     out, rows, weights, results = Path(eval_out), [], {}, []
@@ -138,7 +139,9 @@ def _load(out: Path, label: str, task: T.Task):
     path = out / label / f"{task.key}.npz"
     if not path.exists():
         raise UserError(f"no evaluation of {label!r} on {task.key} in {out}: run `mode evaluate` first")
-    return np.load(path)
+    with reading(path, "logits .npz"):
+        data = np.load(path)
+        return {k: data[k] for k in data.files}
 
 
 def write_report(report: Path, rows: list[dict], weights: dict, results: list[dict], weighting: str,

@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mode import tasks as T
-from mode.errors import UserError
+from mode.device import pick_device
+from mode.errors import UserError, first_line
 from mode.shards import atomic_write
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,16 @@ def load_model(spec: ModelSpec, device: str):
     if spec.checkpoint:
         try:
             ckpt = torch.load(spec.checkpoint, map_location="cpu", weights_only=True)  # never runs pickled code
-        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-            raise UserError(f"--model {spec.label}: cannot read {spec.checkpoint}: {str(e).splitlines()[0]}")
-        state = ckpt.get("state_dict", ckpt)
-        model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            raise UserError(f"--model {spec.label}: cannot read {spec.checkpoint}: {first_line(e)}") from None
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"--model {spec.label}: {spec.checkpoint} holds no state_dict of tensors")
+        try:
+            model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        except RuntimeError as e:
+            raise UserError(f"--model {spec.label}: {spec.checkpoint} is not a {name} checkpoint "
+                            f"({first_line(e)})") from None
     return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
@@ -158,11 +165,10 @@ def write_results(out_dir: Path, label: str, tasks: list[T.Task]) -> list[dict]:
 
 def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto", batch_size: int = 64) -> dict:
     """Evaluate every model on every task under `tasks_root`; returns {label: {task key: main metric}}."""
-    import torch
 
     if len({s.label for s in specs}) != len(specs):
         raise UserError("--model labels must be distinct")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = pick_device(device)
     task_list, out_dir = T.find_tasks(tasks_root), Path(out)
     models = {}
     for task in tqdm(task_list, desc="tasks", unit="task"):

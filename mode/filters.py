@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mode import assets
-from mode.errors import UserError
+from mode.errors import UserError, reading
 from mode.shards import write_json
 from mode.uids import UID_DTYPE, hex_to_pairs, save_subset
 
@@ -73,7 +73,8 @@ def packaged_lid_model() -> str:
 def _fasttext(path: str):
     import fasttext
 
-    return fasttext.load_model(path)
+    with reading(path, "fastText model (lid.176.bin or .ftz)"):
+        return fasttext.load_model(path)
 
 
 def fasttext_languages(texts: list[str], model_path: str | None) -> np.ndarray:
@@ -276,20 +277,26 @@ FILTERS: dict[str, Filter] = {
 
 def threshold_for_fraction(paths: list[Path], key: str, fraction: float) -> float:
     """DataComp's rule: the value at position int(n * fraction) of the scores sorted in decreasing order."""
-    values = np.concatenate([pq.read_table(p, columns=[key]).column(key).to_numpy() for p in paths])
+    parts = []
+    for p in paths:
+        with reading(p, f"metadata parquet with a {key} column"):
+            parts.append(pq.read_table(p, columns=[key]).column(key).to_numpy())
+    values = np.concatenate(parts)
     return float(-np.sort(-values)[min(int(len(values) * fraction), len(values) - 1)])
 
 
 def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict]:
     spec = FILTERS[name]
     columns = list(spec.columns) + ([_score_key(params)] if spec.needs_score else [])
-    table = pq.read_table(path, columns=columns)
-    cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy()) for c in columns}
+    with reading(path, f"metadata parquet with columns {', '.join(columns)}"):
+        table = pq.read_table(path, columns=columns)
+        cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy())
+                for c in columns}
     if spec.needs_npz:
         npz = Path(path).with_suffix(".npz")
         if not npz.is_file():
             raise UserError(f"{name} needs {npz} (the pool's CLIP features: `mode download --download_npz`)")
-        with np.load(npz) as z:
+        with reading(npz, "features .npz with l14_img"), np.load(npz) as z:
             cols["l14_img"] = z["l14_img"]
         if len(cols["l14_img"]) != len(cols["uid"]):
             raise UserError(f"{npz}: {len(cols['l14_img'])} feature rows for {len(cols['uid'])} parquet rows")

@@ -15,7 +15,6 @@ checkpoint. The local executor runs the same jobs on this machine, one after the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -60,11 +59,12 @@ def _set_distributed_env() -> None:
 
 def clustering_shape(work_dir: str) -> tuple[int, int]:
     """(coarse, fine) cluster counts of a work dir's assignment."""
-    path = WorkDir.summary(WorkDir(Path(work_dir)).assign_dir)
-    if not path.exists():
+    from mode.runner import read_complete_summary
+
+    assign_dir = WorkDir(Path(work_dir)).assign_dir
+    if not WorkDir.summary(assign_dir).exists():
         raise UserError(f"no assignment in {work_dir}: run `./run_mode.sh prep-steps SHARDS {work_dir}` first")
-    with open(path) as f:
-        counts = json.load(f)["counts"]
+    counts = read_complete_summary(assign_dir, "assign", "train-experts")["counts"]  # all shards assigned
     return len(counts["coarse"]), len(counts["fine"])
 
 

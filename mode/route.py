@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from mode import ooc
 from mode.cluster import load_config
+from mode.errors import reading
 from mode.layout import WorkDir
 from mode.runner import read_complete_summary, run_per_shard
 from mode.shards import expand, iter_tar, shard_ids, tar_writer, write_json
@@ -41,7 +42,8 @@ def ooc_picks(coarse: np.ndarray, n_experts: int, ratio: float, seed: int, shard
 
 def _work(work_dir: str, n_experts: int, ratio: float, mode: str, seed: int, path: str, shard_id: str) -> dict:
     wd = WorkDir(work_dir)
-    table = pq.read_table(wd.assignment(shard_id), columns=["key", "coarse"])
+    with reading(wd.assignment(shard_id), "assignment parquet"):
+        table = pq.read_table(wd.assignment(shard_id), columns=["key", "coarse"])
     keys, coarse = table.column("key").to_pylist(), table.column("coarse").to_numpy()
     targets: dict[str, list[int]] = {k: [int(c)] for k, c in zip(keys, coarse)}
     for k, rows in enumerate(ooc_picks(coarse, n_experts, ratio, seed, shard_id, mode)):

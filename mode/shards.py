@@ -54,7 +54,11 @@ def expand(spec: str) -> list[str]:
         if os.path.isdir(part):
             paths.extend(tars_in_dir(part))
             continue
-        expanded = list(braceexpand.braceexpand(part))
+        try:
+            expanded = list(braceexpand.braceexpand(part))
+        except braceexpand.UnbalancedBracesError:
+            raise UserError(f"shard spec part {part!r}: unbalanced braces (a pattern looks like "
+                            "dir/{00000000..00000099}.tar)") from None
         if expanded == [part] and not os.path.exists(part):
             raise UserError(f"shard spec part {part!r}: no such directory or file")
         missing = [p for p in expanded if not os.path.isfile(p)]

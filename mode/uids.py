@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mode.errors import UserError
+from mode.errors import UserError, reading
 
 UID_DTYPE = np.dtype("u8,u8")
 
@@ -50,7 +50,8 @@ def save_subset(path: str, pairs: np.ndarray) -> None:
 
 def load_subset(path: str) -> np.ndarray:
     """Read a subset `.npy`; it must be `u8,u8` and sorted."""
-    arr = np.load(path)
+    with reading(path, "uid subset .npy"):
+        arr = np.load(path)
     if arr.dtype != UID_DTYPE:
         raise UserError(f"{path}: dtype {arr.dtype}, expected u8,u8 (DataComp's uid format)")
     if not is_sorted(arr):

@@ -75,7 +75,7 @@ def apply() -> None:
     import open_clip_train.zero_shot as oc_zero_shot
     import torch
 
-    from open_clip_patch import data, dr_data, dr_train, init_from, params, seeded, zero_shot
+    from open_clip_patch import data, dr_data, dr_train, init_from, params, preflight, seeded, zero_shot
 
     if not set(model_names()) <= set(open_clip.list_models()):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -89,6 +89,7 @@ def apply() -> None:
     oc_main.train_one_epoch = dr_train.wrap_train_one_epoch(oc_main.train_one_epoch)
     oc_main.get_latest_checkpoint = init_from.wrap_get_latest_checkpoint(oc_main.get_latest_checkpoint)
     oc_main.pt_load = init_from.wrap_pt_load(oc_main.pt_load)
+    oc_main.get_data = preflight.wrap_get_data(oc_main.get_data)
     torch.nn.parallel.DistributedDataParallel = _cpu_friendly_ddp(torch.nn.parallel.DistributedDataParallel)
 
 

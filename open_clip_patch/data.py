@@ -29,24 +29,33 @@ from mode.uids import UidSet, hex_to_pairs
 log = logging.getLogger(__name__)
 
 
+def expert_counts(work_dir: str, expert: int) -> tuple[int, int]:
+    """(pairs of `expert`, pairs in the pool) from a work dir's complete assign/ summary."""
+    from mode.runner import read_complete_summary
+
+    wd = WorkDir(Path(work_dir))
+    if not WorkDir.summary(wd.assign_dir).exists():
+        raise UserError(f"no assignment in {work_dir}: run `./run_mode.sh prep-steps SHARDS {work_dir}` first")
+    counts = read_complete_summary(wd.assign_dir, "assign", "training an expert")["counts"]["coarse"]
+    if not 0 <= expert < len(counts):
+        raise UserError(f"--expert {expert}: {work_dir} has experts 0..{len(counts) - 1}")
+    return int(counts[expert]), int(sum(counts))
+
+
 @lru_cache(maxsize=4)
 def expert_uids(work_dir: str, expert: int) -> tuple[UidSet, int, int]:
     """(uids assigned to `expert`, pairs of that expert, pairs in the pool) from a work dir's assign/ step."""
-    wd = WorkDir(Path(work_dir))
-    summary_path = WorkDir.summary(wd.assign_dir)
-    if not summary_path.exists():
-        raise UserError(f"no assignment in {work_dir}: run `./run_mode.sh prep-steps SHARDS {work_dir}` first")
-    with open(summary_path) as f:
-        counts = json.load(f)["counts"]["coarse"]
-    if not 0 <= expert < len(counts):
-        raise UserError(f"--expert {expert}: {work_dir} has experts 0..{len(counts) - 1}")
+    n_expert, n_total = expert_counts(work_dir, expert)
     uids = []
-    for path in sorted(wd.assign_dir.glob("*.parquet")):
+    for path in sorted(WorkDir(Path(work_dir)).assign_dir.glob("*.parquet")):
         t = pq.read_table(path, columns=["uid", "coarse"])
         mask = pc.equal(t.column("coarse"), expert)
         uids.append(hex_to_pairs(t.column("uid").filter(mask).to_pylist()))
     pairs = np.concatenate(uids) if uids else np.zeros(0, "u8,u8")
-    return UidSet(pairs), int(counts[expert]), int(sum(counts))
+    if len(pairs) != n_expert:
+        raise UserError(f"{work_dir}/assign holds {len(pairs)} pairs of expert {expert}, its summary {n_expert}: "
+                        "rerun `mode assign`")
+    return UidSet(pairs), n_expert, n_total
 
 
 class ExpertFilter:

@@ -18,6 +18,7 @@ from mode import ooc
 from mode.errors import UserError
 from mode.layout import WorkDir
 from mode.lock import hold_for_process
+from open_clip_patch import preflight
 from open_clip_patch.init_from import resolve_start
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def plugin_parser() -> argparse.ArgumentParser:
     """The parser of the plugin's flags (open_clip_train's own flags are left to its parser)."""
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     g = p.add_argument_group("mode plugin")
+    p.set_defaults(mode_distinct_samples=None)  # set at parse time: the data's distinct samples, when known
     g.add_argument("--toy-pool", default=None, metavar="DIR",
                    help="Train on the toy pool at DIR, making it first (`mode toy` defaults) if DIR holds none.")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, metavar="SPEC",
@@ -118,6 +120,9 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_data(args, argv)
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
+    from open_clip_train.distributed import world_info_from_env
+
+    preflight.check(args, world_info_from_env()[2])
     resolve_start(args)
     _lock_run(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
@@ -181,12 +186,13 @@ def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
         args.data_dir = str(WorkDir(args.mode_work_dir).expert_shards_dir(args.expert))
         args.mode_work_dir = None  # the stock loader reads the routed shards; nothing to filter
         return [*argv, "--data-dir"]  # so that _resolve_data takes it as the last data flag
-    if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
-        from open_clip_patch.data import expert_uids
+    from open_clip_patch.data import expert_counts
 
-        _, n_expert, n_total = expert_uids(args.mode_work_dir, args.expert)
-        args.train_num_samples = ooc.expected_size(n_expert, n_total - n_expert, args.ooc_ratio or 0.0,
+    n_expert, n_total = expert_counts(args.mode_work_dir, args.expert)
+    args.mode_distinct_samples = ooc.expected_size(n_expert, n_total - n_expert, args.ooc_ratio or 0.0,
                                                    args.ooc_mode)
+    if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
+        args.train_num_samples = args.mode_distinct_samples
     return argv
 
 

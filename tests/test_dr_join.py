@@ -59,3 +59,19 @@ def test_join_refuses_shards_that_do_not_belong_together(toy_pool, tmp_path):
         join.run(path, str(bad), str(tmp_path / "out"))
     with pytest.raises(UserError, match="no shard names in common"):
         join.run(path, expand(str(Pool(toy_pool).shards_dir))[1], str(tmp_path / "out2"))
+
+
+def test_join_counts_samples_without_reinforcements(toy_pool, tmp_path, dr_shards):
+    """Reinforcements that hold no DataCompDR members (e.g. the image shards given twice) are refused, not
+    reported joined; a sample that lacks one member is counted and left out."""
+    shards = str(Pool(toy_pool).shards_dir)
+    with pytest.raises(UserError, match="holds DataCompDR members"):
+        join.run(shards, shards, str(tmp_path / "twice"))
+    dr_dir, expected = dr_shards
+    first = expand(str(dr_dir))[0]
+    samples = list(iter_tar(first))
+    key, members = samples[0]
+    write_tar(first, [(key, {k: v for k, v in members.items() if k != "paug.json"}), *samples[1:]])
+    summary = join.run(shards, str(dr_dir), str(tmp_path / "joined"))
+    assert summary["no_reinforcement"] == 1 and summary["joined"] == len(expected) - 1
+    assert key not in {k for p in expand(str(tmp_path / "joined")) for k, _ in iter_tar(p)}

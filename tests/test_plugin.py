@@ -34,7 +34,7 @@ def test_apply_is_idempotent_and_wraps_stock_once():
     assert set(open_clip_patch.model_names()) <= set(open_clip.list_models())
     assert "ViT-Toy-8" in open_clip.list_models()
     # the rest of the training loop is open_clip_train's own
-    assert oc_main.get_data is oc_data.get_data
+    assert oc_main.get_data.__wrapped__ is oc_data.get_data  # reports repeats and coverage first
     assert oc_main.train_one_epoch.__wrapped__ is oc_train.train_one_epoch  # stock, unless reinforced
     # stock, unless reinforced (inner layer) or stopped early with --stop-epoch (outer layer)
     assert oc_main.create_loss.__wrapped__.__wrapped__ is open_clip.create_loss
@@ -134,7 +134,7 @@ def test_data_dir_datacomp_semantics(toy_pool, tmp_path):
     assert args.train_data.split("::") == [f"{shards_dir}/{{00000000..00000003}}.tar",
                                            f"{second}/{{00000000..00000001}}.tar"]
     assert args.train_num_samples == n + 7
-    assert _parse(["--data-dir", str(toy_pool), "--train-data", "y.tar"]).train_data == "y.tar"
+    assert _parse(["--data-dir", str(toy_pool), "--train-data", "y.tar", "--workers", "1"]).train_data == "y.tar"
     with pytest.raises(UserError, match="no such directory"):
         _parse(["--data-dir", str(tmp_path / "nope")])
 
@@ -154,3 +154,25 @@ def test_reinforcement_flags_are_checked():
                         (["--dataset-reinforcement", "--distill-logit-scale", "100"], "needs --dataset-re")):
         with pytest.raises(UserError, match=match):
             _parse(argv)
+
+
+def test_expert_training_refuses_an_incomplete_assignment(toy_pool, toy_work, tmp_path):
+    """An unfinished multi-rank assign once trained an expert on part of its uids: now one line, for a training
+    run and for `mode train-experts` alike."""
+    import json
+    import shutil
+
+    from mode.launch import plan_jobs
+    from mode.layout import WorkDir
+
+    work = WorkDir(shutil.copytree(toy_work, tmp_path / "work"))
+    flags = ["--data-dir", str(toy_pool), "--mode-work-dir", str(work.root), "--expert", "0", "--workers", "1"]
+    assert _parse(flags).train_num_samples > 0
+    first = sorted(work.assign_dir.glob("*.stats.json"))[0]
+    first.unlink()  # one rank has not finished
+    summary = json.loads(WorkDir.summary(work.assign_dir).read_text())
+    WorkDir.summary(work.assign_dir).write_text(json.dumps({**summary, "complete": False, "shards_done": 3}))
+    with pytest.raises(UserError, match="`mode assign` is incomplete"):
+        _parse(flags)
+    with pytest.raises(UserError, match="`mode assign` is incomplete"):
+        plan_jobs("toy_tiny_mode", "all", ["--mode-work-dir", str(work.root)])

@@ -331,7 +331,8 @@ def test_cli_errors_are_one_line(tmp_path):
     res = run([PYTHON, "-m", "mode", "filter", "--name", "no_filter", "--metadata-dir", str(meta), "--save-path",
                str(tmp_path / "s.npy")])  # once a pyarrow traceback
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
-    assert res.stderr.startswith("error: unreadable input (Arrow")
+    assert res.stderr.startswith(f"error: {meta / '0.parquet'}: not a readable metadata parquet")
+    assert "Arrow" in res.stderr
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     res = run([PYTHON, "-m", "mode", "toy", str(a_file / "pool"), "--samples", "20", "--shards", "1"])

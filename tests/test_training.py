@@ -61,3 +61,33 @@ def test_torchrun_two_cpu_processes_loss_falls(tmp_path):
     assert "world_size: 2\n" in params and "distributed: True\n" in params
     losses = epoch_losses(tmp_path / "logs" / "ddp" / "out.log")
     assert losses[2] < losses[1]
+
+
+def test_preflight_shards_per_worker_repeats_and_resumed_coverage(toy_pool, tmp_path):
+    """Fewer shards than loader workers is one line before training; a --train-num-samples above the data says
+    how often each sample repeats; a resumed run says what it has covered."""
+    paths = sorted(str(p) for p in Pool(toy_pool).shards_dir.glob("*.tar"))
+    distinct = total_samples(paths)
+    base = [PYTHON, MAIN, "toy_tiny", "--data-dir", str(toy_pool), "--logs", str(tmp_path / "logs"), "--name", "rep",
+            "--batch-size", "64", "--train-num-samples", str(3 * distinct)]
+    res = run([*base, "--workers", str(len(paths) + 1)], cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr[-2000:]
+    assert f"{len(paths)} training shard(s) for 1 process(es) x --workers {len(paths) + 1}" in res.stderr
+    assert not (tmp_path / "logs" / "rep").exists()
+    res = run([*base, "--epochs", "1", "--workers", "1"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (tmp_path / "logs" / "rep" / "out.log").read_text()
+    assert f"exceeds the {distinct} distinct samples of the data: each is seen about 3.00 times per epoch" in log
+    res = run([*base, "--epochs", "2", "--workers", "1", "--resume", "latest"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (tmp_path / "logs" / "rep" / "out.log").read_text()
+    assert f"Resuming at epoch 1: {3 * distinct} samples drawn so far, about {distinct} distinct of {distinct}" in log
+
+
+def test_expected_distinct_coverage():
+    from open_clip_patch.preflight import expected_distinct
+
+    assert expected_distinct(3000, 1000, 3000, resampled=False) == 1000  # every epoch walks all shards
+    assert expected_distinct(500, 1000, 500, resampled=False) == 500  # one half epoch: 500 distinct
+    assert expected_distinct(1000, 1000, 500, resampled=False) == 750  # two fresh shuffles of half
+    assert expected_distinct(1000, 1000, 1000, resampled=True) == 632  # with replacement: 1 - 1/e
