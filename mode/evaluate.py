@@ -8,6 +8,7 @@ recipe share it), then every model encodes the same batch. Per model and task it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from mode import tasks as T
 from mode.device import pick_device
 from mode.errors import UserError, first_line
-from mode.shards import atomic_write
+from mode.shards import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,45 @@ def write_results(out_dir: Path, label: str, tasks: list[T.Task]) -> list[dict]:
     return rows
 
 
+def fingerprint(spec: ModelSpec) -> dict:
+    """What a label's logits were computed from: the open_clip model and the checkpoint's bytes (sha256)."""
+    digest = None
+    if spec.checkpoint:
+        try:
+            with open(spec.checkpoint, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            raise UserError(f"--model {spec.label}: cannot read {spec.checkpoint}: {e.strerror}") from None
+    return {"model": spec.open_clip_name(), "checkpoint_sha256": digest}
+
+
+def _forget_stale(out_dir: Path, spec: ModelSpec) -> None:
+    """Keep a label's logits only while they come from the same model and checkpoint bytes; else drop them so
+    they are computed again (a new checkpoint evaluated under an old label once reused the old logits)."""
+    label_dir, want = out_dir / spec.label, fingerprint(spec)
+    record = label_dir / "model.json"
+    have = json.loads(record.read_text()) if record.exists() else None
+    old = sorted(label_dir.glob("*.npz"))
+    if have != want and old:
+        log.warning(f"{spec.label}: {len(old)} task logits in {label_dir} come from "
+                    f"{'another checkpoint' if have else 'an unrecorded model'}: computing them again")
+        for path in old:
+            path.unlink()
+    if have != want:
+        write_json(record, want)
+
+
 def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto", batch_size: int = 64) -> dict:
-    """Evaluate every model on every task under `tasks_root`; returns {label: {task key: main metric}}."""
+    """Evaluate every model on every task under `tasks_root`; returns {label: {task key: main metric}}.
+
+    A task's logits are reused while `<out>/<label>/model.json` says they come from the same checkpoint bytes."""
 
     if len({s.label for s in specs}) != len(specs):
         raise UserError("--model labels must be distinct")
     device = pick_device(device)
     task_list, out_dir = T.find_tasks(tasks_root), Path(out)
+    for spec in specs:
+        _forget_stale(out_dir, spec)
     models = {}
     for task in tqdm(task_list, desc="tasks", unit="task"):
         todo = [s for s in specs if not (out_dir / s.label / f"{task.key}.npz").exists()]

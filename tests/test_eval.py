@@ -252,3 +252,31 @@ def test_evaluate_refuses_a_checkpoint_that_runs_code(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         load_model(ModelSpec.parse(f"x=ViT-Toy-8:{bad}"), "cpu")
     assert not marker.exists()
+
+
+def test_a_replaced_checkpoint_is_evaluated_again(toy_pool, tmp_path):
+    """Logits are reused only while they come from the same checkpoint bytes (once a new checkpoint under an old
+    label silently kept the old logits)."""
+    import open_clip
+    import torch
+
+    import open_clip_patch
+
+    open_clip_patch.apply()
+    tasks, ckpt = str(Pool(toy_pool).eval_tasks_dir), tmp_path / "model.pt"
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        states.append({"state_dict": open_clip.create_model("ViT-Toy-8").state_dict(), "epoch": 1})
+    torch.save(states[0], ckpt)
+    spec = [evaluate.ModelSpec.parse(f"m=ViT-Toy-8:{ckpt}")]
+    evaluate.run(spec, tasks, str(tmp_path / "eval"), device="cpu")
+    first = np.load(tmp_path / "eval" / "m" / "toy_shapes.npz")["logits"]
+    torch.save(states[1], ckpt)  # the same path, new weights
+    evaluate.run(spec, tasks, str(tmp_path / "eval"), device="cpu")
+    again = np.load(tmp_path / "eval" / "m" / "toy_shapes.npz")["logits"]
+    evaluate.run(spec, tasks, str(tmp_path / "fresh"), device="cpu")
+    fresh = np.load(tmp_path / "fresh" / "m" / "toy_shapes.npz")["logits"]
+    assert not np.array_equal(first, again) and np.array_equal(again, fresh)
+    record = json.loads((tmp_path / "eval" / "m" / "model.json").read_text())
+    assert record["model"] == "ViT-Toy-8" and len(record["checkpoint_sha256"]) == 64
