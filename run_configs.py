@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 
 @dataclass(frozen=True)

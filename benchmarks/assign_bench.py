@@ -24,9 +24,9 @@ def make_work_dir(root: Path, shards: int, rows: int, fine: int, d: int = 384, c
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mode.cluster import ClusterConfig
-    from mode.layout import WorkDir
-    from mode.shards import write_json
+    from mode.core.layout import WorkDir
+    from mode.core.shards import write_json
+    from mode.prep.cluster import ClusterConfig
 
     wd = WorkDir(root / "work")
     rng = np.random.default_rng(0)
@@ -50,11 +50,11 @@ def make_work_dir(root: Path, shards: int, rows: int, fine: int, d: int = 384, c
 
 
 def child(side: str, pool: str) -> None:
-    from mode.layout import WorkDir
+    from mode.core.layout import WorkDir
 
     work = str(Path(pool).parent / "work")
     if side == "ours":
-        from mode import assign
+        from mode.prep import assign
 
         with Timer() as t:
             s = assign.run(pool, work, 0, 1)
@@ -64,7 +64,7 @@ def child(side: str, pool: str) -> None:
         feats = [np.load(p).astype(np.float32) for p in sorted(wd.features_dir.glob("*.npy"))]
         fine = np.load(wd.fine_centroids)
         if side == "faiss":
-            from mode.assign import nearest_fine
+            from mode.prep.assign import nearest_fine
 
             nearest_fine(feats[0][:10], work, "cosine")  # build the index outside the timed region
         with Timer() as t:

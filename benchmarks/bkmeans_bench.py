@@ -1,4 +1,4 @@
-"""Balanced k-means: ours (mode.bkmeans) vs unbalanced faiss k-means, vs MoDE's own balanced k-means and the
+"""Balanced k-means: ours (mode.prep.bkmeans) vs unbalanced faiss k-means, vs MoDE's own balanced k-means and the
 `balanced-kmeans` package on a size they can run.
 
     python benchmarks/bkmeans_bench.py [--n 262144 --k 1024] [--small-n 19200 --small-k 64] [--niter 20]
@@ -31,13 +31,13 @@ def quality(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
 def child(method: str, n: int, k: int, niter: int, skewed: bool, src: str) -> None:
     x = make_data(n, skewed=skewed)
     if method == "ours":
-        from mode.bkmeans import balanced_kmeans
+        from mode.prep.bkmeans import balanced_kmeans
 
         with Timer() as t:
             r = balanced_kmeans(x, k, metric="cosine", niter=niter, seed=0)
         centroids, labels, seconds = r.centroids, r.labels, t.seconds
     elif method == "faiss":
-        from mode.bkmeans import faiss_kmeans, nearest
+        from mode.prep.bkmeans import faiss_kmeans, nearest
 
         with Timer() as t:
             centroids = faiss_kmeans(x, k, "cosine", niter, seed=0).centroids

@@ -62,7 +62,7 @@ def mean_cosine(x: np.ndarray, centroids: np.ndarray) -> float:
 def child(method: str, n: int, k: int, niter: int) -> None:
     x = make_data(n)
     if method == "ours":
-        from mode.cluster import ClusterConfig, _kmeans
+        from mode.prep.cluster import ClusterConfig, _kmeans
 
         with Timer() as t:
             km = _kmeans(x, k, ClusterConfig(fine=k, niter=niter), niter)

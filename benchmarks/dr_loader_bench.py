@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--format", default="npz", choices=("npz", "pth.gz"))
     a = ap.parse_args()
     from dr import generate
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     with tempfile.TemporaryDirectory() as tmp:
         pool, shards = str(Path(tmp) / "pool"), str(Path(tmp) / "dr")

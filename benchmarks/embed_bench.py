@@ -18,8 +18,8 @@ from common import Timer, in_child, report
 
 
 def child(side: str, pool: str) -> None:
-    from mode import captions, embed
-    from mode.shards import expand
+    from mode.core.shards import expand
+    from mode.prep import captions, embed
 
     embed.load_encoder(None)  # load outside the timed region on both sides
     if side == "ours":
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     with tempfile.TemporaryDirectory() as tmp:
         pool = str(Path(tmp) / "pool")

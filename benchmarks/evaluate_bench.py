@@ -25,7 +25,7 @@ def make_inputs(root: Path, experts: int, model: str, eval_per_class: int) -> tu
     import torch
 
     import open_clip_patch
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     ensure_pool(str(root / "pool"), samples=200, shards=1, seed=0, eval_per_class=eval_per_class)
     open_clip_patch.apply()

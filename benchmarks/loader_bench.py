@@ -48,7 +48,7 @@ def child(kind: str, pool: str, work: str, expert: int, workers: int) -> None:
     _, _, preprocess = open_clip.create_model_and_transforms("ViT-Toy-8")
     tokenizer = open_clip.get_tokenizer("ViT-Toy-8")
     data = oc_data.get_data(args, (preprocess, preprocess), epoch=0, tokenizer=tokenizer)
-    from mode.shards import expand
+    from mode.core.shards import expand
 
     tar_bytes = sum(os.path.getsize(p) for p in expand(spec))
     n = 0
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     with tempfile.TemporaryDirectory() as tmp:
         pool, work = str(Path(tmp) / "pool"), str(Path(tmp) / "work")

@@ -3,8 +3,8 @@
     python benchmarks/reshard_bench.py [--samples 20000] [--shards 16] [--subset basic_filter] [--shard-size 1000]
 
 One toy pool; the subset is DataComp's basic_filter over its metadata (or `--subset half`: a seeded random half
-of the uids). Ours is `mode.reshard.run` with 1 and 2 worker processes. The baseline is what one would write by
-hand: read the input tars in order with `tarfile`, keep a sample's members when the uid in its json is in a
+of the uids). Ours is `mode.datacomp.reshard.run` with 1 and 2 worker processes. The baseline is what one would
+write by hand: read the input tars in order with `tarfile`, keep a sample's members when the uid in its json is in a
 Python set, and append them to output tars of the same shard size. Both must write the same samples (the
 script compares the uids of the outputs) before it prints samples/s, the ratio ours/baseline and peak RSS.
 Each variant runs `--repeats` times, alternating; the best time counts.
@@ -27,7 +27,7 @@ from common import Timer, in_child, peak_rss_mb, report
 
 def plain_tarfile(inputs: list[str], out: Path, subset: str, shard_size: int) -> int:
     """The baseline: stream each input tar, keep the samples whose json uid is in the subset, repack them."""
-    from mode.uids import pairs_to_hex
+    from mode.core.uids import pairs_to_hex
 
     keep = set(pairs_to_hex(np.load(subset)))
     out.mkdir(parents=True)
@@ -73,8 +73,8 @@ def own_peak_rss_mb() -> float:
 
 
 def child(side: str, pool: str, out: str, subset: str, shard_size: int, workers: int) -> None:
-    from mode import reshard
-    from mode.uids import pairs_to_hex  # noqa: F401  (imported before timing, as reshard's own imports are)
+    from mode.core.uids import pairs_to_hex  # noqa: F401  (imported before timing, as reshard's own imports are)
+    from mode.datacomp import reshard
 
     with Timer() as t:
         if side == "ours":
@@ -88,7 +88,7 @@ def child(side: str, pool: str, out: str, subset: str, shard_size: int, workers:
 
 def setup(pool: str, subset: str, samples: int, shards: int, kind: str) -> None:
     """Build the toy pool and the subset in a process of its own, so the measuring parent stays small."""
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     ensure_pool(pool, samples=samples, shards=shards, workers=2)
     report(listed=make_subset(Path(pool), kind, Path(subset)),
@@ -97,7 +97,7 @@ def setup(pool: str, subset: str, samples: int, shards: int, kind: str) -> None:
 
 def output_uids(out: Path) -> tuple[int, int, str]:
     """Samples, shards and a digest of the sorted uids in an output directory's tars."""
-    from mode.shards import iter_tar
+    from mode.core.shards import iter_tar
 
     tars = sorted(out.glob("*.tar"))
     uids = sorted(json.loads(s["json"])["uid"] for p in tars for _, s in iter_tar(p))
@@ -105,9 +105,9 @@ def output_uids(out: Path) -> tuple[int, int, str]:
 
 
 def make_subset(pool: Path, kind: str, path: Path) -> int:
-    from mode import filters
-    from mode.layout import Pool
-    from mode.uids import load_subset, save_subset
+    from mode.core.layout import Pool
+    from mode.core.uids import load_subset, save_subset
+    from mode.datacomp import filters
 
     meta = Pool(pool).metadata_dir
     if kind == "basic_filter":

@@ -35,7 +35,7 @@ RATE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/.*?, ([\d.]+)/s,")
 
 
 def one_run(kind, pool, logs, name, epochs, a):
-    from mode.shards import brace_spec, expand, total_samples
+    from mode.core.shards import brace_spec, expand, total_samples
     from open_clip_patch import MODEL_CONFIG_DIR
 
     paths = expand(str(pool / "shards"))
@@ -59,7 +59,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"

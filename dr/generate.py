@@ -11,7 +11,7 @@ is initialised from `--seed` (the toy's case: the path runs offline). Captioners
 - `toy`: rewrites each toy sample's true class with other caption templates of its domain (offline; toy pools);
 - `coca:MODEL:PRETRAINED`: open_clip CoCa generation with top-p sampling, as DataCompDR used CoCa captions.
 
-Per-shard, resumable and shardable like the prep steps (`mode.runner`): `--rank/--world-size`, atomic shards,
+Per-shard, resumable and shardable like the prep steps (`mode.core.runner`): `--rank/--world-size`, atomic shards,
 `<shard>_stats.json` beside each output tar (so `--data-dir` knows the sizes), stats and summary in
 `<out>/_dr_generate/`.
 """
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from dr import sample as drs
-from mode.device import pick_device
-from mode.errors import UserError
-from mode.runner import run_per_shard
-from mode.shards import expand, iter_tar, tar_writer, write_json
+from mode.core.device import pick_device
+from mode.core.errors import UserError
+from mode.core.runner import run_per_shard
+from mode.core.shards import expand, iter_tar, tar_writer, write_json
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -109,7 +109,7 @@ def _captioner(spec: str, device: str):
 
 def toy_captions(image, meta: dict, n: int, rng: np.random.Generator) -> list[str]:
     """Captions of a toy sample's true content from its domain's templates (what a captioner would see)."""
-    from mode.toy import DOMAIN_BY_NAME
+    from mode.toy.pool import DOMAIN_BY_NAME
 
     if "toy_domain" not in meta:
         raise UserError("--captioner toy needs toy samples (a json with toy_domain); use coca:MODEL:PRETRAINED")

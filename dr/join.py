@@ -21,8 +21,8 @@ from functools import partial
 from pathlib import Path
 
 from dr import sample as drs
-from mode.errors import UserError
-from mode.shards import expand, iter_tar, pool_map, tar_writer, write_json
+from mode.core.errors import UserError
+from mode.core.shards import expand, iter_tar, pool_map, tar_writer, write_json
 
 
 def _digest(members: dict[str, bytes]) -> dict[str, str]:

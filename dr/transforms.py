@@ -50,7 +50,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 from torchvision.transforms.autoaugment import _apply_op
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 OP_NAMES = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",

@@ -6,7 +6,7 @@ import argparse
 import sys
 import traceback
 
-from mode.errors import UserError, bad_data_errors, first_line
+from mode.core.errors import UserError, bad_data_errors, first_line
 
 
 def positive_int(text: str) -> int:
@@ -21,7 +21,7 @@ def positive_int(text: str) -> int:
 
 
 def _toy(args: argparse.Namespace) -> None:
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     record = ensure_pool(args.out, samples=args.samples, shards=args.shards, seed=args.seed,
                          eval_per_class=args.eval_per_class, workers=args.workers, overwrite=args.overwrite)
@@ -31,7 +31,7 @@ def _toy(args: argparse.Namespace) -> None:
 
 
 def _losses(args: argparse.Namespace) -> None:
-    from mode.trainlog import epoch_losses
+    from mode.train.trainlog import epoch_losses
 
     terms = {name: epoch_losses(args.log, term) for name, term in
              (("contrastive", "contrastive_loss"), ("distill", "distill_loss"), ("total", "loss"))}
@@ -52,20 +52,20 @@ def _report(summary: dict) -> None:
 
 
 def _captions(args: argparse.Namespace) -> None:
-    from mode import captions
+    from mode.prep import captions
 
     _report(captions.run(args.shards, args.work_dir, args.rank, args.world_size, args.workers))
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from mode import embed
+    from mode.prep import embed
 
     _report(embed.run(args.shards, args.work_dir, args.encoder, args.file_mode, args.batch_size, args.device,
                       args.rank, args.world_size, pooling=args.pooling))
 
 
 def _cluster(args: argparse.Namespace) -> None:
-    from mode import cluster
+    from mode.prep import cluster
 
     cfg = cluster.ClusterConfig(fine=args.fine, coarse=args.coarse, metric=args.metric, balance=args.balance,
                                 sample_fraction=args.sample_fraction, max_samples=args.max_samples,
@@ -78,7 +78,7 @@ def _cluster(args: argparse.Namespace) -> None:
 
 
 def _assign(args: argparse.Namespace) -> None:
-    from mode import assign
+    from mode.prep import assign
 
     s = assign.run(args.shards, args.work_dir, args.rank, args.world_size, args.workers)
     _report(s)
@@ -87,7 +87,7 @@ def _assign(args: argparse.Namespace) -> None:
 
 
 def _route(args: argparse.Namespace) -> None:
-    from mode import route
+    from mode.prep import route
 
     s = route.run(args.shards, args.work_dir, args.ooc_ratio, args.seed, args.rank, args.world_size, args.workers,
                   ooc_mode=args.ooc_mode)
@@ -97,7 +97,7 @@ def _route(args: argparse.Namespace) -> None:
 
 
 def _train_experts(args: argparse.Namespace) -> None:
-    from mode.launch import launch
+    from mode.train.launch import launch
 
     slurm = {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
              "time_min": args.time, "partition": args.partition, "account": args.account,
@@ -108,7 +108,7 @@ def _train_experts(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from mode import evaluate
+    from mode.evaluation import evaluate
 
     specs = [evaluate.ModelSpec.parse(m) for m in args.model]
     results = evaluate.run(specs, args.tasks, args.out, args.device, args.batch_size)
@@ -117,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from mode import ensemble
+    from mode.evaluation import ensemble
 
     experts = args.experts.split(",")
     table = ensemble.run(args.work_dir, args.tasks, args.eval_out, experts, args.report, args.weighting, args.dense)
@@ -137,7 +137,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _filter(args: argparse.Namespace) -> None:
-    from mode import filters
+    from mode.datacomp import filters
 
     params = filters.FilterParams(arch=args.arch, threshold=args.threshold, fraction=args.fraction,
                                   fasttext_model=args.fasttext_model, image_based_scale=args.image_based_scale,
@@ -149,7 +149,7 @@ def _filter(args: argparse.Namespace) -> None:
 
 
 def _reshard(args: argparse.Namespace) -> None:
-    from mode import reshard
+    from mode.datacomp import reshard
 
     s = reshard.run(args.input, args.output, args.subset, args.shard_size, args.workers, args.overwrite)
     print(f"reshard: {s['samples']} samples in {s['output_shard_count']} shards -> {args.output}")
@@ -175,7 +175,7 @@ def _dr_join(args: argparse.Namespace) -> None:
 
 
 def _download_tasks(args: argparse.Namespace) -> None:
-    from mode import tasks
+    from mode.evaluation import tasks
 
     keys = list(tasks.DATACOMP_TASKS) if args.keys == "all" else args.keys.split(",")
     unknown = [k for k in keys if k not in tasks.DATACOMP_TASKS]
@@ -186,7 +186,7 @@ def _download_tasks(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from mode import submit
+    from mode.datacomp import submit
 
     sub = submit.Submission(scale=args.scale, track=args.track, method_name=args.method_name, author=args.author,
                             email=args.email, samples=args.samples, results=args.results, hf_repo=args.hf_repo,
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", "--num_workers", type=positive_int, default=1, help="processes over parquet files")
     p.set_defaults(func=_filter)
 
-    from mode import download
+    from mode.datacomp import download
 
     download.add_parser(sub)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 SUPPORTED_OPEN_CLIP = ">=3.3,<3.4"  # setup.cfg's install_requires says the same (a test checks)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -3,9 +3,9 @@
 With `--mode-work-dir W --expert K [--ooc-ratio r] [--ooc-mode share|additive]`, open_clip_train's own
 `get_wds_dataset` builds the pipeline as usual, except that its sample filter also keeps only the samples whose
 uid `mode assign` gave to coarse cluster K, plus out-of-cluster samples, each kept with the probability
-`mode.ooc.keep_rate` gives: a share `r` of what is kept, or (`additive`, MoDE's) r of the other clusters'
+`mode.prep.ooc.keep_rate` gives: a share `r` of what is kept, or (`additive`, MoDE's) r of the other clusters'
 pairs, redrawn at every read as MoDE's loader does (seeded by --seed, the epoch and the loader worker). The uid
-lookup is a binary search in a sorted `u8,u8` array (mode.uids.UidSet), not a Python set of strings.
+lookup is a binary search in a sorted `u8,u8` array (mode.core.uids.UidSet), not a Python set of strings.
 Everything else (shard resampling, shuffling, batching, `--train-num-samples` per epoch) is stock.
 """
 
@@ -21,17 +21,17 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mode import ooc
-from mode.errors import UserError
-from mode.layout import WorkDir
-from mode.uids import UidSet, hex_to_pairs
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.core.uids import UidSet, hex_to_pairs
+from mode.prep import ooc
 
 log = logging.getLogger(__name__)
 
 
 def expert_counts(work_dir: str, expert: int) -> tuple[int, int]:
     """(pairs of `expert`, pairs in the pool) from a work dir's complete assign/ summary."""
-    from mode.runner import read_complete_summary
+    from mode.core.runner import read_complete_summary
 
     wd = WorkDir(Path(work_dir))
     if not WorkDir.summary(wd.assign_dir).exists():

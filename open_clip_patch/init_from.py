@@ -21,7 +21,7 @@ import os
 import re
 import zipfile
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import logging
 import os
 from collections.abc import Sequence
 
-from mode import ooc
-from mode.errors import UserError
-from mode.layout import WorkDir
-from mode.lock import hold_for_process
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.core.lock import hold_for_process
+from mode.prep import ooc
 from open_clip_patch import preflight
 from open_clip_patch.init_from import resolve_start
 
@@ -213,13 +213,13 @@ def _check_routed_mix(args: argparse.Namespace) -> None:
 
 
 def _resolve_data(args: argparse.Namespace, argv: Sequence[str]) -> None:
-    from mode import shards
+    from mode.core import shards
 
     winner = last_of(argv, _GROUPS["data"])
     spec = None
     if winner == "--toy-pool":
-        from mode.layout import Pool
-        from mode.toy import ensure_pool
+        from mode.core.layout import Pool
+        from mode.toy.pool import ensure_pool
 
         pool = Pool(args.toy_pool)
         if not pool.toy_record.exists():

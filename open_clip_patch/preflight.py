@@ -15,7 +15,7 @@ import argparse
 import logging
 import math
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def check(args: argparse.Namespace, world_size: int) -> None:
                 f"per worker. Pass --workers {max(1, len(paths) // world_size)}, reshard into more shards "
                 "(`mode reshard --shard-size`), or add --dataset-resampled")
     if args.mode_distinct_samples is None and paths is not None:
-        from mode.shards import total_samples
+        from mode.core.shards import total_samples
 
         args.mode_distinct_samples = total_samples(paths)
 

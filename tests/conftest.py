@@ -7,7 +7,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Tests never reach a hub: everything they load ships in a package or is made by mode.toy.
+# Tests never reach a hub: everything they load ships in a package or is made by mode.toy.pool.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -15,7 +15,7 @@ SMALL_POOL = {"samples": 600, "shards": 4, "seed": 0, "eval_per_class": 4}
 
 
 def _toy_cluster():
-    from mode.cluster import ClusterConfig
+    from mode.prep.cluster import ClusterConfig
 
     return ClusterConfig(fine=8, coarse=3, seed=0)
 
@@ -26,7 +26,7 @@ TOY_CLUSTER = _toy_cluster()
 @pytest.fixture(scope="session")
 def toy_work(toy_pool, tmp_path_factory) -> Path:
     """One uninterrupted single-rank run of every prep step on the small toy pool (fine 8, coarse 3, ooc 0.1)."""
-    from mode import assign, captions, cluster, embed, route
+    from mode.prep import assign, captions, cluster, embed, route
 
     work = tmp_path_factory.mktemp("work") / "work"
     captions.run(str(toy_pool), str(work), 0, 1)
@@ -43,9 +43,10 @@ def clean_work(tmp_path_factory) -> Path:
 
     (On 600 rows the clustering may split glyphs into digits and letters rather than separate the domains.)
     """
-    from mode import assign, captions, cluster, embed, filters, reshard
-    from mode.layout import Pool
-    from mode.toy import ensure_pool
+    from mode.core.layout import Pool
+    from mode.datacomp import filters, reshard
+    from mode.prep import assign, captions, cluster, embed
+    from mode.toy.pool import ensure_pool
 
     root = tmp_path_factory.mktemp("clean")
     pool = root / "pool"
@@ -63,7 +64,7 @@ def clean_work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_pool(tmp_path_factory) -> Path:
     """A small toy pool shared by the session's tests (read-only for them)."""
-    from mode.toy import ensure_pool
+    from mode.toy.pool import ensure_pool
 
     out = tmp_path_factory.mktemp("toy") / "pool"
     ensure_pool(str(out), **SMALL_POOL)

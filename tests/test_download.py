@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mode import download
-from mode.errors import UserError
+from mode.core import hub as core_hub
+from mode.core.errors import UserError
+from mode.datacomp import download
 
 SMALL = ["README.md", "0a1b.parquet", "0a1b.npz", "ff02.parquet", "ff02.npz"]
 XLARGE = ["README.md", "part_0/aa.parquet", "part_0/aa.npz", "part_1/bb.parquet", "part_1/bb.npz"]
@@ -187,7 +188,7 @@ def test_real_hub_in_offline_mode_becomes_user_error(tmp_path, monkeypatch, no_i
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(download, "hub_offline", lambda: False)  # skip our early check: let the hub itself fail
+    monkeypatch.setattr(core_hub, "hub_offline", lambda: False)  # skip our early check: let the hub itself fail
     with pytest.raises(UserError, match=r"unreachable \(LocalEntryNotFoundError\)"):
         download.run_pool("small", str(tmp_path), skip_shards=True)
     with pytest.raises(UserError, match=r"unreachable \(OfflineModeIsEnabled\)"):

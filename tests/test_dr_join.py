@@ -7,9 +7,9 @@ import pytest
 
 from dr import join
 from dr import sample as drs
-from mode.errors import UserError
-from mode.layout import Pool
-from mode.shards import expand, iter_tar, write_tar
+from mode.core.errors import UserError
+from mode.core.layout import Pool
+from mode.core.shards import expand, iter_tar, write_tar
 
 
 def _reinforcements(key: str, rng) -> dict[str, bytes]:

@@ -9,9 +9,9 @@ import torch
 
 from dr import generate, join
 from dr import sample as drs
-from mode.layout import Pool
-from mode.shards import expand, iter_tar, write_tar
-from mode.trainlog import epoch_losses
+from mode.core.layout import Pool
+from mode.core.shards import expand, iter_tar, write_tar
+from mode.train.trainlog import epoch_losses
 
 from .conftest import PYTHON, REPO, run
 

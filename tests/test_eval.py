@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mode import ensemble, evaluate
-from mode import tasks as T
-from mode.errors import UserError
-from mode.layout import Pool, WorkDir
-from mode.toy import DOMAINS
+from mode.core.errors import UserError
+from mode.core.layout import Pool, WorkDir
+from mode.evaluation import ensemble, evaluate
+from mode.evaluation import tasks as T
+from mode.toy.pool import DOMAINS
 
 
 def test_classification_metrics_by_hand():
@@ -155,7 +155,7 @@ def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
 
 
 def test_submit_dry_run_bundle(tmp_path, monkeypatch):
-    from mode.uids import hex_to_pairs, save_subset
+    from mode.core.uids import hex_to_pairs, save_subset
 
     from .conftest import PYTHON, run
 
@@ -202,7 +202,7 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
 
 def test_retrieval_task_end_to_end(toy_pool, tmp_path):
     """A retrieval task (images + caption lines), evaluated like DataComp's flickr/mscoco."""
-    from mode.shards import iter_tar, write_tar
+    from mode.core.shards import iter_tar, write_tar
 
     src = next(t for t in T.find_tasks(Pool(toy_pool).eval_tasks_dir) if t.key == "toy_shapes")
     task = tmp_path / "tasks" / "retrieval" / "toy_captions"
@@ -238,8 +238,8 @@ def test_evaluate_refuses_a_checkpoint_that_runs_code(tmp_path):
 
     import torch
 
-    from mode.errors import UserError
-    from mode.evaluate import ModelSpec, load_model
+    from mode.core.errors import UserError
+    from mode.evaluation.evaluate import ModelSpec, load_model
 
     marker = tmp_path / "pwned"
 

@@ -15,12 +15,12 @@ import torch
 
 import open_clip_patch
 import run_configs
-from mode import launch
-from mode.errors import UserError
-from mode.layout import WorkDir
-from mode.shards import expand, iter_tar
-from mode.trainlog import epoch_losses
-from mode.uids import UidSet, hex_to_pairs, pairs_to_hex, sort_pairs
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.core.shards import expand, iter_tar
+from mode.core.uids import UidSet, hex_to_pairs, pairs_to_hex, sort_pairs
+from mode.train import launch
+from mode.train.trainlog import epoch_losses
 from open_clip_patch.init_from import is_complete_checkpoint, newest_complete_checkpoint
 
 from .conftest import TOY_CLUSTER
@@ -197,7 +197,7 @@ def _toy_expert_argv(toy_pool, toy_work, logs, epochs):
 
 
 def test_init_from_seed_checkpoint(toy_pool, toy_work, tmp_path):
-    from mode.train import run
+    from mode.train.recipe import run
 
     logs = tmp_path / "logs"
     run("toy_tiny", ["--toy-pool", str(toy_pool), "--logs", str(logs), "--name", "seed", "--epochs", "1",
@@ -356,7 +356,7 @@ def _spy_first_epoch(monkeypatch):
 @pytest.fixture(scope="module")
 def seed_run(toy_pool, tmp_path_factory):
     """A dense seed run of the toy model, 1 epoch, with the MoDE recipes' checkpointing flags."""
-    from mode.train import run
+    from mode.train.recipe import run
 
     logs = tmp_path_factory.mktemp("seed") / "logs"
     run("toy_tiny", ["--toy-pool", str(toy_pool), "--logs", str(logs), "--name", "seed", "--epochs", "1",
@@ -373,7 +373,7 @@ def _mode_recipe_fork_argv(toy_pool, toy_work, logs, name, seed, epochs):
 
 @pytest.mark.parametrize("recipe", ["b32_mode", "b16_mode", "l14_mode"])
 def test_mode_recipe_expert_forks_from_seed(recipe, toy_pool, toy_work, seed_run, tmp_path, monkeypatch):
-    from mode.train import run
+    from mode.train.recipe import run
 
     assert "--save-most-recent" in run_configs.get_recipe(recipe).to_argv()  # the case stock resume ignores
     seen = _spy_first_epoch(monkeypatch)
@@ -393,7 +393,7 @@ def test_mode_recipe_expert_forks_from_seed(recipe, toy_pool, toy_work, seed_run
 
 
 def test_restart_resumes_own_checkpoint_not_seed(toy_pool, toy_work, seed_run, tmp_path, monkeypatch):
-    from mode.train import run
+    from mode.train.recipe import run
 
     logs = tmp_path / "logs"
     run("b32_mode", _mode_recipe_fork_argv(toy_pool, toy_work, logs, "e0", seed_run, 2))
@@ -415,7 +415,7 @@ def test_restart_resumes_own_checkpoint_not_seed(toy_pool, toy_work, seed_run, t
 
 def test_relaunch_before_first_checkpoint_starts_from_seed(toy_pool, toy_work, seed_run, tmp_path, monkeypatch):
     """A job killed during its first forked epoch left a log and no checkpoint: the relaunch forks again."""
-    from mode.train import run
+    from mode.train.recipe import run
 
     logs = tmp_path / "logs"
     (logs / "e0" / "checkpoints").mkdir(parents=True)
@@ -447,7 +447,7 @@ def test_init_from_refuses_bad_input(toy_pool, toy_work, seed_run, tmp_path):
 def test_same_seed_same_training(toy_pool, toy_work, tmp_path):
     """Two runs of an expert recipe with one seed: the same losses and bit-identical checkpoints (the sample
     shuffle, the out-of-cluster draws and the augmentations are all seeded); another seed differs."""
-    from mode.train import run
+    from mode.train.recipe import run
 
     logs = tmp_path / "logs"
 
@@ -468,7 +468,7 @@ def test_same_seed_same_training(toy_pool, toy_work, tmp_path):
 def test_stop_epoch_keeps_the_full_schedule(toy_pool, tmp_path):
     """--epochs 2 --stop-epoch 1 saves the same epoch-1 weights as the full 2-epoch run (a 1-epoch LR schedule
     would not), and stops there."""
-    from mode.train import run
+    from mode.train.recipe import run
 
     logs = tmp_path / "logs"
     base = ["--toy-pool", str(toy_pool), "--logs", str(logs), "--epochs", "2", "--batch-size", "32",

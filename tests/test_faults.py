@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from mode import reshard
-from mode.layout import WorkDir
+from mode.core.layout import WorkDir
+from mode.datacomp import reshard
 
 from .conftest import PYTHON, REPO, run
 from .test_prep import assert_same_outputs, data_files

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mode import filters, reshard
-from mode.errors import UserError
-from mode.layout import Pool
-from mode.shards import expand, iter_tar
-from mode.uids import hex_to_pairs, is_sorted, pairs_to_hex
+from mode.core.errors import UserError
+from mode.core.layout import Pool
+from mode.core.shards import expand, iter_tar
+from mode.core.uids import hex_to_pairs, is_sorted, pairs_to_hex
+from mode.datacomp import filters, reshard
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_pat
     missing = [r["uid"] for r in rows if not r["toy_downloaded"]][:2]
     chosen = downloaded[::3] + downloaded[:5] + missing  # five uids twice; two absent from the shards
     subset = tmp_path / "subset.npy"
-    from mode.uids import save_subset
+    from mode.core.uids import save_subset
 
     save_subset(str(subset), hex_to_pairs(chosen))
     out = tmp_path / "out"
@@ -226,7 +226,7 @@ def test_image_based_cli_and_bad_inputs(toy_pool, tmp_path, image_assets):
 def test_assets_are_fetched_verified_and_cached(tmp_path):
     import hashlib
 
-    from mode import assets
+    from mode.datacomp import assets
 
     src = tmp_path / "src.bin"
     src.write_bytes(b"datacomp asset bytes")
@@ -258,7 +258,7 @@ def test_reshard_overwrite_never_destroys_inputs(toy_pool, tmp_path, rows):
     replaces only folders `mode reshard` wrote; the pool's files stay as they were."""
     import shutil
 
-    from mode.uids import save_subset
+    from mode.core.uids import save_subset
 
     pool = tmp_path / "pool"
     shutil.copytree(toy_pool, pool)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mode.cli import main
-from mode.layout import WorkDir
+from mode.core.layout import WorkDir
 
 
 def _fails(capsys, argv: list[str], *fragments: str) -> str:

@@ -5,9 +5,11 @@ import os
 import pytest
 
 import open_clip_patch
-from mode import captions, cluster, lock, reshard
-from mode.errors import UserError
-from mode.layout import WorkDir
+from mode.core import lock
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.datacomp import reshard
+from mode.prep import captions, cluster
 
 from .conftest import TOY_CLUSTER
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import open_clip_patch
-from mode.errors import UserError
+from mode.core.errors import UserError
 from open_clip_patch import params
 from open_clip_patch.zero_shot import accuracy
 
@@ -117,8 +117,8 @@ def test_last_flag_wins_between_plugin_and_stock_flags():
 
 
 def test_data_dir_datacomp_semantics(toy_pool, tmp_path):
-    from mode.layout import Pool
-    from mode.shards import total_samples
+    from mode.core.layout import Pool
+    from mode.core.shards import total_samples
 
     shards_dir = Pool(toy_pool).shards_dir
     n = total_samples(sorted(str(p) for p in shards_dir.glob("*.tar")))
@@ -162,8 +162,8 @@ def test_expert_training_refuses_an_incomplete_assignment(toy_pool, toy_work, tm
     import json
     import shutil
 
-    from mode.launch import plan_jobs
-    from mode.layout import WorkDir
+    from mode.core.layout import WorkDir
+    from mode.train.launch import plan_jobs
 
     work = WorkDir(shutil.copytree(toy_work, tmp_path / "work"))
     flags = ["--data-dir", str(toy_pool), "--mode-work-dir", str(work.root), "--expert", "0", "--workers", "1"]

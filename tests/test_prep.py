@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mode import assign, captions, cluster, embed, route
-from mode.errors import UserError
-from mode.layout import WorkDir
-from mode.shards import expand, iter_tar
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.core.shards import expand, iter_tar
+from mode.prep import assign, captions, cluster, embed, route
 
 from .conftest import TOY_CLUSTER as CFG  # noqa: E402
 
@@ -239,7 +239,7 @@ def test_bad_input_is_counted_and_skipped(toy_pool, tmp_path):
 def test_balanced_assignment_is_exact_stable_and_auction_optimal():
     from scipy.optimize import linear_sum_assignment
 
-    from mode.bkmeans import capacities, deferred_acceptance, price_assign
+    from mode.prep.bkmeans import capacities, deferred_acceptance, price_assign
 
     rng = np.random.default_rng(0)
     n, k = 62, 6
@@ -263,7 +263,7 @@ def test_balanced_assignment_is_exact_stable_and_auction_optimal():
 
 
 def test_balanced_kmeans_balances_skewed_data():
-    from mode.bkmeans import balanced_kmeans
+    from mode.prep.bkmeans import balanced_kmeans
 
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((10, 32)).astype(np.float32)
@@ -343,7 +343,7 @@ def test_pooler_embedding_is_cls_through_the_trained_pooler():
     """--pooling pooler (MoDE's SimCSE embedding): tanh(W [CLS] + b) of the last layer, L2-normalised."""
     import torch
 
-    from mode import embed
+    from mode.prep import embed
 
     texts = ["a red circle drawn on a white background", "stripes", "the digit 7 in a blue box"]
     got = embed.encode(texts, pooling="pooler")
@@ -381,7 +381,7 @@ def test_missing_or_changed_outputs_are_redone(toy_pool, reference, tmp_path, st
 def test_two_pools_joined_keep_every_shard(toy_pool, tmp_path):
     """Two DataComp pools joined by '::' both hold shards/00000000.tar: each gets its own outputs, and the summary
     counts what is on disk (once 1572 were reported and 786 kept)."""
-    from mode.shards import shard_ids
+    from mode.core.shards import shard_ids
 
     for name in ("a", "b"):
         shutil.copytree(toy_pool, tmp_path / name / "pool")

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mode.layout import Pool, WorkDir
-from mode.toy import ensure_pool
+from mode.core.layout import Pool, WorkDir
+from mode.toy.pool import ensure_pool
 
 from .conftest import REPO, run
 

@@ -5,7 +5,7 @@ import pytest
 
 import open_clip_patch
 import run_configs
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 from .conftest import PYTHON, REPO, run
 

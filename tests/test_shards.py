@@ -4,8 +4,8 @@ import tarfile
 
 import pytest
 
-from mode import shards
-from mode.errors import UserError
+from mode.core import shards
+from mode.core.errors import UserError
 
 
 def _touch_shards(d, names):

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mode import toy
-from mode.errors import UserError
-from mode.layout import EvalTask, Pool
+from mode.core.errors import UserError
+from mode.core.layout import EvalTask, Pool
+from mode.toy import pool as toy
 
 from .conftest import PYTHON, SMALL_POOL, run
 

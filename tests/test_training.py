@@ -2,9 +2,9 @@
 
 import torch
 
-from mode.layout import Pool
-from mode.shards import brace_spec, total_samples
-from mode.trainlog import epoch_losses
+from mode.core.layout import Pool
+from mode.core.shards import brace_spec, total_samples
+from mode.train.trainlog import epoch_losses
 
 from .conftest import PYTHON, REPO, run
 

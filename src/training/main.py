@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run_configs.py and mode/, when not pip-installed
 
 import run_configs  # noqa: E402
-from mode.errors import UserError  # noqa: E402
-from mode.train import run  # noqa: E402
+from mode.core.errors import UserError  # noqa: E402
+from mode.train.recipe import run  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mode.cluster import load_config
-from mode.errors import UserError, reading
-from mode.layout import WorkDir
-from mode.runner import run_per_shard
-from mode.shards import atomic_write, expand
+from mode.core.errors import UserError, reading
+from mode.core.layout import WorkDir
+from mode.core.runner import run_per_shard
+from mode.core.shards import atomic_write, expand
+from mode.prep.cluster import load_config
 
 SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("fine", pa.int32()), ("coarse", pa.int32()),
                     ("score", pa.float32())])

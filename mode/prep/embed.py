@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mode.device import pick_device
-from mode.errors import UserError
-from mode.layout import WorkDir
-from mode.runner import read_complete_summary, run_per_shard
-from mode.shards import atomic_write, expand, shard_ids, write_json
+from mode.core.device import pick_device
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.core.runner import read_complete_summary, run_per_shard
+from mode.core.shards import atomic_write, expand, shard_ids, write_json
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 POOLINGS = ("model", "pooler")
@@ -135,7 +135,7 @@ def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str, skipped:
     """The shard's captions: step 0's parquet, or (tarfile mode) read from the tar, counting what is skipped."""
     if file_mode == "caption":
         return pq.read_table(wd.captions(shard_id), columns=["caption"]).column("caption").to_pylist()
-    from mode.captions import SCHEMA, shard_captions
+    from mode.prep.captions import SCHEMA, shard_captions
 
     rows = list(shard_captions(path, skipped))
     if not wd.captions(shard_id).exists():  # keep the contract: features row i <-> captions row i

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mode.errors import UserError
-from mode.layout import EvalTask
-from mode.shards import iter_tar
+from mode.core.errors import UserError
+from mode.core.layout import EvalTask
+from mode.core.shards import iter_tar
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
@@ -75,7 +75,7 @@ def download(key: str, root: str) -> Path:
     """Fetch DataComp task `key` from the Hugging Face hub into `root/<key>` (needs the network)."""
     import huggingface_hub
 
-    from mode.download import hub_call
+    from mode.core.hub import hub_call
 
     target = Path(root) / key
     what, fallback = f"task {key!r} ({hub_repo(key)})", f"copy it into {target}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 
 def pick_device(device: str = "auto") -> str:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mode.errors import UserError
-from mode.layout import WorkDir
-from mode.lock import holding
-from mode.shards import for_rank, overlaps, rank_and_world, shard_ids, write_json
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
+from mode.core.lock import holding
+from mode.core.shards import for_rank, overlaps, rank_and_world, shard_ids, write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from open_clip.tokenizer import basic_clean, whitespace_clean
 
-from mode.layout import WorkDir
-from mode.runner import run_per_shard
-from mode.shards import atomic_write, expand, iter_tar
+from mode.core.layout import WorkDir
+from mode.core.runner import run_per_shard
+from mode.core.shards import atomic_write, expand, iter_tar
 
 SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("caption", pa.string())])
 _UID = re.compile(r"^[0-9a-f]{32}$")

@@ -3,7 +3,7 @@
 For each input shard, each expert k gets `experts/<k>/shards/<shard>.tar` holding the shard's pairs assigned
 to coarse cluster k (same members, same keys) plus, with `--ooc-ratio r`, seeded random pairs assigned
 elsewhere: with `--ooc-mode share` (default) as many as make them a share r of the expert's data, with
-`additive` (MoDE's) r times the shard's out-of-cluster pairs (`mode.ooc`). The draw is fixed once here, where
+`additive` (MoDE's) r times the shard's out-of-cluster pairs (`mode.prep.ooc`). The draw is fixed once here, where
 MoDE's loader redraws it at every read; the on-the-fly loader (`--expert-data filter`) redraws as MoDE does.
 The input is read once for all experts. Each expert's `sizes.json` lets open_clip_train count its samples.
 """
@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mode import ooc
-from mode.cluster import load_config
-from mode.errors import reading
-from mode.layout import WorkDir
-from mode.runner import read_complete_summary, run_per_shard
-from mode.shards import expand, iter_tar, shard_ids, tar_writer, write_json
+from mode.core.errors import reading
+from mode.core.layout import WorkDir
+from mode.core.runner import read_complete_summary, run_per_shard
+from mode.core.shards import expand, iter_tar, shard_ids, tar_writer, write_json
+from mode.prep import ooc
+from mode.prep.cluster import load_config
 
 
 def ooc_picks(coarse: np.ndarray, n_experts: int, ratio: float, seed: int, shard_id: str,
               mode: str = "share") -> list[np.ndarray]:
-    """For each expert, the sorted rows of out-of-cluster pairs it also gets (`mode.ooc.count` of them)."""
+    """For each expert, the sorted rows of out-of-cluster pairs it also gets (`mode.prep.ooc.count` of them)."""
     rng = np.random.default_rng([seed, zlib.crc32(shard_id.encode())])
     picks = []
     for k in range(n_experts):

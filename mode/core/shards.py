@@ -22,7 +22,7 @@ from pathlib import Path
 
 import braceexpand
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 _DIGITS_AT_END = re.compile(r"^(.*?)(\d+)$")
 _UMASK = os.umask(0)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mode.errors import UserError, first_line, reading
-from mode.shards import atomic_write
+from mode.core.errors import UserError, first_line, reading
+from mode.core.shards import atomic_write
 
 _RELEASE = "https://github.com/sagadre/datacomp_baseline_assets/releases/download/v0.1.0-alpha"
 

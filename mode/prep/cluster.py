@@ -5,7 +5,7 @@
    `--fine` centroids, spherical (cosine) by default, or Euclidean on the unit-norm features (MoDE's).
 2. Coarse k-means over the fine centroids, best of 10 restarts (cheap: it clusters Kf points): each fine
    centroid weighted by its cluster's size, so that experts are sized by data.
-With `--balance` both levels are balanced k-means (`mode.bkmeans`, as MoDE clusters): every fine cluster takes
+With `--balance` both levels are balanced k-means (`mode.prep.bkmeans`, as MoDE clusters): every fine cluster takes
 an equal share of the sample and every coarse cluster an equal number of fine clusters, unweighted (MoDE's).
 
 Writes clusters/fine.npy [Kf, d], coarse.npy [Kc, d] (float32, unit norm), fine_to_coarse.npy [Kf] and
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mode.bkmeans import balanced_kmeans, faiss_kmeans, nearest
-from mode.errors import UserError, reading
-from mode.layout import WorkDir
-from mode.lock import holding
-from mode.runner import read_complete_summary
-from mode.shards import atomic_write, expand, rank_and_world, shard_ids, write_json
+from mode.core.errors import UserError, reading
+from mode.core.layout import WorkDir
+from mode.core.lock import holding
+from mode.core.runner import read_complete_summary
+from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids, write_json
+from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans, nearest
 
 log = logging.getLogger(__name__)
 METRICS = ("cosine", "euclidean")

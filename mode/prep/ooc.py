@@ -10,7 +10,7 @@ Two meanings of r, one place for both (`mode route` and the on-the-fly expert lo
 
 from __future__ import annotations
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 OOC_MODES = ("share", "additive")
 

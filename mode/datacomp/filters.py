@@ -7,7 +7,7 @@ a threshold over the whole pool first, as DataComp does. Output: `--save-path` (
 
 Filters: no_filter, basic_filter, clip_score, laion2b, text_based, image_based, image_based_intersect_clip_score.
 The assets they need (lid.176.bin, the ImageNet-21k synset ids, ImageNet-1k L/14 features, the pool's L/14
-centroids) come from `mode.assets` (DataComp's URLs, sha256-checked) unless a path is given.
+centroids) come from `mode.datacomp.assets` (DataComp's URLs, sha256-checked) unless a path is given.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mode import assets
-from mode.errors import UserError, reading
-from mode.shards import write_json
-from mode.uids import UID_DTYPE, hex_to_pairs, save_subset
+from mode.core.errors import UserError, reading
+from mode.core.shards import write_json
+from mode.core.uids import UID_DTYPE, hex_to_pairs, save_subset
+from mode.datacomp import assets
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mode.errors import UserError
-from mode.layout import WorkDir
+from mode.core.errors import UserError
+from mode.core.layout import WorkDir
 from open_clip_patch.init_from import is_complete_checkpoint
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class TrainJob:
 
     def __call__(self) -> int:
         _set_distributed_env()
-        from mode.train import run
+        from mode.train.recipe import run
 
         return run(self.recipe, self.argv)
 
@@ -59,7 +59,7 @@ def _set_distributed_env() -> None:
 
 def clustering_shape(work_dir: str) -> tuple[int, int]:
     """(coarse, fine) cluster counts of a work dir's assignment."""
-    from mode.runner import read_complete_summary
+    from mode.core.runner import read_complete_summary
 
     assign_dir = WorkDir(Path(work_dir)).assign_dir
     if not WorkDir.summary(assign_dir).exists():

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mode.errors import UserError
-from mode.shards import write_json
-from mode.uids import load_subset
+from mode.core.errors import UserError
+from mode.core.shards import write_json
+from mode.core.uids import load_subset
 
 TRACKS = ("filtering", "byod")
 SCALES = ("small", "medium", "large", "xlarge")

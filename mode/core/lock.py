@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 _held: dict[str, int] = {}  # locks taken for the life of this process (training runs)
 

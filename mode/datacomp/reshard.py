@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mode.errors import UserError
-from mode.lock import holding
-from mode.shards import (
+from mode.core.errors import UserError
+from mode.core.lock import holding
+from mode.core.shards import (
     RESHARD_MARKER,
     atomic_write,
     expand,
@@ -35,7 +35,7 @@ from mode.shards import (
     write_json,
     write_tar,
 )
-from mode.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
+from mode.core.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
 
 SHARD_FORMAT = "{:08d}.tar"
 MARKER = RESHARD_MARKER  # written first: `--overwrite` replaces only folders that hold it

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mode.errors import UserError, reading
+from mode.core.errors import UserError, reading
 
 UID_DTYPE = np.dtype("u8,u8")
 
@@ -42,7 +42,7 @@ def sort_pairs(pairs: np.ndarray) -> np.ndarray:
 
 def save_subset(path: str, pairs: np.ndarray) -> None:
     """Write a sorted `u8,u8` subset `.npy` (duplicates kept: the resharder writes a uid n times if listed n times)."""
-    from mode.shards import atomic_write
+    from mode.core.shards import atomic_write
 
     with atomic_write(path) as f:
         np.save(f, sort_pairs(np.asarray(pairs, dtype=UID_DTYPE)))

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mode import tasks as T
-from mode.errors import UserError, reading
-from mode.evaluate import task_metrics
-from mode.layout import WorkDir
-from mode.shards import atomic_write, write_json
+from mode.core.errors import UserError, reading
+from mode.core.layout import WorkDir
+from mode.core.shards import atomic_write, write_json
+from mode.evaluation import tasks as T
+from mode.evaluation.evaluate import task_metrics
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -90,7 +90,7 @@ def expert_weights(method: str, class_emb: np.ndarray, fine: np.ndarray, fine_to
 
 def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") -> np.ndarray:
     """[C, d]: per class, the mean of its normalised prompt embeddings with the caption encoder, renormalised."""
-    from mode.embed import encode
+    from mode.prep.embed import encode
 
     names = list(task.classnames) if task.kind == "classification" else ["a photo"]
     prompts = [p for c in names for p in task.prompts(c)]

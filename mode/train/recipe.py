@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mode.errors import UserError
+from mode.core.errors import UserError
 
 
 def run(name: str, extra: list[str]) -> int:

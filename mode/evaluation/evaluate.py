@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mode import tasks as T
-from mode.device import pick_device
-from mode.errors import UserError, first_line
-from mode.shards import atomic_write, write_json
+from mode.core.device import pick_device
+from mode.core.errors import UserError, first_line
+from mode.core.shards import atomic_write, write_json
+from mode.evaluation import tasks as T
 
 log = logging.getLogger(__name__)
 

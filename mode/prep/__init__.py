@@ -1,0 +1,1 @@
+"""MoDE's data preparation, in pipeline order: captions -> embed -> cluster (bkmeans) -> assign -> route (ooc)."""
