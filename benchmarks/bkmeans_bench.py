@@ -37,7 +37,8 @@ def child(method: str, n: int, k: int, niter: int, skewed: bool, src: str) -> No
             r = balanced_kmeans(x, k, metric="cosine", niter=niter, seed=0)
         centroids, labels, seconds = r.centroids, r.labels, t.seconds
     elif method == "faiss":
-        from mode.prep.bkmeans import faiss_kmeans, nearest
+        from mode.core.compute import nearest
+        from mode.prep.bkmeans import faiss_kmeans
 
         with Timer() as t:
             centroids = faiss_kmeans(x, k, "cosine", niter, seed=0).centroids

@@ -32,7 +32,7 @@ from dr import sample as drs
 from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
-from mode.core.shards import expand, iter_tar, tar_writer, write_json
+from mode.core.shards import expand, iter_tar, tar_writer, write_tar_stats
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -180,7 +180,7 @@ def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
             extra = reinforce(image, members["txt"].decode("utf-8"), meta, cfg, rng)
             sink.write(key, extra if cfg.only_reinforcements else {**members, **extra})
             written += 1
-    write_json(Path(out_dir) / f"{name[:-4]}_stats.json", {"count": written, "successes": written})
+    write_tar_stats(Path(out_dir) / name, written)
     return {"processed": written + sum(skipped.values()), "kept": written, "skipped": dict(skipped)}
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from dr import sample as drs
 from mode.core.errors import UserError
-from mode.core.shards import expand, iter_tar, pool_map, tar_writer, write_json
+from mode.core.parallel import pool_map
+from mode.core.shards import expand, iter_tar, tar_writer, write_json, write_tar_stats
 
 
 def _digest(members: dict[str, bytes]) -> dict[str, str]:
@@ -61,8 +62,7 @@ def join_pair(base: str, reinforcements: str, out: str) -> dict:
     written = {key: _digest(members) for key, members in iter_tar(out)}
     if written != expected:
         raise UserError(f"{out}: read back differs from what was written (disk full or a concurrent writer?)")
-    name = Path(out).name[:-4]
-    write_json(Path(out).with_name(f"{name}_stats.json"), {"count": counts["joined"], "successes": counts["joined"]})
+    write_tar_stats(out, counts["joined"])
     return dict(counts) | {f"bad_tar_{k}": v for k, v in errors.items()}
 
 

@@ -11,7 +11,6 @@ Everything else (shard resampling, shuffling, batching, `--train-num-samples` pe
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from functools import lru_cache
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
-from mode.core.uids import UidSet, hex_to_pairs
+from mode.core.uids import NoUid, UidSet, hex_to_pairs, sample_uid
 from mode.prep import ooc
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,8 @@ class ExpertFilter:
         if not self.stock_filter(sample):
             return False
         try:
-            uid = json.loads(sample["json"])["uid"]
-            inside = bool(self.uids.contains(hex_to_pairs([uid]))[0])
-        except (KeyError, ValueError, TypeError):
+            inside = bool(self.uids.contains(hex_to_pairs([sample_uid(sample)]))[0])
+        except NoUid:
             if not self._warned:
                 log.warning(f"samples without a valid uid in their json are skipped (first: {sample.get('__key__')})")
                 self._warned = True

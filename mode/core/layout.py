@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mode.core.shards import tar_stats
+
 
 def shard_name(index: int) -> str:
     """DataComp's shard stem: eight zero-padded digits."""
@@ -39,7 +41,7 @@ class Pool:
         return self.shards_dir / f"{shard_name(index)}.tar"
 
     def shard_stats(self, index: int) -> Path:
-        return self.shards_dir / f"{shard_name(index)}_stats.json"
+        return tar_stats(self.shard(index))
 
     def metadata(self, stem: str, ext: str = "parquet") -> Path:
         return self.metadata_dir / f"{stem}.{ext}"

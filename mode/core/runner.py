@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from tqdm import tqdm
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.lock import holding
+from mode.core.parallel import process_pool
 from mode.core.shards import for_rank, overlaps, rank_and_world, shard_ids, write_json
 
 log = logging.getLogger(__name__)
@@ -51,17 +50,6 @@ def _merge_into(out: dict, item: dict) -> None:
             out[key] = [a + b for a, b in zip(prev, value)]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = out.get(key, 0) + value
-
-
-def _share_cores(workers: int) -> None:
-    """In a fresh worker, before torch/faiss load: its share of the cores for their thread pools.
-
-    Without it each worker starts one OpenMP thread per core: workers x cores threads compete for the cores
-    (`mode dr-generate --workers 2` on 2 cores, 800 samples: 27.1 s with 2 threads per worker, 22.5 s with 1).
-    """
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
 
 
 def _timed(work: Callable[[str, str], dict], item: tuple[str, str]) -> tuple[str, dict]:
@@ -106,9 +94,7 @@ def _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, 
     todo = [(p, ids[p]) for p in mine if not _complete(step_dir, ids[p])]
     if len(todo) < len(mine):
         log.info(f"{step}: {len(mine) - len(todo)} of {len(mine)} shards already complete, skipped")
-    # spawn, not fork: a child forked from a parent that has run torch, faiss or OpenMP threads can hang
-    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores,
-                                initargs=(workers,)) if workers > 1 and len(todo) > 1 else None)
+    pool = process_pool(workers) if workers > 1 and len(todo) > 1 else None
     results = pool.map(partial(_timed, work), todo) if pool else map(partial(_timed, work), todo)
     try:
         for shard_id, stats in tqdm(results, total=len(todo), desc=step, unit="shard",

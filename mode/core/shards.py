@@ -152,7 +152,7 @@ def shard_size(path: str) -> int | None:
             sizes = json.load(f)
         if name in sizes:
             return int(sizes[name])
-    stats_path = os.path.splitext(path)[0] + "_stats.json"
+    stats_path = tar_stats(path)
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
             stats = json.load(f)
@@ -183,6 +183,18 @@ def for_rank(shards: list[str], rank: int, world_size: int) -> list[str]:
     if not shards:
         raise UserError("no shards to split over ranks")
     return sorted(shards, key=natural_key)[rank::world_size]
+
+
+def tar_stats(tar: str | os.PathLike) -> Path:
+    """img2dataset's per-shard stats file beside a tar: `<dir>/<stem>_stats.json` (its `successes` is the
+    shard's sample count; every tool here that writes shards writes one)."""
+    tar = Path(tar)
+    return tar.with_name(f"{tar.name.removesuffix('.tar')}_stats.json")
+
+
+def write_tar_stats(tar: str | os.PathLike, count: int) -> None:
+    """The stats file of a tar this tool wrote: `count` samples, all successes."""
+    write_json(tar_stats(tar), {"count": count, "successes": count})
 
 
 @contextmanager
@@ -317,14 +329,3 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
         rank = env_rank if rank is None else rank
         world_size = env_world if world_size is None else world_size
     return rank, world_size
-
-
-def pool_map(fn, items: list, workers: int = 1) -> Iterator:
-    """`map(fn, items)` in order, over `workers` processes when more than one (fn and items must pickle)."""
-    if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(min(workers, len(items))) as ex:
-        yield from ex.map(fn, items)

@@ -6,13 +6,39 @@ DataComp stores a subset as a `.npy` of dtype `u8,u8` (field f0 = the first 16 h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mode.core.errors import UserError, reading
 
 UID_DTYPE = np.dtype("u8,u8")
+_UID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class NoUid(ValueError):
+    """A sample without a usable uid; `reason` is `bad_json` (undecodable json member) or `no_uid`."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sample_uid(members: Mapping) -> str:
+    """The uid in a sample's json member (DataComp's 32 hex characters, lower case), or raise NoUid."""
+    raw = members.get("json")
+    if raw is None:
+        raise NoUid("no_uid")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise NoUid("bad_json") from None
+    uid = str(meta.get("uid", "")).lower() if isinstance(meta, dict) else ""
+    if not _UID.match(uid):
+        raise NoUid("no_uid")
+    return uid
 
 
 def hex_to_pairs(uids: Sequence[str]) -> np.ndarray:

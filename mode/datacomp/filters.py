@@ -12,11 +12,9 @@ centroids) come from `mode.datacomp.assets` (DataComp's URLs, sha256-checked) un
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -24,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from mode.core.compute import nearest
 from mode.core.errors import UserError, reading
+from mode.core.parallel import pool_map
 from mode.core.shards import write_json
 from mode.core.uids import UID_DTYPE, hex_to_pairs, save_subset
 from mode.datacomp import assets
@@ -198,17 +198,7 @@ def _text_based(cols, p):
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, batch_size: int) -> np.ndarray:
     """Index of the centroid with the largest inner product, per row (faiss; GPU when present), in batches."""
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    out = np.empty(len(x), np.int64)
-    for i in range(0, len(x), batch_size):
-        _, idx = index.search(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32), 1)
-        out[i:i + batch_size] = idx[:, 0]
-    return out
+    return nearest(x, centroids, 1, "cosine", batch_size)[1][:, 0]
 
 
 @lru_cache(maxsize=2)
@@ -325,12 +315,7 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
     if FILTERS[name].prepare:
         params = FILTERS[name].prepare(params)
     work = partial(_apply, name, params)
-    if workers > 1:
-        # spawn: a forked child of a parent that already ran faiss (OpenMP) can hang in its first search
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            parts = list(ex.map(work, map(str, paths)))
-    else:
-        parts = [work(str(p)) for p in paths]
+    parts = list(pool_map(work, [str(p) for p in paths], workers))
     uids = np.concatenate([u for u, _ in parts]) if parts else np.zeros(0, UID_DTYPE)
     save_subset(save_path, uids)
     recorded = asdict(params) | {"target_centroid_ids": None if params.target_centroid_ids is None

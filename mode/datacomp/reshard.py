@@ -24,18 +24,19 @@ from tqdm import tqdm
 
 from mode.core.errors import UserError
 from mode.core.lock import holding
+from mode.core.parallel import pool_map
 from mode.core.shards import (
     RESHARD_MARKER,
     atomic_write,
     expand,
     iter_tar,
     overlaps,
-    pool_map,
     shard_ids,
     write_json,
     write_tar,
+    write_tar_stats,
 )
-from mode.core.uids import UID_DTYPE, UidSet, hex_to_pairs, load_subset
+from mode.core.uids import UID_DTYPE, NoUid, UidSet, hex_to_pairs, load_subset, sample_uid
 
 SHARD_FORMAT = "{:08d}.tar"
 MARKER = RESHARD_MARKER  # written first: `--overwrite` replaces only folders that hold it
@@ -74,11 +75,11 @@ def _selected(subset_path: str, path: str, result: dict) -> Iterator[tuple[str, 
     result.update(written=0, uids=[], skipped=skipped)
     for key, sample in iter_tar(path, skipped):
         try:
-            uid = json.loads(sample["json"])["uid"]
-            pos = members.position(uid)
-        except (KeyError, ValueError, TypeError):
-            skipped["no_uid"] += 1
+            uid = sample_uid(sample)
+        except NoUid as e:
+            skipped[e.reason] += 1
             continue
+        pos = members.position(uid)
         for r in range(int(counts[pos]) if pos >= 0 else 0):
             yield f"{key}_{r}", sample
             result["uids"].append(uid)
@@ -142,7 +143,7 @@ def _run(paths: list[str], output_dir: str, subset: str, shard_size: int, worker
         name = SHARD_FORMAT.format(n_out)
         batch = itertools.chain([first], itertools.islice(samples, shard_size - 1))
         count = write_tar(out / name, ((f"{n_out:08d}{i:05d}", members) for i, (_, members) in enumerate(batch)))
-        write_json(out / f"{n_out:08d}_stats.json", {"count": count, "successes": count})
+        write_tar_stats(out / name, count)
         sizes[name], n_out = count, n_out + 1
     sample_ids = [u for res in results for u in res["uids"]]
     shutil.rmtree(parts_dir)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mode.core.compute import normalise
 from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.shards import atomic_write, write_json
@@ -64,7 +65,7 @@ def _top1(class_emb, fine, f2c, coarse):
 def _mean_cosine(class_emb, fine, f2c, coarse):
     if coarse is None:
         raise UserError("--weighting mean_cosine needs the coarse centroids")
-    c = coarse / np.linalg.norm(coarse, axis=1, keepdims=True)
+    c = normalise(coarse)
     return _softmax((class_emb @ c.T).mean(axis=0) / 0.05)
 
 
@@ -95,7 +96,7 @@ def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") 
     names = list(task.classnames) if task.kind == "classification" else ["a photo"]
     prompts = [p for c in names for p in task.prompts(c)]
     emb = encode(prompts, encoder, pooling=pooling).reshape(len(names), len(task.templates), -1).mean(axis=1)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    return normalise(emb)
 
 
 def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], report: str, weighting: str = "mode",

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mode.core.compute import normalise
 from mode.core.device import pick_device
 from mode.core.errors import UserError, first_line
 from mode.core.shards import atomic_write, write_json
@@ -93,7 +94,7 @@ def _classifier(model, tokenizer, task: T.Task, device: str) -> np.ndarray:
     prompts = [p for c in task.classnames for p in task.prompts(c)]
     emb = _text_features(model, tokenizer, prompts, device).reshape(len(task.classnames), len(task.templates), -1)
     emb = emb.mean(axis=1)
-    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).T
+    return normalise(emb).T
 
 
 def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> dict[str, dict]:

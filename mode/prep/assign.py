@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mode.core.compute import nearest, normalise
 from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.runner import run_per_shard
@@ -26,25 +27,20 @@ SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("fine", pa.int3
 
 
 @lru_cache(maxsize=4)
-def _index(work_dir: str, metric: str):
-    import faiss
-
+def _clustering(work_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fine centroids, the same at unit norm, fine_to_coarse) of a work dir, read once per process."""
     wd = WorkDir(work_dir)
     with reading(wd.clusters_dir, "clustering (.npy centroids)"):
         fine = np.load(wd.fine_centroids).astype(np.float32)
         f2c = np.load(wd.fine_to_coarse)
-    index = faiss.IndexFlatIP(fine.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(fine.shape[1])
-    index.add(fine)
-    unit = fine / np.maximum(np.linalg.norm(fine, axis=1, keepdims=True), 1e-12)
-    return index, unit, f2c
+    return fine, normalise(fine), f2c
 
 
 def nearest_fine(feats: np.ndarray, work_dir: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fine id, coarse id, cosine to the fine centroid) for each row of unit-norm `feats`."""
-    index, unit, f2c = _index(work_dir, metric)
+    fine_centroids, unit, f2c = _clustering(work_dir)
     feats = np.ascontiguousarray(feats, dtype=np.float32)
-    _, idx = index.search(feats, 1)
-    fine = idx[:, 0]
+    fine = nearest(feats, fine_centroids, 1, metric)[1][:, 0]
     score = np.einsum("ij,ij->i", feats, unit[fine])
     return fine.astype(np.int32), f2c[fine].astype(np.int32), score.astype(np.float32)
 

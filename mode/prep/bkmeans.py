@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mode.core.compute import nearest, normalise
+
 log = logging.getLogger(__name__)
 
 
@@ -131,20 +133,6 @@ def faiss_kmeans(x: np.ndarray, k: int, metric: str, niter: int, seed: int, weig
     return km
 
 
-def nearest(x: np.ndarray, centroids: np.ndarray, m: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cost [n, m], centroid ids [n, m]) of each row's m nearest centroids, nearest first: -cosine for the
-    cosine metric (inner product), squared L2 for the euclidean one. faiss, GPU when present."""
-    import faiss
-
-    d = centroids.shape[1]
-    index = faiss.IndexFlatIP(d) if metric == "cosine" else faiss.IndexFlatL2(d)
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    score, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), m)
-    return (-score if metric == "cosine" else score), ids.astype(np.int64)
-
-
 def balanced_assign(x: np.ndarray, centroids: np.ndarray, metric: str = "cosine", candidates: int = 32,
                     caps: np.ndarray | None = None, prices: np.ndarray | None = None, price_rounds: int = 5
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +195,7 @@ def balanced_kmeans(x: np.ndarray, k: int, metric: str = "cosine", niter: int = 
         labels = new
         centroids = _means(x, labels, k, centroids)
         if metric == "cosine":
-            centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+            centroids = normalise(centroids)
         log.debug(f"balanced k-means: iteration {it + 1}, {changed[-1]:.4%} of points moved")
         if changed[-1] < tol:
             break

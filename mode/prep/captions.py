@@ -6,8 +6,6 @@ a caption, without a uid, with unreadable json or an undecodable caption is coun
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -20,9 +18,9 @@ from open_clip.tokenizer import basic_clean, whitespace_clean
 from mode.core.layout import WorkDir
 from mode.core.runner import run_per_shard
 from mode.core.shards import atomic_write, expand, iter_tar
+from mode.core.uids import NoUid, sample_uid
 
 SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("caption", pa.string())])
-_UID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def clean_caption(text: str) -> str:
@@ -37,13 +35,9 @@ def shard_captions(path: str, skipped: Counter) -> Iterator[tuple[str, str, str]
             skipped["no_caption"] += 1
             continue
         try:
-            meta = json.loads(members["json"]) if "json" in members else {}
-        except (ValueError, UnicodeDecodeError):
-            skipped["bad_json"] += 1
-            continue
-        uid = str(meta.get("uid", "")).lower() if isinstance(meta, dict) else ""
-        if not _UID.match(uid):
-            skipped["no_uid"] += 1
+            uid = sample_uid(members)
+        except NoUid as e:
+            skipped[e.reason] += 1
             continue
         try:
             caption = clean_caption(members["txt"].decode("utf-8"))

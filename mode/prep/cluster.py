@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mode.core.compute import nearest, normalise
 from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.lock import holding
 from mode.core.runner import read_complete_summary
 from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids, write_json
-from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans, nearest
+from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans
 
 log = logging.getLogger(__name__)
 METRICS = ("cosine", "euclidean")
@@ -64,10 +65,6 @@ class ClusterConfig:
                 raise UserError(f"{flag} {value}: expected a share in (0, 1]")
         if self.sample_fraction is not None and self.sample_shards is not None:
             raise UserError("--sample-fraction and --sample-shards are two ways to sample: give one")
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def sample_features(paths: list[Path], n_total: int, n_sample: int, seed: int) -> np.ndarray:
@@ -116,7 +113,7 @@ def fine_cluster(x: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, np.ndar
         r = balanced_kmeans(x, cfg.fine, cfg.metric, cfg.niter, cfg.seed)
         return r.centroids, r.labels, r.objective(x, cfg.metric), r.iterations
     km = _kmeans(x, cfg.fine, cfg, cfg.niter)
-    fine = _normalise(km.centroids) if cfg.metric == "cosine" else km.centroids
+    fine = normalise(km.centroids) if cfg.metric == "cosine" else km.centroids
     idx, _ = _nearest(x, fine, cfg.metric)
     return fine, idx, float(km.obj[-1]), len(km.iteration_stats)
 
@@ -180,13 +177,13 @@ def _run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None 
     n_sample = len(x)
     if n_sample < cfg.fine:
         raise UserError(f"{n_sample} sampled features cannot make {cfg.fine} fine clusters; lower --fine")
-    x = _normalise(x)  # unit norm for both metrics: cosine, and Euclidean on L2-normalised features (MoDE's)
+    x = normalise(x)  # unit norm for both metrics: cosine, and Euclidean on L2-normalised features (MoDE's)
     log.info(f"cluster: {'balanced ' if cfg.balance else ''}fine k-means of {n_sample} of {n_total} features "
              f"into {cfg.fine}")
     fine, idx, fine_objective, fine_iters = fine_cluster(x, cfg)
     fine_sizes = np.bincount(idx, minlength=cfg.fine)
     coarse, f2c, coarse_iters = coarse_cluster(fine, fine_sizes, cfg)
-    cos_to_fine = float(np.mean(np.sum(x * _normalise(fine)[idx], axis=1)))
+    cos_to_fine = float(np.mean(np.sum(x * normalise(fine)[idx], axis=1)))
     for path, arr in ((wd.fine_centroids, fine.astype(np.float32)), (wd.coarse_centroids, coarse),
                       (wd.fine_to_coarse, f2c)):
         with atomic_write(path) as f:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mode.core.compute import normalise
 from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
@@ -84,7 +85,7 @@ class PoolerEncoder:
                 batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                        max_length=self.max_seq_length, return_tensors="pt").to(self.device)
                 out[rows] = self.model(**batch).pooler_output.float().cpu().numpy()
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return normalise(out)
 
 
 @lru_cache(maxsize=2)

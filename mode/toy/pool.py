@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from mode.core.errors import UserError
 from mode.core.layout import EvalTask, Pool, shard_name
-from mode.core.shards import atomic_write, pool_map, write_json, write_tar
+from mode.core.parallel import pool_map
+from mode.core.shards import atomic_write, write_json, write_tar
 
 TOY_VERSION = 1
 STORED_MAX_SIDE = 96  # as img2dataset's keep_ratio_largest resize in DataComp (512 there)
