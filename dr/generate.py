@@ -18,6 +18,7 @@ Per-shard, resumable and shardable like the prep steps (`mode.core.runner`): `--
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from collections import Counter
@@ -33,6 +34,7 @@ from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
 from mode.core.shards import expand, iter_tar, tar_writer, write_tar_stats
+from mode.core.step import positive_int, print_summary
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -196,3 +198,32 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
     cfg = replace(cfg, device=pick_device(cfg.device))  # checked now; `auto` resolved for this rank
     return run_per_shard("dr-generate", out_dir / "_dr_generate", expand(shards), partial(_work, cfg, str(out_dir)),
                          params, rank=rank, world_size=world_size, workers=workers)
+
+
+# --------------------------------------------------------------------------------------- `mode dr-generate`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", required=True, metavar="SPEC", help="input shards: dir, brace pattern, '::' list")
+    p.add_argument("--out", required=True, help="output directory (shards keep their names)")
+    p.add_argument("--teacher", action="append", metavar="MODEL[:PRETRAINED]",
+                   help="an open_clip teacher (repeat for several; default ViT-Toy-8, initialised from --seed)")
+    p.add_argument("--augmentation", default="dr_augment_12m", help="augmentation config: configs/ name or path")
+    p.add_argument("--num-augs", type=positive_int, default=None,
+                   help="augmentations per image (default: the config's)")
+    p.add_argument("--num-syn", type=positive_int, default=5, help="synthetic captions per sample")
+    p.add_argument("--captioner", default="toy", help="toy, or coca:MODEL:PRETRAINED")
+    p.add_argument("--format", choices=drs.EMBEDDING_FORMATS, default="npz", help="npz float32 or pth.gz bfloat16")
+    p.add_argument("--only-reinforcements", action="store_true",
+                   help="write only the reinforcement members (DataCompDR's layout; then `mode dr-join`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--world-size", type=int, default=None)
+    p.add_argument("--workers", type=positive_int, default=1)
+
+
+def main(args: argparse.Namespace) -> None:
+    cfg = GenerateConfig(teachers=tuple(args.teacher or ["ViT-Toy-8"]), augmentation=args.augmentation,
+                         num_augs=args.num_augs, num_syn=args.num_syn, captioner=args.captioner, fmt=args.format,
+                         only_reinforcements=args.only_reinforcements, seed=args.seed, device=args.device)
+    print_summary(run(args.shards, args.out, cfg, args.rank, args.world_size, args.workers))

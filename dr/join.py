@@ -15,6 +15,7 @@ its source, byte for byte. Each output shard gets `<shard>_stats.json`, and
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from collections import Counter
 from functools import partial
@@ -24,6 +25,7 @@ from dr import sample as drs
 from mode.core.errors import UserError
 from mode.core.parallel import pool_map
 from mode.core.shards import expand, iter_tar, tar_writer, write_json, write_tar_stats
+from mode.core.step import positive_int
 
 
 def _digest(members: dict[str, bytes]) -> dict[str, str]:
@@ -90,3 +92,19 @@ def run(base: str, reinforcements: str, out: str, workers: int = 1) -> dict:
 
 def _join_named(base_paths: dict, dr_paths: dict, out: str, name: str) -> dict:
     return join_pair(base_paths[name], dr_paths[name], str(Path(out) / name))
+
+
+# ------------------------------------------------------------------------------------------- `mode dr-join`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", required=True, help="the image-text shards (e.g. DataComp-12M)")
+    p.add_argument("--reinforcements", required=True, help="the DataCompDR shards (same shard names and keys)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=positive_int, default=1)
+
+
+def main(args: argparse.Namespace) -> None:
+    s = run(args.shards, args.reinforcements, args.out, args.workers)
+    print(f"dr-join: {s.get('joined', 0)} samples in {s['shards']} shards -> {args.out} "
+          f"({s.get('only_in_base', 0)} only in the shards, {s.get('only_in_reinforcements', 0)} only in the "
+          f"reinforcements, {s.get('no_reinforcement', 0)} without DataCompDR members)")

@@ -1,6 +1,5 @@
 """`mode download`: the hub and img2dataset are replaced by fakes; nothing here reaches the network."""
 
-import argparse
 import json
 import socket
 import sys
@@ -93,9 +92,9 @@ def fake_img2dataset(monkeypatch):
 
 
 def parse(*argv):
-    parser = argparse.ArgumentParser(prog="mode")
-    download.add_parser(parser.add_subparsers(dest="step", required=True))
-    return parser.parse_args(["download", *argv])
+    from mode.cli import build_parser
+
+    return build_parser("download").parse_args(["download", *argv])
 
 
 def test_metadata_layout_and_summary(tmp_path, hub, no_img2dataset):

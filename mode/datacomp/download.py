@@ -317,8 +317,8 @@ def run_dr(repo: str, data_dir: str, allow_patterns: list[str] | None = None, ma
 
 # ------------------------------------------------------------------------------------------------- CLI
 
-def cli(args: argparse.Namespace) -> None:
-    """`mode download ...` (see `add_parser`)."""
+def main(args: argparse.Namespace) -> None:
+    """`mode download ...` (flags in `add_arguments`)."""
     if args.dr:
         s = run_dr(args.dr, args.data_dir, args.allow_patterns, args.max_shards, args.revision)
         print(f"download: {s['files']} files of {s['repo']} ({s['shards']} .tar shards, {s['bytes'] / 1e9:.2f} GB) "
@@ -341,10 +341,9 @@ def cli(args: argparse.Namespace) -> None:
           f"in {s['metadata_dir']}; {images_line}")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Add the `download` subcommand to an argparse subparsers object; its `func` takes the parsed Namespace."""
-    p = sub.add_parser("download", help="a DataComp pool (metadata, npz, images via img2dataset) or DataCompDR "
-                                        "shards from the Hugging Face hub", description=__doc__.split("\n\n")[1])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `mode download` (DataComp's download_upstream.py names, both spellings)."""
+    p.description = __doc__.split("\n\n")[1]
     which = p.add_mutually_exclusive_group()
     which.add_argument("--scale", default=None, help=f"DataComp scale: {', '.join(POOL_REPOS)} (default small)")
     which.add_argument("--dr", metavar="REPO", help=f"a DataCompDR hub dataset instead, e.g. {', '.join(DR_REPOS)}")
@@ -374,5 +373,3 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    metavar="GLOB", help="repository paths to fetch, e.g. '*.tar' 'manifest*' (default: all)")
     g.add_argument("--max-shards", "--max_shards", type=int, default=None,
                    help="only the first N .tar shards that match (natural order)")
-    p.set_defaults(func=cli)
-    return p

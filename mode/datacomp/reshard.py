@@ -10,6 +10,7 @@ straight from the inputs into the output shards); samples without a json uid are
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import shutil
@@ -36,6 +37,7 @@ from mode.core.shards import (
     write_tar,
     write_tar_stats,
 )
+from mode.core.step import positive_int
 from mode.core.uids import UID_DTYPE, NoUid, UidSet, hex_to_pairs, load_subset, sample_uid
 
 SHARD_FORMAT = "{:08d}.tar"
@@ -156,3 +158,19 @@ def _run(paths: list[str], output_dir: str, subset: str, shard_size: int, worker
                "subset": str(subset), "seconds": round(time.perf_counter() - start, 3)}
     write_json(out / "meta.json", summary)  # written last: a complete reshard has meta.json
     return summary
+
+
+# ------------------------------------------------------------------------------------------- `mode reshard`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", required=True, help="input shards: dir, brace pattern, '::' list")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("-s", "--subset", required=True, help="sorted u8,u8 uid .npy")
+    p.add_argument("--shard-size", type=positive_int, default=10000)
+    p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+
+def main(args: argparse.Namespace) -> None:
+    s = run(args.input, args.output, args.subset, args.shard_size, args.workers, args.overwrite)
+    print(f"reshard: {s['samples']} samples in {s['output_shard_count']} shards -> {args.output}")

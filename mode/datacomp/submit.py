@@ -10,6 +10,7 @@ never printed or written.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from mode.core.errors import UserError
 from mode.core.shards import write_json
+from mode.core.step import positive_int
 from mode.core.uids import load_subset
 
 TRACKS = ("filtering", "byod")
@@ -141,3 +143,28 @@ def run(sub: Submission, bundle: str, dry_run: bool | None = None) -> str:
     if dry_run:
         return f"dry run: bundle in {root} (submission.json, {sub.scale}_scale/); nothing uploaded"
     return f"uploaded {root} to {upload(root, sub.hf_repo, sub.scale)}"
+
+
+# -------------------------------------------------------------------------------------------- `mode submit`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", required=True, choices=("small", "medium", "large", "xlarge"))
+    p.add_argument("--track", required=True, choices=("filtering", "byod"))
+    p.add_argument("--method-name", required=True, help="shown on the leaderboard")
+    p.add_argument("--author", required=True, help="shown on the leaderboard")
+    p.add_argument("--email", required=True, help="for contact; not shown")
+    p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined")
+    p.add_argument("--results", required=True, help="eval_results.jsonl")
+    p.add_argument("--hf-repo", required=True, help="your Hugging Face dataset repo, USER/NAME")
+    p.add_argument("--dataset-size", type=positive_int, default=None, help="default: the number of uids in --samples")
+    p.add_argument("--checkpoint", default=None, help="also upload this checkpoint")
+    p.add_argument("--writeup", default=None, help="link to a paper or blog post")
+    p.add_argument("--bundle", default="submission", help="where to write the bundle")
+    p.add_argument("--dry-run", action="store_true", help="write the bundle only (the default without a HF login)")
+
+
+def main(args: argparse.Namespace) -> None:
+    sub = Submission(scale=args.scale, track=args.track, method_name=args.method_name, author=args.author,
+                     email=args.email, samples=args.samples, results=args.results, hf_repo=args.hf_repo,
+                     dataset_size=args.dataset_size, checkpoint=args.checkpoint, writeup=args.writeup)
+    print(run(sub, args.bundle, dry_run=True if args.dry_run else None))

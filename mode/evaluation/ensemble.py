@@ -15,6 +15,7 @@ The ensemble's logits are the weighted sum of the experts' raw cosine logits.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Callable
@@ -195,3 +196,33 @@ def _plots(report: Path, rows: list[dict], weights: dict, experts: list[str]) ->
     fig.tight_layout()
     fig.savefig(report / "scores.png", dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ `mode ensemble`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", required=True, help="the clustering work dir")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--eval-out", required=True, help="what `mode evaluate --out` wrote")
+    p.add_argument("--experts", required=True, help="evaluation labels of experts 0..K-1, comma separated, in order")
+    p.add_argument("--dense", default=None, help="evaluation label of a dense baseline for the report")
+    p.add_argument("--weighting", default="mode", choices=("mode", "uniform", "top1", "mean_cosine"))
+    p.add_argument("--report", required=True, help="report dir: ensemble.csv, weights.json, eval_results.jsonl, *.png")
+
+
+def main(args: argparse.Namespace) -> None:
+    table = run(args.work_dir, args.tasks, args.eval_out, args.experts.split(","), args.report, args.weighting,
+                args.dense)
+    print(format_table(table["rows"]))
+    print(f"weighting: {args.weighting}; report in {args.report}")
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table of the report rows, with an average row."""
+    cols = list(rows[0])
+    avg = {"task": "average", "num_classes": ""} | {c: sum(r[c] for r in rows) / len(rows) for c in cols[2:]}
+    cells = [[str(c) for c in cols]] + [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+                                        for r in [*rows, avg]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                     for row in cells)

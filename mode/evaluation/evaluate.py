@@ -8,6 +8,7 @@ recipe share it), then every model encodes the same batch. Per model and task it
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from mode.core.compute import normalise
 from mode.core.device import pick_device
 from mode.core.errors import UserError, first_line
 from mode.core.shards import atomic_write, write_json
+from mode.core.step import positive_int
 from mode.evaluation import tasks as T
 
 log = logging.getLogger(__name__)
@@ -219,3 +221,20 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
                 np.savez(f, logits=logits.astype(np.float16), targets=targets)
     return {s.label: {r["key"]: r["metrics"]["main_metric"] for r in write_results(out_dir, s.label, task_list)}
             for s in specs}
+
+
+# ------------------------------------------------------------------------------------------ `mode evaluate`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", required=True, help="a directory of tasks in DataComp's (clip_benchmark wds) format")
+    p.add_argument("--out", required=True, help="output dir: <out>/<label>/<task>.npz and eval_results.jsonl")
+    p.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE:CKPT",
+                   help="a model to evaluate (repeat); RECIPE a run_configs recipe or an open_clip model name")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+
+
+def main(args: argparse.Namespace) -> None:
+    results = run([ModelSpec.parse(m) for m in args.model], args.tasks, args.out, args.device, args.batch_size)
+    for label, scores in results.items():
+        print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))

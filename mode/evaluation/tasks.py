@@ -8,6 +8,7 @@ DataComp's tasks are on the Hugging Face hub as `djghosh/wds_<task>_test`.
 
 from __future__ import annotations
 
+import argparse
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,3 +179,18 @@ def datacomp_average(results: dict[str, float]) -> tuple[float, int]:
     scores = [v for k, v in results.items() if k in DATACOMP_TASKS]
     return (float(np.mean(scores)) if scores else float("nan")), len(scores)
 
+
+# ------------------------------------------------------------------------------------ `mode download-tasks`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="tasks directory (then `mode evaluate --tasks OUT`)")
+    p.add_argument("--keys", default="all", help="all, or DataComp task keys like vtab/dtd,cifar10")
+
+
+def main(args: argparse.Namespace) -> None:
+    keys = list(DATACOMP_TASKS) if args.keys == "all" else args.keys.split(",")
+    unknown = [k for k in keys if k not in DATACOMP_TASKS]
+    if unknown:
+        raise UserError(f"unknown DataComp task {unknown[0]!r}; e.g. {', '.join(list(DATACOMP_TASKS)[:3])}")
+    for key in keys:
+        print(f"{key}: {download(key, args.out)}")

@@ -7,6 +7,7 @@ does not grow with the pool.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from functools import lru_cache, partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.runner import run_per_shard
 from mode.core.shards import atomic_write, expand
+from mode.core.step import print_summary, shard_step_arguments
 from mode.prep.cluster import load_config
 
 SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("fine", pa.int32()), ("coarse", pa.int32()),
@@ -75,3 +77,16 @@ def run(shards: str, work_dir: str, rank: int | None = None, world_size: int | N
     clusters = hashlib.sha256(wd.fine_centroids.read_bytes() + wd.fine_to_coarse.read_bytes()).hexdigest()[:16]
     return run_per_shard("assign", wd.assign_dir, expand(shards), work, params={"clusters": clusters},
                          rank=rank, world_size=world_size, workers=workers, outputs=lambda i: [wd.assignment(i)])
+
+
+# --------------------------------------------------------------------------------------------- `mode assign`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    shard_step_arguments(p)
+
+
+def main(args: argparse.Namespace) -> None:
+    s = run(args.shards, args.work_dir, args.rank, args.world_size, args.workers)
+    print_summary(s)
+    if s["complete"]:
+        print(f"assign: pairs per expert {s['counts']['coarse']}")

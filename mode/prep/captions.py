@@ -6,6 +6,7 @@ a caption, without a uid, with unreadable json or an undecodable caption is coun
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -18,6 +19,7 @@ from open_clip.tokenizer import basic_clean, whitespace_clean
 from mode.core.layout import WorkDir
 from mode.core.runner import run_per_shard
 from mode.core.shards import atomic_write, expand, iter_tar
+from mode.core.step import print_summary, shard_step_arguments
 from mode.core.uids import NoUid, sample_uid
 
 SCHEMA = pa.schema([("uid", pa.string()), ("key", pa.string()), ("caption", pa.string())])
@@ -68,3 +70,13 @@ def run(shards: str, work_dir: str, rank: int | None = None, world_size: int | N
     return run_per_shard("captions", wd.captions_dir, expand(shards), partial(_work, str(wd.root)),
                          params={"cleaning": "open_clip basic_clean+whitespace_clean"},
                          rank=rank, world_size=world_size, workers=workers, outputs=lambda i: [wd.captions(i)])
+
+
+# ------------------------------------------------------------------------------------------- `mode captions`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    shard_step_arguments(p)
+
+
+def main(args: argparse.Namespace) -> None:
+    print_summary(run(args.shards, args.work_dir, args.rank, args.world_size, args.workers))

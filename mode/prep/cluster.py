@@ -14,6 +14,7 @@ summary.json (config, sizes, mean cosine to centroid, iterations, seconds, max/m
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from mode.core.layout import WorkDir
 from mode.core.lock import holding
 from mode.core.runner import read_complete_summary
 from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids, write_json
+from mode.core.step import positive_int, shard_step_arguments
 from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans
 
 log = logging.getLogger(__name__)
@@ -210,3 +212,31 @@ def load_config(work_dir: str) -> ClusterConfig:
         raise UserError(f"no clusters in {work_dir}: run `mode cluster` first")
     with open(path) as f:
         return ClusterConfig(**json.load(f)["config"])
+
+
+# -------------------------------------------------------------------------------------------- `mode cluster`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    shard_step_arguments(p, per_shard=False, workers=False)
+    p.add_argument("--fine", type=positive_int, default=1024, help="fine clusters")
+    p.add_argument("--coarse", type=positive_int, default=4, help="coarse clusters = experts")
+    p.add_argument("--metric", choices=METRICS, default="cosine")
+    p.add_argument("--balance", action="store_true",
+                   help="balanced k-means at both levels (MoDE's): equal fine clusters, equal fine per coarse")
+    p.add_argument("--sample-fraction", type=float, default=None, help="share of the features to train on")
+    p.add_argument("--max-samples", type=positive_int, default=None,
+                   help="features to train on (default 256 x --fine)")
+    p.add_argument("--sample-shards", type=float, default=None, metavar="F",
+                   help="train on every feature of a seeded share F of the shards (MoDE: about 0.05)")
+    p.add_argument("--niter", type=positive_int, default=20, help="fine k-means iterations")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> None:
+    cfg = ClusterConfig(fine=args.fine, coarse=args.coarse, metric=args.metric, balance=args.balance,
+                        sample_fraction=args.sample_fraction, max_samples=args.max_samples,
+                        sample_shards=args.sample_shards, niter=args.niter, seed=args.seed)
+    s = run(args.shards, args.work_dir, cfg, args.world_size)
+    print(f"cluster: {s['sampled']} of {s['features']} features -> {cfg.fine} fine -> {cfg.coarse} coarse; "
+          f"coarse share {s['coarse_share']} (max/min {s['expert_size_max_over_min']}); "
+          f"mean cosine to fine centroid {s['mean_cosine_to_fine']}; {s['seconds']:.1f}s")

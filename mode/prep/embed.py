@@ -11,6 +11,7 @@ embeddings are L2-normalised. On CUDA the encoder runs in fp16 on this rank's GP
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from functools import lru_cache, partial
@@ -26,6 +27,7 @@ from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.runner import read_complete_summary, run_per_shard
 from mode.core.shards import atomic_write, expand, shard_ids, write_json
+from mode.core.step import positive_int, print_summary, shard_step_arguments
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 POOLINGS = ("model", "pooler")
@@ -190,3 +192,24 @@ def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str =
     params = {k: meta[k] for k in ("encoder", "dim", "pooling") if k in meta}
     return run_per_shard("embed", wd.features_dir, paths, work, params=params,
                          rank=rank, world_size=world_size, workers=1, outputs=lambda i: [wd.features(i)])
+
+
+# ---------------------------------------------------------------------------------------------- `mode embed`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    shard_step_arguments(p, workers=False)
+    p.add_argument("--encoder", default=None, metavar="NAME_OR_PATH",
+                   help="a sentence-transformers model (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--pooling", choices=POOLINGS, default="model",
+                   help="model: the sentence-transformers model's pooling (mean for MiniLM); pooler: the model's "
+                        "pooler_output, [CLS] through its trained pooler (MoDE's SimCSE embedding)")
+    p.add_argument("--file-mode", choices=("caption", "tarfile"), default="caption",
+                   help="read step 0's parquet (caption) or the tars directly (tarfile)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="captions per batch (default: 64 on CPU, 512 on GPU)")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else cpu), cpu, cuda:N")
+
+
+def main(args: argparse.Namespace) -> None:
+    print_summary(run(args.shards, args.work_dir, args.encoder, args.file_mode, args.batch_size, args.device,
+                      args.rank, args.world_size, pooling=args.pooling))

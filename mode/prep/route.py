@@ -10,6 +10,7 @@ The input is read once for all experts. Each expert's `sizes.json` lets open_cli
 
 from __future__ import annotations
 
+import argparse
 import json
 import zlib
 from collections import Counter
@@ -24,6 +25,7 @@ from mode.core.errors import reading
 from mode.core.layout import WorkDir
 from mode.core.runner import read_complete_summary, run_per_shard
 from mode.core.shards import expand, iter_tar, shard_ids, tar_writer, write_json
+from mode.core.step import print_summary, shard_step_arguments
 from mode.prep import ooc
 from mode.prep.cluster import load_config
 
@@ -95,3 +97,23 @@ def run(shards: str, work_dir: str, ooc_ratio: float = 0.0, seed: int = 0, rank:
     if summary["complete"]:
         write_sizes(wd, list(shard_ids(paths).values()), n_experts)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- `mode route`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    shard_step_arguments(p)
+    p.add_argument("--ooc-ratio", type=float, default=0.0,
+                   help="out-of-cluster pairs each expert also gets (MoDE: 0.02); see --ooc-mode")
+    p.add_argument("--ooc-mode", choices=ooc.OOC_MODES, default="share",
+                   help="share: r is their share of the expert's data; additive (MoDE's loader): r times each "
+                        "shard's pairs of other clusters are added")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> None:
+    s = run(args.shards, args.work_dir, args.ooc_ratio, args.seed, args.rank, args.world_size, args.workers,
+            ooc_mode=args.ooc_mode)
+    print_summary(s)
+    if s["complete"]:
+        print(f"route: samples per expert {s['sizes']} (out-of-cluster {s['out_of_cluster']})")

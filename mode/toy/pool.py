@@ -20,6 +20,7 @@ number of workers.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -40,6 +41,7 @@ from mode.core.errors import UserError
 from mode.core.layout import EvalTask, Pool, shard_name
 from mode.core.parallel import pool_map
 from mode.core.shards import atomic_write, write_json, write_tar
+from mode.core.step import positive_int
 
 TOY_VERSION = 1
 STORED_MAX_SIDE = 96  # as img2dataset's keep_ratio_largest resize in DataComp (512 there)
@@ -458,3 +460,23 @@ def ensure_pool(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+# ------------------------------------------------------------------------------------------------ `mode toy`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="pool directory to create")
+    p.add_argument("--samples", type=positive_int, default=4000, help="metadata rows (about 2%% fail to download)")
+    p.add_argument("--shards", type=positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-per-class", type=positive_int, default=20, help="evaluation images per class and task")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes drawing shards")
+    p.add_argument("--overwrite", action="store_true", help="replace a toy pool made with other parameters")
+
+
+def main(args: argparse.Namespace) -> None:
+    record = ensure_pool(args.out, samples=args.samples, shards=args.shards, seed=args.seed,
+                         eval_per_class=args.eval_per_class, workers=args.workers, overwrite=args.overwrite)
+    noise = ", ".join(f"{k} {v}" for k, v in record["noise"].items())
+    print(f"toy pool at {args.out}: {record['samples']} rows, {record['downloaded']} in {record['shards']} shards; "
+          f"{noise}; tasks {', '.join(record['eval_tasks'])}")

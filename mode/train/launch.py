@@ -15,6 +15,7 @@ checkpoint. The local executor runs the same jobs on this machine, one after the
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -201,3 +202,34 @@ def launch(recipe: str, experts: str, extra: list[str], executor: str = "local",
             job.result()  # raises with the job's traceback if it failed
             print(f"{planned.name}: done", flush=True)
     return list(submitted.values())
+
+
+# -------------------------------------------------------------------------------------- `mode train-experts`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (f"{p.description} Extra training flags go after `--`, e.g. "
+                     "`-- --epochs 2 --mode-work-dir W`.")
+    p.add_argument("config", help="a recipe of run_configs.py, e.g. toy_tiny_mode or b32_mode")
+    p.add_argument("--experts", default="all", help="all, or a comma list of expert ids like 0,2")
+    p.add_argument("--dense", action="store_true", help="also train the dense baseline: whole pool, the experts' "
+                                                        "compute together")
+    p.add_argument("--seed-epochs", type=int, default=None, metavar="E",
+                   help="train the dense seed run to epoch E and fork every expert (and --dense) from it; 0: no "
+                        "seed run (default: the recipe's, 27 for the MoDE recipes)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
+    p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs to finish")
+    for flag, typ, what in (("--nodes", int, "nodes per job"), ("--gpus-per-node", int, "GPUs (= tasks) per node"),
+                            ("--cpus-per-task", int, "CPUs per task"), ("--time", int, "time limit, minutes"),
+                            ("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
+                            ("--constraint", str, "SLURM constraint")):
+        p.add_argument(flag, type=typ, default=None, help=f"{what} (default: the recipe's)")
+
+
+def main(args: argparse.Namespace) -> None:
+    slurm = {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
+             "time_min": args.time, "partition": args.partition, "account": args.account,
+             "constraint": args.constraint}
+    given = any(v is not None for v in slurm.values())
+    launch(args.config, args.experts, args.train_flags, executor=args.executor, dense=args.dense,
+           slurm_overrides=slurm if given else None, folder=args.folder, wait=args.wait, seed_epochs=args.seed_epochs)

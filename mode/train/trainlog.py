@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+
+from mode.core.errors import UserError
 
 
 def epoch_losses(log_path: str, term: str = "contrastive_loss") -> dict[int, float]:
@@ -22,3 +25,21 @@ def epoch_losses(log_path: str, term: str = "contrastive_loss") -> dict[int, flo
             if m:
                 losses[int(m.group(1)) + 1] = float(m.group(2))
     return dict(sorted(losses.items()))
+
+
+# --------------------------------------------------------------------------------------------- `mode losses`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", help="logs/<name>/out.log")
+
+
+def main(args: argparse.Namespace) -> None:
+    terms = {name: epoch_losses(args.log, term) for name, term in
+             (("contrastive", "contrastive_loss"), ("distill", "distill_loss"), ("total", "loss"))}
+    terms = {name: losses for name, losses in terms.items() if losses}
+    if not terms:
+        raise UserError(f"no training loss lines in {args.log}")
+    print("epoch  " + "  ".join(f"{name:>11s}" for name in terms))
+    for epoch in sorted(set().union(*terms.values())):
+        print(f"{epoch:5d}  " + "  ".join(f"{losses[epoch]:11.4f}" if epoch in losses else f"{'-':>11s}"
+                                         for losses in terms.values()))
