@@ -9,8 +9,8 @@ Checks: a key in only one of the two shards, or whose merged sample lacks a Data
 captions, augmentation parameters, embeddings), is counted and left out (not one reinforced sample is an
 error: the wrong folder was given); a member present in both with different bytes is an error for that shard
 (the shards do not belong together); after writing, the output is read back and every member compared with
-its source, byte for byte. Each output shard gets `<shard>_stats.json`, and
-`<out>/dr_join.json` sums the counts.
+its source, byte for byte. Each output shard gets `<shard>_stats.json`; the step runner keeps its records in
+`<out>/_dr_join/` (a killed join redoes only unfinished pairs), and `<out>/dr_join.json` sums the counts.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from dr import sample as drs
 from mode.core.errors import UserError
-from mode.core.parallel import pool_map
-from mode.core.shards import expand, iter_tar, tar_writer, write_json, write_tar_stats
+from mode.core.runner import run_per_shard
+from mode.core.shards import expand, iter_tar, tar_stats, tar_writer, write_json, write_tar_stats
 from mode.core.step import positive_int
 
 
@@ -68,30 +68,37 @@ def join_pair(base: str, reinforcements: str, out: str) -> dict:
     return dict(counts) | {f"bad_tar_{k}": v for k, v in errors.items()}
 
 
-def run(base: str, reinforcements: str, out: str, workers: int = 1) -> dict:
-    """Join every shard of `base` with the same-named shard of `reinforcements` into `out`."""
+def run(base: str, reinforcements: str, out: str, workers: int = 1, rank: int | None = None,
+        world_size: int | None = None) -> dict:
+    """Join every shard of `base` with the same-named shard of `reinforcements` into `out`, through the step
+    runner (`out/_dr_join/`: a rerun redoes only unfinished pairs; ranks split the pairs)."""
     base_paths = {Path(p).name: p for p in expand(base)}
     dr_paths = {Path(p).name: p for p in expand(reinforcements)}
     common = sorted(base_paths.keys() & dr_paths.keys())
     if not common:
         raise UserError(f"no shard names in common between {base} and {reinforcements}")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    work = partial(_join_named, base_paths, dr_paths, out)
-    totals = Counter()
-    for counts in pool_map(work, common, workers):
-        totals.update(counts)
-    if not totals["joined"] and totals["no_reinforcement"]:
+    s = run_per_shard("dr-join", Path(out) / "_dr_join", [base_paths[n] for n in common],
+                      partial(_join_work, dr_paths, out), {"reinforcements": reinforcements, "format_version": 1},
+                      rank=rank, world_size=world_size, workers=workers,
+                      outputs=lambda i: [Path(out) / f"{i}.tar", tar_stats(Path(out) / f"{i}.tar")])
+    if s["complete"] and not s.get("joined") and s.get("no_reinforcement"):
         raise UserError(f"no sample of {reinforcements} holds DataCompDR members ({drs.SYN_MEMBER}, "
                         f"{drs.PAUG_MEMBER}, {' or '.join(drs.EMBEDDING_FORMATS)}): --reinforcements must be the "
                         "DataCompDR shards (or `mode dr-generate --only-reinforcements` output)")
     summary = {"shards": len(common), "shards_only_in_base": len(base_paths.keys() - dr_paths.keys()),
-               "shards_only_in_reinforcements": len(dr_paths.keys() - base_paths.keys()), **totals}
-    write_json(Path(out) / "dr_join.json", summary)
+               "shards_only_in_reinforcements": len(dr_paths.keys() - base_paths.keys()),
+               **{k: v for k, v in s.items() if k not in ("step", "params", "params_hash")}}
+    if s["complete"]:
+        write_json(Path(out) / "dr_join.json", summary)
     return summary
 
 
-def _join_named(base_paths: dict, dr_paths: dict, out: str, name: str) -> dict:
-    return join_pair(base_paths[name], dr_paths[name], str(Path(out) / name))
+def _join_work(dr_paths: dict, out: str, path: str, shard_id: str) -> dict:
+    name = Path(path).name
+    c = join_pair(path, dr_paths[name], str(Path(out) / name))
+    skipped = {k: v for k, v in c.items() if k in ("only_in_base", "no_reinforcement") or k.startswith("bad_tar_")}
+    return {"processed": c.get("joined", 0) + sum(skipped.values()), "kept": c.get("joined", 0), "skipped": skipped,
+            **c}
 
 
 # ------------------------------------------------------------------------------------------- `mode dr-join`
@@ -101,10 +108,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reinforcements", required=True, help="the DataCompDR shards (same shard names and keys)")
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
+    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
 
 
 def main(args: argparse.Namespace) -> None:
-    s = run(args.shards, args.reinforcements, args.out, args.workers)
+    s = run(args.shards, args.reinforcements, args.out, args.workers, args.rank, args.world_size)
     print(f"dr-join: {s.get('joined', 0)} samples in {s['shards']} shards -> {args.out} "
           f"({s.get('only_in_base', 0)} only in the shards, {s.get('only_in_reinforcements', 0)} only in the "
           f"reinforcements, {s.get('no_reinforcement', 0)} without DataCompDR members)")

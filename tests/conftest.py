@@ -11,6 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    """Every test runs as one process, whatever torchrun or SLURM set in the environment that started pytest."""
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+
+
 SMALL_POOL = {"samples": 600, "shards": 4, "seed": 0, "eval_per_class": 4}
 
 

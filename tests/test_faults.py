@@ -13,7 +13,7 @@ from mode.core.layout import WorkDir
 from mode.datacomp import reshard
 
 from .conftest import PYTHON, REPO, run
-from .test_prep import assert_same_outputs, data_files
+from .prep.test_prep import assert_same_outputs, data_files
 
 # Runs `mode ARGV` and kills itself (SIGKILL, as the OOM killer or a preempted node does) just before its
 # TARGET-th write event: a tar member added, a file synced, a file renamed into place. TARGET 0 never kills

@@ -62,7 +62,7 @@ def _timed(work: Callable[[str, str], dict], item: tuple[str, str]) -> tuple[str
 
 def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Callable[[str, str], dict],
                   params: dict, rank: int | None = None, world_size: int | None = None, workers: int = 1,
-                  outputs: Callable[[str], list[Path]] | None = None) -> dict:
+                  outputs: Callable[[str], list[Path]] | None = None, apart: bool = True) -> dict:
     """Process this rank's incomplete shards with `work`; return the step's summary.
 
     Args:
@@ -75,9 +75,12 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
         workers: processes for this rank (1 runs in this process).
         outputs: the files `work` writes for a shard id; their sizes go into the shard's stats, and a shard
             counts as complete only while they are all there with those sizes (else it is redone).
+        apart: refuse a step dir whose parent overlaps an input folder (steps whose outputs are shards that a
+            later step could take as input); the filter's parts are never read as input and pass False.
     """
     rank, world_size = rank_and_world(rank, world_size)
-    _check_apart(step_dir.parent, shard_paths)
+    if apart:
+        _check_apart(step_dir.parent, shard_paths)
     ids = shard_ids(shard_paths)
     digest = params_hash(params)
     step_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,7 @@ def _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, 
     mine = for_rank(shard_paths, rank, world_size)
     if not mine:
         log.warning(f"{step}: rank {rank} of {world_size} has no shards")
-    todo = [(p, ids[p]) for p in mine if not _complete(step_dir, ids[p])]
+    todo = [(p, ids[p]) for p in mine if not is_complete(step_dir, ids[p])]
     if len(todo) < len(mine):
         log.info(f"{step}: {len(mine) - len(todo)} of {len(mine)} shards already complete, skipped")
     pool = process_pool(workers) if workers > 1 and len(todo) > 1 else None
@@ -116,7 +119,7 @@ def _check_apart(root: Path, shard_paths: list[str]) -> None:
                             "outside the pool")
 
 
-def _complete(step_dir: Path, shard_id: str) -> bool:
+def is_complete(step_dir: Path, shard_id: str) -> bool:
     """A shard is complete when its stats file exists and every output it lists is there with its size; a
     shard whose outputs went missing or changed loses its stats file and is redone."""
     path = WorkDir.stats(step_dir, shard_id)

@@ -13,6 +13,8 @@ centroids) come from `mode.datacomp.assets` (DataComp's URLs, sha256-checked) un
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -25,8 +27,8 @@ import pyarrow.parquet as pq
 
 from mode.core.compute import nearest
 from mode.core.errors import UserError, reading
-from mode.core.parallel import pool_map
-from mode.core.shards import write_json
+from mode.core.runner import params_hash, run_per_shard
+from mode.core.shards import atomic_write, rank_and_world, shard_ids, write_json
 from mode.core.step import positive_int
 from mode.core.uids import UID_DTYPE, hex_to_pairs, save_subset
 from mode.datacomp import assets
@@ -297,8 +299,24 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
     return hex_to_pairs(kept), {"rows": len(mask), "kept": int(mask.sum()), **info}
 
 
-def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, workers: int = 1) -> dict:
-    """Apply filter `name` to every parquet of `metadata_dir`; write the subset and its summary."""
+def _apply_part(name: str, params: FilterParams, parts_dir: str, path: str, part_id: str) -> dict:
+    """Filter one metadata file into `<parts_dir>/<part_id>.npy` (its kept uids, file order); its stats."""
+    uids, info = _apply(name, params, path)
+    with atomic_write(Path(parts_dir) / f"{part_id}.npy") as f:
+        np.save(f, uids)
+    lang = info.get("language_id")
+    return {"processed": info["rows"], "kept": info["kept"], "skipped": {},
+            **({"language_id": {lang: 1}} if lang else {})}
+
+
+def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, workers: int = 1,
+        rank: int | None = None, world_size: int | None = None) -> dict:
+    """Apply filter `name` to every parquet of `metadata_dir`; write the subset and its summary.
+
+    Per metadata file through the per-shard runner: each rank filters its files into `<save_path>.parts/`
+    (resumable: a rerun redoes only unfinished files), and the rank that completes the set writes the sorted
+    subset and `<save_path>.json`. With one rank the parts are removed once the subset is written.
+    """
     if name not in FILTERS:
         raise UserError(f"--name {name!r}: expected one of {', '.join(FILTERS)}")
     paths = sorted(Path(metadata_dir).glob("*.parquet"))
@@ -316,18 +334,35 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
             params = replace(params, threshold=threshold_for_fraction(paths, _score_key(params), params.fraction))
     if FILTERS[name].prepare:
         params = FILTERS[name].prepare(params)
-    work = partial(_apply, name, params)
-    parts = list(pool_map(work, [str(p) for p in paths], workers))
-    uids = np.concatenate([u for u, _ in parts]) if parts else np.zeros(0, UID_DTYPE)
-    save_subset(save_path, uids)
     recorded = asdict(params) | {"target_centroid_ids": None if params.target_centroid_ids is None
                                  else len(params.target_centroid_ids)}
-    summary = {"filter": name, "params": recorded, "metadata_files": len(paths),
-               "rows": sum(i["rows"] for _, i in parts), "kept": int(len(uids)),
-               "language_id": sorted({i["language_id"] for _, i in parts if "language_id" in i}) or None,
-               "seconds": round(time.perf_counter() - start, 3)}
-    write_json(f"{save_path}.json", summary)
+    parts_dir, inputs = Path(f"{save_path}.parts"), [str(p) for p in paths]
+    _forget_other_parts(parts_dir, {"filter": name, **recorded})
+    work = partial(_apply_part, name, params, str(parts_dir))
+    s = run_per_shard("filter", parts_dir, inputs, work, {"filter": name, **recorded}, rank=rank,
+                      world_size=world_size, workers=workers, outputs=lambda i: [parts_dir / f"{i}.npy"], apart=False)
+    summary = {"filter": name, "params": recorded, "metadata_files": len(paths), "rows": s["processed"],
+               "kept": s["kept"], "language_id": sorted(s.get("language_id", {})) or None,
+               "complete": s["complete"], "files_done": s["shards_done"]}
+    if not s["complete"]:
+        return summary  # another rank finishes the set and writes the subset
+    ids = shard_ids(inputs)
+    uids = [np.load(parts_dir / f"{ids[p]}.npy") for p in inputs]
+    save_subset(save_path, np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE))
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(f"{save_path}.json", {k: v for k, v in summary.items() if k not in ("complete", "files_done")})
+    if rank_and_world(rank, world_size)[1] == 1:
+        shutil.rmtree(parts_dir)
     return summary
+
+
+def _forget_other_parts(parts_dir: Path, params: dict) -> None:
+    """Parts left by a run with other settings (an earlier, killed filter to the same --save-path) are removed;
+    only what this step writes is touched."""
+    records = [*parts_dir.glob("*.stats.json"), *parts_dir.glob("summary.json")]
+    if any(json.loads(r.read_text()).get("params_hash") != params_hash(params) for r in records):
+        for p in [*parts_dir.glob("*.npy"), *records]:
+            p.unlink()
 
 
 # -------------------------------------------------------------------------------------------- `mode filter`
@@ -353,6 +388,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wordnet-dir", default=None, help="text_based: a WordNet 3.0 dict folder (default: nltk's data)")
     p.add_argument("--assets-dir", default=None, help="cache of DataComp's assets (default ~/.cache/datacomp)")
     p.add_argument("--num-workers", "--num_workers", type=positive_int, default=1, help="processes over parquet files")
+    p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
+    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -360,5 +397,9 @@ def main(args: argparse.Namespace) -> None:
                           fasttext_model=args.fasttext_model, image_based_scale=args.image_based_scale,
                           batch_size=args.batch_size, centroids=args.centroids, target_features=args.target_features,
                           synset_ids=args.synset_ids, wordnet_dir=args.wordnet_dir, assets_dir=args.assets_dir)
-    s = run(args.name, args.metadata_dir, args.save_path, params, args.num_workers)
+    s = run(args.name, args.metadata_dir, args.save_path, params, args.num_workers, args.rank, args.world_size)
+    if not s["complete"]:
+        print(f"{s['filter']}: {s['files_done']} of {s['metadata_files']} metadata files done; the rank that "
+              f"finishes the last writes {args.save_path}")
+        return
     print(f"{s['filter']}: kept {s['kept']} of {s['rows']} ({s['kept'] / max(1, s['rows']):.1%}) -> {args.save_path}")

@@ -22,6 +22,9 @@ from tqdm import tqdm
 from mode.core.compute import normalise
 from mode.core.device import pick_device
 from mode.core.errors import UserError, first_line
+from mode.core.layout import WorkDir
+from mode.core.lock import holding
+from mode.core.runner import is_complete, params_hash, write_summary
 from mode.core.shards import atomic_write, write_json
 from mode.core.step import positive_int
 from mode.evaluation import tasks as T
@@ -135,7 +138,7 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
     if skipped:
         log.warning(f"{task.key}: {skipped} samples without image or label skipped")
     return {"features": {k: np.concatenate(v) for k, v in feats.items() if v}, "targets": targets,
-            "captions": captions}
+            "captions": captions, "skipped": skipped}
 
 
 def _logits(task: T.Task, model_entry, image_feats: np.ndarray, encoded: dict, device: str):
@@ -179,48 +182,57 @@ def fingerprint(spec: ModelSpec) -> dict:
     return {"model": spec.open_clip_name(), "checkpoint_sha256": digest}
 
 
-def _forget_stale(out_dir: Path, spec: ModelSpec) -> None:
-    """Keep a label's logits only while they come from the same model and checkpoint bytes; else drop them so
-    they are computed again (a new checkpoint evaluated under an old label once reused the old logits)."""
-    label_dir, want = out_dir / spec.label, fingerprint(spec)
-    record = label_dir / "model.json"
-    have = json.loads(record.read_text()) if record.exists() else None
-    old = sorted(label_dir.glob("*.npz"))
-    if have != want and old:
-        log.warning(f"{spec.label}: {len(old)} task logits in {label_dir} come from "
-                    f"{'another checkpoint' if have else 'an unrecorded model'}: computing them again")
-        for path in old:
-            path.unlink()
-    if have != want:
-        write_json(record, want)
+def _forget_stale(label_dir: Path, digest: str) -> None:
+    """Drop a label's task records (and their logits) made from another model or checkpoint, so they are computed
+    again: a new checkpoint evaluated under an old label once reused the old logits."""
+    stale = [r for r in label_dir.rglob("*.stats.json") if json.loads(r.read_text()).get("params_hash") != digest]
+    if stale:
+        log.warning(f"{label_dir.name}: {len(stale)} task logits in {label_dir} come from another model or checkpoint:"
+                    " computing them again")
+    for record in stale:
+        record.with_name(record.name.removesuffix(".stats.json") + ".npz").unlink(missing_ok=True)
+        record.unlink()
 
 
 def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto", batch_size: int = 64) -> dict:
     """Evaluate every model on every task under `tasks_root`; returns {label: {task key: main metric}}.
 
-    A task's logits are reused while `<out>/<label>/model.json` says they come from the same checkpoint bytes."""
-
+    The step protocol with tasks in place of shards: per label, `<task>.npz` and its record `<task>.stats.json`
+    (images processed, skipped by reason, the hash of the label's model and checkpoint bytes, the output's size);
+    a task counts as done only while its record matches the checkpoint and its logits are there unchanged, so a
+    rerun computes just what is missing or stale. `<label>/summary.json` sums the records; one `mode evaluate`
+    per --out at a time. Each task's images are decoded once for all labels that need it."""
     if len({s.label for s in specs}) != len(specs):
         raise UserError("--model labels must be distinct")
     device = pick_device(device)
     task_list, out_dir = T.find_tasks(tasks_root), Path(out)
-    for spec in specs:
-        _forget_stale(out_dir, spec)
-    models = {}
-    for task in tqdm(task_list, desc="tasks", unit="task"):
-        todo = [s for s in specs if not (out_dir / s.label / f"{task.key}.npz").exists()]
-        if not todo:
-            continue
-        for s in todo:
-            if s.label not in models:
-                models[s.label] = load_model(s, device)
-        encoded = _encode_task(task, {s.label: models[s.label] for s in todo}, device, batch_size)
-        for s in todo:
-            logits, targets = _logits(task, models[s.label], encoded["features"][s.label], encoded, device)
-            with atomic_write(out_dir / s.label / f"{task.key}.npz") as f:
-                np.savez(f, logits=logits.astype(np.float16), targets=targets)
-    return {s.label: {r["key"]: r["metrics"]["main_metric"] for r in write_results(out_dir, s.label, task_list)}
-            for s in specs}
+    digests = {s.label: params_hash(fingerprint(s)) for s in specs}
+    with holding(out_dir, "evaluate", "`mode evaluate` into this --out"):
+        for spec in specs:
+            _forget_stale(out_dir / spec.label, digests[spec.label])
+        models = {}
+        for task in tqdm(task_list, desc="tasks", unit="task"):
+            todo = [s for s in specs if not is_complete(out_dir / s.label, task.key)]
+            if not todo:
+                continue
+            for s in todo:
+                if s.label not in models:
+                    models[s.label] = load_model(s, device)
+            encoded = _encode_task(task, {s.label: models[s.label] for s in todo}, device, batch_size)
+            for s in todo:
+                logits, targets = _logits(task, models[s.label], encoded["features"][s.label], encoded, device)
+                path = out_dir / s.label / f"{task.key}.npz"
+                with atomic_write(path) as f:
+                    np.savez(f, logits=logits.astype(np.float16), targets=targets)
+                skipped = {"no_image_or_label": encoded["skipped"]} if encoded["skipped"] else {}
+                write_json(WorkDir.stats(out_dir / s.label, task.key),
+                           {"processed": len(logits) + encoded["skipped"], "kept": len(logits), "skipped": skipped,
+                            "params_hash": digests[s.label], "outputs": {f"{task.key}.npz": path.stat().st_size}})
+    results = {}
+    for s in specs:
+        write_summary("evaluate", out_dir / s.label, [t.key for t in task_list], fingerprint(s), digests[s.label])
+        results[s.label] = {r["key"]: r["metrics"]["main_metric"] for r in write_results(out_dir, s.label, task_list)}
+    return results
 
 
 # ------------------------------------------------------------------------------------------ `mode evaluate`

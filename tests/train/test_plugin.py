@@ -14,13 +14,7 @@ from mode.core.errors import UserError
 from open_clip_patch import params
 from open_clip_patch.zero_shot import accuracy
 
-from .conftest import REPO
-
-
-@pytest.fixture(autouse=True)
-def _single_process(monkeypatch):
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
-        monkeypatch.delenv(var, raising=False)
+from ..conftest import REPO
 
 
 def test_apply_is_idempotent_and_wraps_stock_once():

@@ -157,7 +157,7 @@ def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
 def test_submit_dry_run_bundle(tmp_path, monkeypatch):
     from mode.core.uids import hex_to_pairs, save_subset
 
-    from .conftest import PYTHON, run
+    from ..conftest import PYTHON, run
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_never_written")
     rng = np.random.default_rng(0)
@@ -223,7 +223,7 @@ def test_retrieval_task_end_to_end(toy_pool, tmp_path):
 
 
 def test_download_tasks_offline_is_one_line(tmp_path):
-    from .conftest import PYTHON, run
+    from ..conftest import PYTHON, run
 
     res = run([PYTHON, "-m", "mode", "download-tasks", "--out", str(tmp_path), "--keys", "vtab/dtd"],
               env={"HF_HUB_OFFLINE": "1"})
@@ -255,8 +255,8 @@ def test_evaluate_refuses_a_checkpoint_that_runs_code(tmp_path):
 
 
 def test_a_replaced_checkpoint_is_evaluated_again(toy_pool, tmp_path):
-    """Logits are reused only while they come from the same checkpoint bytes (once a new checkpoint under an old
-    label silently kept the old logits)."""
+    """Logits are reused only while their record says they come from the same checkpoint bytes (once a new
+    checkpoint under an old label silently kept the old logits); records and summary follow the step protocol."""
     import open_clip
     import torch
 
@@ -278,5 +278,8 @@ def test_a_replaced_checkpoint_is_evaluated_again(toy_pool, tmp_path):
     evaluate.run(spec, tasks, str(tmp_path / "fresh"), device="cpu")
     fresh = np.load(tmp_path / "fresh" / "m" / "toy_shapes.npz")["logits"]
     assert not np.array_equal(first, again) and np.array_equal(again, fresh)
-    record = json.loads((tmp_path / "eval" / "m" / "model.json").read_text())
-    assert record["model"] == "ViT-Toy-8" and len(record["checkpoint_sha256"]) == 64
+    summary = json.loads((tmp_path / "eval" / "m" / "summary.json").read_text())
+    assert summary["params"]["model"] == "ViT-Toy-8" and len(summary["params"]["checkpoint_sha256"]) == 64
+    assert summary["complete"] and summary["shards_total"] == 3 and summary["kept"] == summary["processed"] > 0
+    record = json.loads((tmp_path / "eval" / "m" / "toy_shapes.stats.json").read_text())
+    assert record["outputs"] == {"toy_shapes.npz": (tmp_path / "eval" / "m" / "toy_shapes.npz").stat().st_size}

@@ -13,7 +13,7 @@ from mode.core.layout import Pool
 from mode.core.shards import expand, iter_tar, write_tar
 from mode.train.trainlog import epoch_losses
 
-from .conftest import PYTHON, REPO, run
+from ..conftest import PYTHON, REPO, run
 
 CFG = generate.GenerateConfig(num_augs=3, num_syn=2)
 

@@ -11,13 +11,7 @@ from mode.core.layout import WorkDir
 from mode.datacomp import reshard
 from mode.prep import captions, cluster
 
-from .conftest import TOY_CLUSTER
-
-
-@pytest.fixture(autouse=True)
-def _single_process(monkeypatch):
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
-        monkeypatch.delenv(var, raising=False)
+from ..conftest import TOY_CLUSTER
 
 
 def _held_elsewhere(folder, name):

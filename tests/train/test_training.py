@@ -6,7 +6,7 @@ from mode.core.layout import Pool
 from mode.core.shards import brace_spec, total_samples
 from mode.train.trainlog import epoch_losses
 
-from .conftest import PYTHON, REPO, run
+from ..conftest import PYTHON, REPO, run
 
 MAIN = str(REPO / "src" / "training" / "main.py")
 

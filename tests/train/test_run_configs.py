@@ -7,15 +7,10 @@ import open_clip_patch
 import run_configs
 from mode.core.errors import UserError
 
-from .conftest import PYTHON, REPO, run
+from ..conftest import PYTHON, REPO, run
 
 MAIN = str(REPO / "src" / "training" / "main.py")
 
-
-@pytest.fixture(autouse=True)
-def _world(monkeypatch):
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
-        monkeypatch.delenv(var, raising=False)
 
 
 def _parse(name, extra):

@@ -16,7 +16,7 @@ from mode.core.errors import UserError
 from mode.core.layout import EvalTask, Pool
 from mode.toy import pool as toy
 
-from .conftest import PYTHON, SMALL_POOL, run
+from ..conftest import PYTHON, SMALL_POOL, run
 
 DATACOMP_COLUMNS = {
     "uid": pa.string(), "url": pa.string(), "text": pa.string(), "original_width": pa.int64(),

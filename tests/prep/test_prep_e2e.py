@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from mode.core.layout import Pool, WorkDir
 from mode.toy.pool import ensure_pool
 
-from .conftest import REPO, run
+from ..conftest import REPO, run
 
 
 def purity(pairs: list[tuple[int, str]]) -> float:

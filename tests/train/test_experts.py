@@ -23,13 +23,7 @@ from mode.train import launch
 from mode.train.trainlog import epoch_losses
 from open_clip_patch.init_from import is_complete_checkpoint, newest_complete_checkpoint
 
-from .conftest import TOY_CLUSTER
-
-
-@pytest.fixture(autouse=True)
-def _single_process(monkeypatch):
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
-        monkeypatch.delenv(var, raising=False)
+from ..conftest import TOY_CLUSTER
 
 
 def test_uid_round_trip_sort_and_lookup():
@@ -290,7 +284,7 @@ def test_local_executor_trains_every_expert_and_resumes_after_kill(toy_pool, toy
 
 
 def test_cli_train_experts_all(toy_pool, toy_work, tmp_path):
-    from .conftest import PYTHON, run
+    from ..conftest import PYTHON, run
 
     logs = tmp_path / "logs"
     res = run([PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "all", "--folder",
@@ -492,7 +486,7 @@ def test_stop_epoch_keeps_the_full_schedule(toy_pool, tmp_path):
 def test_cli_runs_modes_protocol(toy_pool, toy_work, tmp_path):
     """`mode train-experts --seed-epochs 1 --dense`: the dense seed run to epoch 1, every expert and the dense
     baseline forked from its checkpoint; run again, the seed is reused and every run resumes its own."""
-    from .conftest import PYTHON, run
+    from ..conftest import PYTHON, run
 
     logs = tmp_path / "logs"
     cmd = [PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "all", "--dense", "--seed-epochs",

@@ -283,3 +283,42 @@ def test_reshard_overwrite_never_destroys_inputs(toy_pool, tmp_path, rows):
     (ours / "meta.json").unlink()  # as a reshard killed before its end leaves it
     with pytest.raises(UserError, match="unfinished `mode reshard` output"):
         expand(str(ours))
+
+
+def test_filter_resumes_per_file_and_splits_over_ranks(toy_pool, tmp_path, monkeypatch):
+    """The filter runs per metadata file through the step runner: a killed run redoes only its unfinished files,
+    ranks split the files, and every way gives the same subset as one uninterrupted run."""
+    table = pq.read_table(sorted(Pool(toy_pool).metadata_dir.glob("*.parquet"))[0])
+    meta = tmp_path / "metadata"  # the toy's metadata as three files, as a DataComp pool has many
+    meta.mkdir()
+    for i, start in enumerate(range(0, table.num_rows, table.num_rows // 3 + 1)):
+        pq.write_table(table.slice(start, table.num_rows // 3 + 1), meta / f"part{i}.parquet")
+    meta = str(meta)
+    params = filters.FilterParams()
+    filters.run("basic_filter", meta, str(tmp_path / "once.npy"), params)
+    want = (tmp_path / "once.npy").read_bytes()
+    assert not (tmp_path / "once.npy.parts").exists()  # one rank: the parts go once the subset is written
+
+    out = tmp_path / "ranks.npy"
+    first = filters.run("basic_filter", meta, str(out), params, rank=0, world_size=2)
+    assert not first["complete"] and not out.exists()
+    second = filters.run("basic_filter", meta, str(out), params, rank=1, world_size=2)
+    assert second["complete"] and out.read_bytes() == want
+    assert json.loads((tmp_path / "ranks.npy.json").read_text())["kept"] == second["kept"]
+
+    parts = tmp_path / "ranks.npy.parts"  # as a kill leaves it: one file's part and record gone
+    part = sorted(parts.glob("*.npy"))[0]
+    part.unlink()
+    out.unlink()
+    applied = []
+    monkeypatch.setattr(filters, "_apply", lambda *a, _apply=filters._apply: applied.append(a[2]) or _apply(*a))
+    filters.run("basic_filter", meta, str(out), params)
+    assert out.read_bytes() == want and len(applied) == 1  # only the unfinished file again
+    monkeypatch.undo()
+    # another filter to the same --save-path drops the stale parts instead of mixing them in
+    (tmp_path / "other.npy.parts").mkdir()
+    filters.run("no_filter", meta, str(tmp_path / "other.npy"), params, rank=0, world_size=2)
+    filters.run("basic_filter", meta, str(tmp_path / "other.npy"), params, rank=0, world_size=2)
+    filters.run("basic_filter", meta, str(tmp_path / "other.npy"), params, rank=1, world_size=2)
+    assert (tmp_path / "other.npy").read_bytes() == want
+    assert not parts.exists()
