@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -172,6 +172,47 @@ def _summarise(step: str, step_dir: Path, all_ids: list, present: list, params: 
     summary["seconds"] = round(summary.get("seconds", 0.0), 3)
     write_json(WorkDir.summary(step_dir), summary)
     return summary
+
+
+def inputs_hash(paths: Iterable[Path]) -> str:
+    """A cheap fingerprint of a step's input files: their names and sizes, in order."""
+    return params_hash({"inputs": [[Path(p).name, Path(p).stat().st_size] for p in paths]})
+
+
+def run_global(step: str, step_dir: Path, lock_dir: Path, params: dict, inputs: list[Path],
+               outputs: list[Path], work: Callable[[], dict]) -> dict:
+    """A step that runs once over all its inputs (cluster), with the per-shard steps' guarantees.
+
+    One run per `lock_dir` at a time. Done when `step_dir/summary.json` records the same params hash, the same
+    inputs (names and sizes) and every output with its recorded size; then it is returned without work. Outputs
+    missing or changed: the step runs again. Other params or inputs: a one-line error (the outputs belong to
+    another run; later steps were made from them).
+    """
+    digest, inputs_digest = params_hash(params), inputs_hash(inputs)
+    with holding(lock_dir, step, f"`mode {step}`"):
+        path = WorkDir.summary(step_dir)
+        if path.exists():
+            with open(path) as f:
+                done = json.load(f)
+            if done.get("params_hash") != digest:
+                raise UserError(f"{step_dir} holds a {step} made with another config; use a new --work-dir")
+            if done.get("inputs_hash") != inputs_digest:
+                raise UserError(f"{step_dir} was made from other inputs (an earlier step was rerun, or other "
+                                "--shards); use a new --work-dir")
+            recorded = done.get("outputs", {})
+            if all((step_dir / rel).exists() and (step_dir / rel).stat().st_size == size
+                   for rel, size in recorded.items()):
+                log.info(f"{step}: {step_dir} already holds this result, skipped")
+                return done
+            log.warning(f"{step}: outputs in {step_dir} are missing or changed since they were written: running again")
+            path.unlink()
+        start = time.perf_counter()
+        summary = work()
+        summary.update(step=step, params=params, params_hash=digest, inputs_hash=inputs_digest,
+                       outputs={os.path.relpath(o, step_dir): os.path.getsize(o) for o in outputs},
+                       seconds=round(time.perf_counter() - start, 3))
+        write_json(path, summary)
+        return summary
 
 
 def read_complete_summary(step_dir: Path, step: str, before: str) -> dict:

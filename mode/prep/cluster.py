@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,8 @@ import numpy as np
 from mode.core.compute import nearest, normalise
 from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
-from mode.core.lock import holding
-from mode.core.runner import read_complete_summary
-from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids, write_json
+from mode.core.runner import read_complete_summary, run_global
+from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids
 from mode.core.step import positive_int, shard_step_arguments
 from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans
 
@@ -151,28 +150,34 @@ def _sample(paths: list[Path], cfg: ClusterConfig) -> tuple[np.ndarray, int]:
 
 
 def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None = None) -> dict:
-    """Cluster the features of every shard; write clusters/ and return its summary. One run per work dir at a
-    time: a second concurrent `mode cluster` on it stops with one line naming the first."""
-    with holding(work_dir, "cluster", "`mode cluster`"):
-        return _run(shards, work_dir, cfg, world_size)
+    """Cluster the features of every shard; write clusters/ and return its summary.
 
-
-def _run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None = None) -> dict:
+    A global step (mode.core.runner.run_global): one run per work dir at a time; a rerun with the same config on
+    the same features returns the recorded clustering; another config, or features changed since (embed rerun,
+    other --shards), is a one-line error; centroids missing or changed are computed again."""
     _, world = rank_and_world(0, world_size)
     if world != 1:
         raise UserError(f"mode cluster is a global step: run it once, not with world size {world}")
     cfg.validate()
-    start = time.perf_counter()
     wd = WorkDir(Path(work_dir))
     if WorkDir.summary(wd.clusters_dir).exists():
         with open(WorkDir.summary(wd.clusters_dir)) as f:
             done = json.load(f)
-        if ClusterConfig(**done["config"]) == cfg:
-            log.info(f"cluster: {wd.clusters_dir} already holds this clustering, skipped")
-            return done
-        raise UserError(f"{wd.clusters_dir} holds a clustering with another config; use a new --work-dir")
+        if "params_hash" not in done:  # made before clusters had records: the config decides, as it did then
+            if ClusterConfig(**done["config"]) == cfg:
+                return done
+            raise UserError(f"{wd.clusters_dir} holds a clustering with another config; use a new --work-dir")
     read_complete_summary(wd.features_dir, "embed", "cluster")
     ids = list(shard_ids(expand(shards)).values())
+    inputs = [wd.features_meta, *(wd.features(i) for i in ids)]
+    missing = [p for p in inputs if not p.exists()]
+    if missing:
+        raise UserError(f"{missing[0]} is missing: run `mode embed` on the same --shards")
+    return run_global("cluster", wd.clusters_dir, wd.root, asdict(cfg), inputs,
+                      [wd.fine_centroids, wd.coarse_centroids, wd.fine_to_coarse], partial(_cluster, wd, ids, cfg))
+
+
+def _cluster(wd: WorkDir, ids: list[str], cfg: ClusterConfig) -> dict:
     _check_rows(wd, ids)
     paths = [wd.features(i) for i in ids]
     x, n_total = _sample(paths, cfg)
@@ -199,9 +204,7 @@ def _run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None 
         "expert_size_max_over_min": round(float(share.max() / max(share.min(), 1e-12)), 3),
         "mean_cosine_to_fine": round(cos_to_fine, 5), "fine_objective": fine_objective,
         "fine_iterations": fine_iters, "coarse_iterations": coarse_iters,
-        "seconds": round(time.perf_counter() - start, 3),
     }
-    write_json(WorkDir.summary(wd.clusters_dir), summary)
     return summary
 
 

@@ -161,6 +161,15 @@ def test_cluster_rerun_after_crash_is_identical(toy_pool, reference, tmp_path):
         cluster.run(str(toy_pool), str(work), cluster.ClusterConfig(fine=9, coarse=3), world_size=1)
     with pytest.raises(UserError, match="global step"):
         cluster.run(str(toy_pool), str(work), CFG, world_size=2)
+    summary = json.loads((wd.clusters_dir / "summary.json").read_text())
+    assert summary["step"] == "cluster" and set(summary["outputs"]) == {"fine.npy", "coarse.npy", "fine_to_coarse.npy"}
+    wd.fine_to_coarse.write_bytes(wd.fine_to_coarse.read_bytes()[:-4])  # an output changed after its record
+    cluster.run(str(toy_pool), str(work), CFG, world_size=1)
+    assert_same_outputs(reference, work)
+    first = sorted(wd.features_dir.glob("*.npy"))[0]
+    np.save(first, np.load(first).astype(np.float32))  # the features changed since they were clustered
+    with pytest.raises(UserError, match="other inputs"):
+        cluster.run(str(toy_pool), str(work), CFG, world_size=1)
 
 
 def test_two_ranks_give_the_same_union(toy_pool, reference, tmp_path):
