@@ -34,7 +34,7 @@ from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
 from mode.core.shards import expand, iter_tar, tar_writer, write_tar_stats
-from mode.core.step import positive_int, print_summary
+from mode.core.step import positive_int, print_summary, rank_arguments
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -217,8 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write only the reinforcement members (DataCompDR's layout; then `mode dr-join`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rank", type=int, default=None)
-    p.add_argument("--world-size", type=int, default=None)
+    rank_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1)
 
 

@@ -25,7 +25,7 @@ from dr import sample as drs
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
 from mode.core.shards import expand, iter_tar, tar_stats, tar_writer, write_json, write_tar_stats
-from mode.core.step import positive_int
+from mode.core.step import positive_int, rank_arguments
 
 
 def _digest(members: dict[str, bytes]) -> dict[str, str]:
@@ -108,8 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reinforcements", required=True, help="the DataCompDR shards (same shard names and keys)")
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=positive_int, default=1)
-    p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
-    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
+    rank_arguments(p)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -143,15 +143,22 @@ def brace_spec(paths: Iterable[str]) -> str:
     return "::".join(parts)
 
 
-def shard_size(path: str) -> int | None:
-    """Samples in one shard, from its directory's `sizes.json` or its own `<stem>_stats.json`; None if unknown."""
+def _dir_sizes(directory: str) -> dict:
+    """A shard folder's `sizes.json` ({"<shard>.tar": samples}), {} if it has none."""
+    path = os.path.join(directory, "sizes.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def shard_size(path: str, sizes: dict | None = None) -> int | None:
+    """Samples in one shard, from its directory's `sizes.json` (or `sizes`, that file already read) or its own
+    `<stem>_stats.json`; None if unknown."""
     directory, name = os.path.split(path)
-    sizes_path = os.path.join(directory, "sizes.json")
-    if os.path.isfile(sizes_path):
-        with open(sizes_path) as f:
-            sizes = json.load(f)
-        if name in sizes:
-            return int(sizes[name])
+    sizes = _dir_sizes(directory) if sizes is None else sizes
+    if name in sizes:
+        return int(sizes[name])
     stats_path = tar_stats(path)
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
@@ -162,10 +169,14 @@ def shard_size(path: str) -> int | None:
 
 
 def total_samples(paths: Iterable[str]) -> int | None:
-    """Sum of `shard_size` over the shards, or None as soon as one shard's size is unknown."""
-    total = 0
+    """Sum of `shard_size` over the shards, or None as soon as one shard's size is unknown. Each folder's
+    `sizes.json` is read once (a DataComp pool has up to a million shards in one folder)."""
+    total, per_dir = 0, {}
     for p in paths:
-        n = shard_size(p)
+        directory = os.path.dirname(p)
+        if directory not in per_dir:
+            per_dir[directory] = _dir_sizes(directory)
+        n = shard_size(p, per_dir[directory])
         if n is None:
             return None
         total += n

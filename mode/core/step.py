@@ -40,11 +40,16 @@ def shard_step_arguments(p: argparse.ArgumentParser, per_shard: bool = True, wor
     p.add_argument("--shards", required=True, metavar="SPEC",
                    help="the pool's shards: a directory, a brace pattern or .tar paths, joined by '::'")
     p.add_argument("--work-dir", required=True, metavar="W", help="this clustering run's work dir")
-    if per_shard:
-        p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
-    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
+    rank_arguments(p, rank=per_shard)
     if workers:
         p.add_argument("--workers", type=positive_int, default=1, help="processes for this rank's shards")
+
+
+def rank_arguments(p: argparse.ArgumentParser, rank: bool = True) -> None:
+    """--rank and --world-size; left out, they come from torchrun's or SLURM's environment."""
+    if rank:
+        p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
+    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
 
 
 def print_summary(summary: dict) -> None:

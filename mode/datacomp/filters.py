@@ -29,7 +29,7 @@ from mode.core.compute import nearest
 from mode.core.errors import UserError, reading
 from mode.core.runner import params_hash, run_per_shard
 from mode.core.shards import atomic_write, rank_and_world, shard_ids, write_json
-from mode.core.step import positive_int
+from mode.core.step import positive_int, rank_arguments
 from mode.core.uids import UID_DTYPE, hex_to_pairs, save_subset
 from mode.datacomp import assets
 
@@ -388,8 +388,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wordnet-dir", default=None, help="text_based: a WordNet 3.0 dict folder (default: nltk's data)")
     p.add_argument("--assets-dir", default=None, help="cache of DataComp's assets (default ~/.cache/datacomp)")
     p.add_argument("--num-workers", "--num_workers", type=positive_int, default=1, help="processes over parquet files")
-    p.add_argument("--rank", type=int, default=None, help="this process's rank (default: torchrun/SLURM env)")
-    p.add_argument("--world-size", type=int, default=None, help="number of ranks (default: torchrun/SLURM env)")
+    rank_arguments(p)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -135,3 +135,17 @@ def test_tar_cut_between_members_counts_as_truncated(tmp_path):
     cut.write_bytes(whole.read_bytes()[:cut_at])
     errors = Counter()
     assert [k for k, _ in shards.iter_tar(cut, errors)] == ["k0", "k1"] and errors == {"truncated_tar": 1}
+
+
+def test_total_samples_reads_each_sizes_json_once(tmp_path, monkeypatch):
+    """A pool's sizes.json is read once per folder, not once per shard (parse time at DataComp scale)."""
+    from mode.core import shards
+
+    names = [f"{i:08d}.tar" for i in range(50)]
+    (tmp_path / "sizes.json").write_text(json.dumps({n: i for i, n in enumerate(names)}))
+    calls = []
+    read = shards._dir_sizes
+    monkeypatch.setattr(shards, "_dir_sizes", lambda d: calls.append(d) or read(d))
+    assert shards.total_samples([str(tmp_path / n) for n in names]) == sum(range(50))
+    assert len(calls) == 1
+    assert shards.shard_size(str(tmp_path / names[3])) == 3
