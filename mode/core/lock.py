@@ -22,13 +22,14 @@ from mode.core.errors import UserError
 _held: dict[str, int] = {}  # locks taken for the life of this process (training runs)
 
 
-def acquire(folder: str | os.PathLike, name: str, what: str) -> int:
-    """Take the lock, or raise UserError naming the run that holds it; returns the lock's file descriptor."""
+def acquire(folder: str | os.PathLike, name: str, what: str, wait: bool = False) -> int:
+    """Take the lock, or raise UserError naming the run that holds it (`wait`: block until it is free); returns
+    the lock's file descriptor."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / f".lock-{name}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError as e:
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
@@ -46,9 +47,9 @@ def release(fd: int) -> None:
 
 
 @contextmanager
-def holding(folder: str | os.PathLike, name: str, what: str) -> Iterator[None]:
+def holding(folder: str | os.PathLike, name: str, what: str, wait: bool = False) -> Iterator[None]:
     """`with holding(dir, "cluster", "`mode cluster`"):` the body runs while no other run holds that lock."""
-    fd = acquire(folder, name, what)
+    fd = acquire(folder, name, what, wait)
     try:
         yield
     finally:

@@ -23,7 +23,7 @@ from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.lock import holding
 from mode.core.parallel import process_pool
-from mode.core.shards import for_rank, overlaps, rank_and_world, shard_ids, write_json
+from mode.core.shards import atomic_write, for_rank, overlaps, rank_and_world, shard_ids, write_json
 
 log = logging.getLogger(__name__)
 
@@ -179,40 +179,75 @@ def inputs_hash(paths: Iterable[Path]) -> str:
     return params_hash({"inputs": [[Path(p).name, Path(p).stat().st_size] for p in paths]})
 
 
-def run_global(step: str, step_dir: Path, lock_dir: Path, params: dict, inputs: list[Path],
-               outputs: list[Path], work: Callable[[], dict]) -> dict:
-    """A step that runs once over all its inputs (cluster), with the per-shard steps' guarantees.
+def read_record(path: Path) -> dict | None:
+    """A global step's record, or None where there is none or it is not a finished one (a run stopped early)."""
+    try:
+        with open(path) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and "params_hash" in done else None
 
-    One run per `lock_dir` at a time. Done when `step_dir/summary.json` records the same params hash, the same
-    inputs (names and sizes) and every output with its recorded size; then it is returned without work. Outputs
-    missing or changed: the step runs again. Other params or inputs: a one-line error (the outputs belong to
-    another run; later steps were made from them).
+
+def run_global(step: str, step_dir: Path, lock_dir: Path, params: dict, inputs: list[Path],
+               outputs: list[Path] | Callable[[], list[Path]], work: Callable[[], dict], *,
+               record: Path | None = None, lock_name: str | None = None, replace: bool = False,
+               hint: str = "use a new --work-dir", wait: bool = False, force: bool = False) -> dict:
+    """A step that runs once over all its inputs (cluster, reshard, toy, download), with the per-shard steps'
+    guarantees.
+
+    One run per `lock_dir` + `lock_name` (default: the step) at a time (`wait`: a second run waits for the first
+    and then finds its result, for callers that race by design, e.g. training ranks making a toy pool). Done
+    when the record (default `step_dir/summary.json`) holds the same params hash, the same inputs (names and
+    sizes) and every output with its recorded size; then it is returned without work. Outputs missing or
+    changed, or a record of a run that stopped early: the step runs again. Other params or inputs: a one-line
+    error ending in `hint` (the outputs belong to another run and later steps may have been made from them),
+    unless `replace` (the user's --overwrite, or a step like download that only adds to what is there): then
+    the step runs again.
+    `force` runs it even when done (download's --overwrite_metadata). `outputs` may be a callable, for steps
+    that learn their outputs as they write them; `work` returns the step's summary, to which the record's fields
+    are added. A work that stops with a UserError without writing a record of its own, its outputs as they were,
+    gets the previous record back: a refused or failed run changes nothing.
     """
     digest, inputs_digest = params_hash(params), inputs_hash(inputs)
-    with holding(lock_dir, step, f"`mode {step}`"):
-        path = WorkDir.summary(step_dir)
-        if path.exists():
-            with open(path) as f:
-                done = json.load(f)
-            if done.get("params_hash") != digest:
-                raise UserError(f"{step_dir} holds a {step} made with another config; use a new --work-dir")
-            if done.get("inputs_hash") != inputs_digest:
-                raise UserError(f"{step_dir} was made from other inputs (an earlier step was rerun, or other "
-                                "--shards); use a new --work-dir")
-            recorded = done.get("outputs", {})
-            if all((step_dir / rel).exists() and (step_dir / rel).stat().st_size == size
-                   for rel, size in recorded.items()):
+    path = record or WorkDir.summary(step_dir)
+    with holding(lock_dir, lock_name or step, f"`mode {step}`", wait):
+        done = read_record(path)
+        if done is not None:
+            other = ("with another config" if done.get("params_hash") != digest else
+                     "from other inputs (an earlier step was rerun, or other input files)"
+                     if done.get("inputs_hash") != inputs_digest else None)
+            if other and not replace:
+                raise UserError(f"{step_dir} holds a {step} made {other}; {hint}")
+            intact = outputs_intact(step_dir, done)
+            if not other and intact and not force:
                 log.info(f"{step}: {step_dir} already holds this result, skipped")
                 return done
-            log.warning(f"{step}: outputs in {step_dir} are missing or changed since they were written: running again")
+            if not other and not intact:
+                log.warning(f"{step}: outputs in {step_dir} are missing or changed since they were written: "
+                            "running again")
+            previous = path.read_bytes()
             path.unlink()
         start = time.perf_counter()
-        summary = work()
+        try:
+            summary = work()
+        except UserError:
+            if done is not None and not path.exists() and outputs_intact(step_dir, done):
+                with atomic_write(path) as f:
+                    f.write(previous)
+            raise
+        files = outputs() if callable(outputs) else outputs
         summary.update(step=step, params=params, params_hash=digest, inputs_hash=inputs_digest,
-                       outputs={os.path.relpath(o, step_dir): os.path.getsize(o) for o in outputs},
+                       outputs={os.path.relpath(o, step_dir): os.path.getsize(o) for o in files},
                        seconds=round(time.perf_counter() - start, 3))
         write_json(path, summary)
         return summary
+
+
+def outputs_intact(step_dir: Path, record: dict) -> bool:
+    """Every output a global step's record lists is there with its recorded size."""
+    return all((step_dir / rel).exists() and (step_dir / rel).stat().st_size == size
+               for rel, size in record.get("outputs", {}).items())
 
 
 def read_complete_summary(step_dir: Path, step: str, before: str) -> dict:

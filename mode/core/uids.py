@@ -7,6 +7,7 @@ DataComp stores a subset as a `.npy` of dtype `u8,u8` (field f0 = the first 16 h
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -75,9 +76,13 @@ def save_subset(path: str, pairs: np.ndarray) -> None:
 
 
 def load_subset(path: str) -> np.ndarray:
-    """Read a subset `.npy`; it must be `u8,u8` and sorted."""
+    """Read a subset: a `.npy`, or a raw memmap of uids as DataComp's resharder also takes; `u8,u8` and sorted."""
     with reading(path, "uid subset .npy"):
-        arr = np.load(path)
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        if not npy and os.path.getsize(path) % UID_DTYPE.itemsize:
+            raise UserError(f"{path}: neither a .npy nor a raw array of 16-byte uids")
+        arr = np.load(path, mmap_mode="r") if npy else np.memmap(path, UID_DTYPE, mode="r")
     if arr.dtype != UID_DTYPE:
         raise UserError(f"{path}: dtype {arr.dtype}, expected u8,u8 (DataComp's uid format)")
     if not is_sorted(arr):

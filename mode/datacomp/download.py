@@ -23,12 +23,14 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from mode.core.errors import UserError
 from mode.core.hub import hub_call
 from mode.core.layout import Pool
-from mode.core.shards import atomic_write, natural_key, write_json
+from mode.core.runner import outputs_intact, read_record, run_global
+from mode.core.shards import natural_key, write_json
 
 POOL_REPOS = {scale: f"mlfoundations/datacomp_{scale}" for scale in ("small", "medium", "large", "xlarge")}
 POOL_REPOS["datacomp_1b"] = "mlfoundations/datacomp_1b"
@@ -109,23 +111,18 @@ def _files(root: Path, pattern: str) -> list[Path]:
 
 
 def _guarded_fetch(summary_path: Path, marker: dict, root: Path, fetch) -> None:
-    """Mark the summary in progress, then `fetch()`; if it fails having written nothing, restore the summary.
+    """Mark the summary in progress, then `fetch()`; if it fails having written nothing, remove the mark.
 
-    So a hub that cannot be reached leaves no stale mark, while a fetch that stopped half way stays marked and
-    is redone by the next run.
+    So a hub that cannot be reached leaves no stale mark (the runner then puts the previous record back), while
+    a fetch that stopped half way stays marked and is redone by the next run.
     """
     before = {p for p in _files(root, "**/*") if p.name != SUMMARY}
-    previous = summary_path.read_bytes() if summary_path.is_file() else None
     write_json(summary_path, marker)
     try:
         fetch()
     except UserError:
         if {p for p in _files(root, "**/*") if p.name != SUMMARY} == before:
-            if previous is None:
-                summary_path.unlink()
-            else:
-                with atomic_write(summary_path) as f:
-                    f.write(previous)
+            summary_path.unlink()
         raise
 
 
@@ -151,10 +148,11 @@ def _flatten(meta: Path) -> None:
 
 
 def fetch_metadata(scale: str, meta: Path, npz: bool, overwrite: bool, revision: str | None,
-                   summary_path: Path) -> list[str]:
+                   summary_path: Path, lost: bool = False) -> list[str]:
     """Fetch what `meta` lacks of a scale's metadata: parquets, and npz files when `npz`.
 
-    Files already there are used as they are, unless `overwrite` or the last run stopped while fetching them.
+    Files already there are used as they are, unless `overwrite`, the last run stopped while fetching them, or
+    files of a complete download went missing (`lost`: the hub then fetches only those).
 
     Returns:
         The kinds fetched from the hub (`[]` when everything was in place).
@@ -165,7 +163,7 @@ def fetch_metadata(scale: str, meta: Path, npz: bool, overwrite: bool, revision:
     if overwrite and meta.is_dir():
         _clear_metadata(meta)
     wanted = ["parquet", "npz"] if npz else ["parquet"]
-    kinds = [k for k in wanted if unfinished or not _files(meta, f"*.{k}")]
+    kinds = [k for k in wanted if unfinished or lost or not _files(meta, f"*.{k}")]
     if not kinds:
         return []
     fallback = f"copy its {' and '.join(f'*.{k}' for k in kinds)} files into {meta}"
@@ -216,6 +214,9 @@ def run_pool(scale: str, data_dir: str, metadata_dir: str | None = None, downloa
              revision: str | None = None) -> dict:
     """DataComp's download_upstream: a scale's metadata from the hub, then its images with img2dataset.
 
+    A global step (mode.core.runner.run_global, record `data_dir/download.json`): a rerun with the same flags
+    after a complete download does nothing; other flags (npz added, other image settings) fetch what is missing.
+
     Args:
         scale: small, medium, large, xlarge or datacomp_1b.
         data_dir: the pool directory (DataComp layout: `shards/`, `metadata/`).
@@ -229,28 +230,44 @@ def run_pool(scale: str, data_dir: str, metadata_dir: str | None = None, downloa
     Returns:
         The summary, also written to `data_dir/download.json`.
     """
-    repo, pool = pool_repo(scale), Pool(data_dir)
+    pool_repo(scale)  # an unknown scale is refused before anything else
+    pool = Pool(data_dir)
     meta = Path(metadata_dir) if metadata_dir else pool.metadata_dir
     img2dataset = None if skip_shards else _img2dataset()  # before fetching anything
-    start, summary_path = time.perf_counter(), pool.root / SUMMARY
-    fetched = fetch_metadata(scale, meta, download_npz, overwrite_metadata, revision, summary_path)
+    params = {"kind": "pool", "scale": scale, "revision": revision, "npz": download_npz, "metadata_dir": str(meta),
+              "img2dataset": None if skip_shards else asdict(images)}
+    root = pool.root.resolve()
+    done = read_record(root / SUMMARY)
+    lost = done is not None and not outputs_intact(root, done)  # files of a complete download went missing
+    return run_global("download", root, root.parent, params, [], partial(_pool_outputs, meta, pool, skip_shards),
+                      partial(_fetch_pool, scale, pool, meta, download_npz, overwrite_metadata, images, revision,
+                              img2dataset, lost), record=root / SUMMARY, lock_name=f"download-{root.name}",
+                      replace=True, force=overwrite_metadata)
+
+
+def _pool_outputs(meta: Path, pool: Pool, skip_shards: bool) -> list[Path]:
+    shards = [] if skip_shards else [p for p in _files(pool.shards_dir, "*") if p.suffix in (".tar", ".json")]
+    return _files(meta, "*.parquet") + _files(meta, "*.npz") + shards
+
+
+def _fetch_pool(scale, pool, meta, download_npz, overwrite_metadata, images, revision, img2dataset, lost) -> dict:
+    repo, start, summary_path = pool_repo(scale), time.perf_counter(), pool.root / SUMMARY
+    fetched = fetch_metadata(scale, meta, download_npz, overwrite_metadata, revision, summary_path, lost)
     parquets, npzs = _files(meta, "*.parquet"), _files(meta, "*.npz")
     if not parquets:
         raise UserError(f"no metadata parquets in {meta} after fetching {repo}")
-    if skip_shards:
+    if img2dataset is None:
         shards = {"skipped": True}
     else:
         pool.shards_dir.mkdir(parents=True, exist_ok=True)
         img2dataset.download(**img2dataset_kwargs(meta, pool.shards_dir, images))
         shards = {"skipped": False, **shard_stats(pool.shards_dir)}
-    summary = {"status": COMPLETE, "metadata_status": COMPLETE, "kind": "pool", "scale": scale, "repo": repo,
-               "revision": revision, "metadata_dir": str(meta), "fetched": fetched,
-               "files": {"parquet": len(parquets), "npz": len(npzs)},
-               "bytes": sum(p.stat().st_size for p in parquets + npzs), "npz": bool(npzs), "shards": shards,
-               "img2dataset": None if skip_shards else asdict(images),
-               "seconds": round(time.perf_counter() - start, 3)}
-    write_json(summary_path, summary)
-    return summary
+    return {"status": COMPLETE, "metadata_status": COMPLETE, "kind": "pool", "scale": scale, "repo": repo,
+            "revision": revision, "metadata_dir": str(meta), "fetched": fetched,
+            "files": {"parquet": len(parquets), "npz": len(npzs)},
+            "bytes": sum(p.stat().st_size for p in parquets + npzs), "npz": bool(npzs), "shards": shards,
+            "img2dataset": None if img2dataset is None else asdict(images),
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 # ------------------------------------------------------------------------------------------------- DataCompDR
@@ -286,10 +303,22 @@ def run_dr(repo: str, data_dir: str, allow_patterns: list[str] | None = None, ma
         raise UserError(f"--dr {repo!r} is not a hub dataset id (OWNER/NAME), e.g. {', '.join(DR_REPOS)}")
     if max_shards is not None and max_shards < 1:
         raise UserError("--max-shards must be positive")
+    out = Path(data_dir)
+    params = {"kind": "dr", "repo": repo, "allow_patterns": list(allow_patterns or []), "max_shards": max_shards,
+              "revision": revision}
+    root = out.resolve()
+    got: list[str] = []
+    return run_global("download", root, root.parent, params, [], lambda: [out / f for f in got],
+                      partial(_fetch_dr, repo, out, allow_patterns, max_shards, revision, got),
+                      record=root / SUMMARY, lock_name=f"download-{root.name}", replace=True)
+
+
+def _fetch_dr(repo, out, allow_patterns, max_shards, revision, got: list[str]) -> dict:
+    """Fetch the DataCompDR files into `out`; the files are added to `got` (the step's outputs)."""
     import huggingface_hub
     from huggingface_hub.utils import filter_repo_objects
 
-    out, start = Path(data_dir), time.perf_counter()
+    start = time.perf_counter()
     what, fallback = f"the files of {repo}", f"copy them into {out}"
     patterns = list(allow_patterns) if allow_patterns else None
     # list first: an unreachable hub fails here with its reason (snapshot_download would quietly return the
@@ -304,15 +333,13 @@ def run_dr(repo: str, data_dir: str, allow_patterns: list[str] | None = None, ma
     _guarded_fetch(out / SUMMARY, {"status": IN_PROGRESS, "kind": "dr", "repo": repo}, out,
                    lambda: _snapshot(repo, out, what, fallback, allow_patterns=patterns, revision=revision))
     local = [p.relative_to(out).as_posix() for p in _files(out, "**/*") if p != out / SUMMARY]
-    got = list(filter_repo_objects(local, allow_patterns=patterns))
+    got.extend(filter_repo_objects(local, allow_patterns=patterns))
     if not got:
         raise UserError(f"nothing of {repo} matching {patterns or '*'} is in {out} after the download")
-    summary = {"status": COMPLETE, "kind": "dr", "repo": repo, "revision": revision,
-               "allow_patterns": list(allow_patterns or []), "max_shards": max_shards, "files": len(got),
-               "shards": sum(f.endswith(".tar") for f in got), "bytes": sum((out / f).stat().st_size for f in got),
-               "seconds": round(time.perf_counter() - start, 3)}
-    write_json(out / SUMMARY, summary)
-    return summary
+    return {"status": COMPLETE, "kind": "dr", "repo": repo, "revision": revision,
+            "allow_patterns": list(allow_patterns or []), "max_shards": max_shards, "files": len(got),
+            "shards": sum(f.endswith(".tar") for f in got), "bytes": sum((out / f).stat().st_size for f in got),
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -1,11 +1,17 @@
-"""`mode reshard`: write a subset of a pool as new webdataset shards, with DataComp's resharder semantics.
+"""`mode reshard`: write a subset of a pool as new webdataset shards, as DataComp's resharder.py does.
 
-Only samples whose uid is in the subset are written, and a uid listed n times in the subset is written n times.
-Output: `<out>/{00000000..}.tar` of `--shard-size` samples (keys renumbered so repeats stay distinct samples),
-`<out>/<shard>_stats.json`, `sizes.json`, `sample_ids.npy` (the uid of every output sample, in order) and
-`meta.json` (`output_shard_count`, `output_shard_format`, ...), which `--data-dir` reads. Input shards are read
-in parallel into per-shard parts, then packed in input order (with `--workers` > 1; one worker streams
-straight from the inputs into the output shards); samples without a json uid are counted and skipped.
+Only samples whose uid is in the subset are written, and a uid listed n times is written n times, keyed
+`<uid>-<j>` (j = 0..n-1), DataComp's output keys. Output: `<out>/{00000000..}.tar` of at most `--shard-size`
+samples, `<out>/<n>_stats.json` (`successes`), `sample_ids.npy` (a copy of the subset file, as DataComp writes
+it), `meta.json` (DataComp's fields: the arguments as strings, `processed_count`, `output_count`,
+`blur_count`, `blur_time`, `output_shard_count`, `worker_success`, `cwd`), plus `sizes.json`, which
+`--data-dir` and `--train-num-samples` read.
+
+Ours differs from DataComp's in what the README says: the output is in input order (DataComp's workers
+interleave), `--shuffle-bufsize` shuffles with a seeded generator (`--seed`), samples without a uid or whose
+faces could not be blurred are counted by reason and left out, and the run is a global step
+(mode.core.runner.run_global) whose record is `.mode-reshard`: a rerun with the same arguments on the same
+inputs is skipped, one stopped before its end is redone, and another subset or shard size needs --overwrite.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import random
 import shutil
 import time
 from collections import Counter
@@ -23,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mode.core.errors import UserError
-from mode.core.lock import holding
+from mode.core.errors import UserError, reading
 from mode.core.parallel import pool_map
+from mode.core.runner import run_global
 from mode.core.shards import (
     RESHARD_MARKER,
     atomic_write,
@@ -38,10 +46,11 @@ from mode.core.shards import (
     write_tar_stats,
 )
 from mode.core.step import positive_int
-from mode.core.uids import UID_DTYPE, NoUid, UidSet, hex_to_pairs, load_subset, sample_uid
+from mode.core.uids import NoUid, UidSet, load_subset, sample_uid
 
 SHARD_FORMAT = "{:08d}.tar"
-MARKER = RESHARD_MARKER  # written first: `--overwrite` replaces only folders that hold it
+MARKER = RESHARD_MARKER  # the step's record; written first as "in progress": `--overwrite` replaces only such folders
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def _check_output(out: Path, spec: str, paths: list[str], subset: str) -> None:
@@ -55,13 +64,103 @@ def _check_output(out: Path, spec: str, paths: list[str], subset: str) -> None:
         raise UserError(f"output {out} holds the subset file {subset}: choose another output")
 
 
-def _is_old_reshard(out: Path) -> bool:
-    """A complete output of an earlier version of this tool (before the marker file): its meta.json says so."""
+def _is_ours(out: Path) -> bool:
+    """A folder this tool wrote: it holds the marker, or is a complete output of a version before the marker."""
+    if (out / MARKER).exists():
+        return True
     try:
         return "output_shard_format" in json.loads((out / "meta.json").read_text())
     except (OSError, ValueError):
         return False
 
+
+# ------------------------------------------------------------------------------------------------- faces
+
+def blur_boxes(img: np.ndarray, boxes) -> np.ndarray:
+    """Blur the faces in `boxes` ([x0, y0, x1, y1] in [0, 1] of the image) as img2dataset's BoundingBoxBlurrer,
+    which DataComp's resharder uses: each box grown by a tenth of its longest side, a Gaussian of sigma a tenth
+    of the longest box side over the image and over the box mask, and the two blended by the blurred mask."""
+    import cv2
+
+    if len(boxes) == 0:
+        return img
+    h, w = img.shape[:2]
+    x = img.astype(np.float32) / 255.0
+    mask = np.zeros_like(x)
+    longest = 0
+    for b in boxes:
+        x0, y0, x1, y1 = int(b[0] * w), int(b[1] * h), int(b[2] * w), int(b[3] * h)
+        side = max(x1 - x0, y1 - y0)
+        longest = max(longest, side)
+        x0, x1 = (int(np.clip(int(v), 0, w - 1)) for v in (x0 - 0.1 * side, x1 + 0.1 * side))
+        y0, y1 = (int(np.clip(int(v), 0, h - 1)) for v in (y0 - 0.1 * side, y1 + 0.1 * side))
+        mask[y0:y1, x0:x1, ...] = 1
+    sigma = 0.1 * longest
+    k = int(2 * np.ceil(4 * sigma)) + 1
+    blurred, soft = (cv2.GaussianBlur(a, (k, k), sigmaX=sigma) for a in (x, mask))
+    return (((x * (1 - soft)) + blurred * soft) * 255.0).astype(np.uint8)
+
+
+def blur_image(data: bytes, boxes, quality: int) -> bytes:
+    """Decode an image, blur its faces and encode it as WebP (DataComp's resharder re-encodes blurred images so)."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("undecodable image")
+    ok, encoded = cv2.imencode(".webp", blur_boxes(img, boxes), [int(cv2.IMWRITE_WEBP_QUALITY), quality])
+    if not ok:
+        raise ValueError("WebP encoding failed")
+    return encoded.tobytes()
+
+
+@lru_cache(maxsize=1)
+def _face_table(parquets: tuple[str, ...]) -> tuple[UidSet, list]:
+    """uid -> face boxes of the rows with faces in these metadata parquets (DataComp's `face_bboxes` column)."""
+    import pyarrow.parquet as pq
+
+    from mode.core.uids import hex_to_pairs
+
+    uids, boxes = [], []
+    for path in parquets:
+        with reading(path, "metadata parquet with uid and face_bboxes"):
+            table = pq.read_table(path, columns=["uid", "face_bboxes"]).to_pydict()
+        for uid, b in zip(table["uid"], table["face_bboxes"]):
+            if b:
+                uids.append(uid)
+                boxes.append(b)
+    pairs = hex_to_pairs(uids)
+    order = np.lexsort((pairs["f1"], pairs["f0"])) if len(pairs) else np.zeros(0, int)
+    return UidSet(pairs), [boxes[i] for i in order]
+
+
+def face_parquets(blur: dict, shard: str) -> tuple[str, ...]:
+    """The metadata parquets that hold the face boxes of `shard`'s samples (empty: none known)."""
+    if blur.get("map") is not None:
+        found = blur["map"].get(Path(shard).name)
+        return (found,) if found else ()
+    return tuple(blur.get("parquets", ()))
+
+
+def load_blur_map(path: str, paths: list[str]) -> dict[str, str]:
+    """DataComp's `--blur-metadata-map`: `{name: {"parquet": P, "shards": [S, ...]}}`, inverted to shard name ->
+    parquet for the input shards."""
+    with reading(path, "blur metadata map (json)"):
+        entries = json.loads(Path(path).read_text())
+    table = {}
+    try:
+        for entry in entries.values():
+            for shard in entry["shards"]:
+                table[Path(shard).name] = entry["parquet"]
+    except (AttributeError, KeyError, TypeError):
+        raise UserError(f"{path}: expected DataComp's map {{name: {{\"parquet\": ..., \"shards\": [...]}}}}")
+    missing = sum(Path(p).name not in table for p in paths)
+    if missing:
+        print(f"reshard: no parquet for {missing} of {len(paths)} shards in {path}: their faces are not blurred")
+    return table
+
+
+# ------------------------------------------------------------------------------------------------- selection
 
 @lru_cache(maxsize=1)
 def _subset_lookup(subset_path: str) -> tuple[UidSet, np.ndarray]:
@@ -70,107 +169,248 @@ def _subset_lookup(subset_path: str) -> tuple[UidSet, np.ndarray]:
     return UidSet(uniq), counts
 
 
-def _selected(subset_path: str, path: str, result: dict) -> Iterator[tuple[str, dict]]:
+def _with_faces(sample: dict, uid: str, path: str, opts: dict, result: dict) -> dict | None:
+    """The sample with its faces blurred and/or listed in its json, as asked; None when blurring failed."""
+    faces, boxes = _face_table(face_parquets(opts, path)), None
+    pos = faces[0].position(uid)
+    if pos >= 0:
+        boxes = faces[1][pos]
+    if not boxes:
+        return sample
+    sample = dict(sample)
+    if opts.get("apply_blur"):
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        start = time.perf_counter()
+        try:
+            sample["webp"] = blur_image(sample.pop(ext), boxes, opts["quality"])
+        except (ValueError, TypeError, KeyError):
+            result["skipped"]["blur_failed"] += 1  # never write a face that should have been blurred
+            return None
+        result["blur_count"] += 1
+        result["blur_time"] += time.perf_counter() - start
+    if opts.get("inject"):
+        meta = json.loads(sample["json"])
+        meta["face_bboxes"] = [list(b) for b in boxes]
+        sample["json"] = json.dumps(meta).encode()
+    return sample
+
+
+def _selected(subset_path: str, opts: dict, path: str, result: dict) -> Iterator[tuple[str, dict]]:
     """One input shard's samples that are in the subset, each as many times as listed; counts into `result`."""
     members, counts = _subset_lookup(subset_path)
     skipped = Counter()
-    result.update(written=0, uids=[], skipped=skipped)
-    for key, sample in iter_tar(path, skipped):
+    result.update(processed=0, written=0, blur_count=0, blur_time=0.0, skipped=skipped)
+    for _, sample in iter_tar(path, skipped):
+        result["processed"] += 1
         try:
             uid = sample_uid(sample)
         except NoUid as e:
             skipped[e.reason] += 1
             continue
         pos = members.position(uid)
-        for r in range(int(counts[pos]) if pos >= 0 else 0):
-            yield f"{key}_{r}", sample
-            result["uids"].append(uid)
+        n = int(counts[pos]) if pos >= 0 else 0
+        if n and opts.get("faces"):
+            sample = _with_faces(sample, uid, path, opts, result)
+            if sample is None:
+                continue
+        for j in range(n):
+            yield f"{uid}-{j}", sample
             result["written"] += 1
 
 
-def _select(subset_path: str, parts_dir: str, item: tuple[str, str]) -> dict:
+def _select(subset_path: str, opts: dict, parts_dir: str, item: tuple[str, str]) -> dict:
     """Write one input shard's selected samples to a part tar (parallel runs; packed in order afterwards)."""
     path, part = item
     result = {"part": part}
-    write_tar(Path(parts_dir) / f"{part}.tar", _selected(subset_path, path, result))
+    samples = _selected(subset_path, opts, path, result)
+    if parts_dir:
+        write_tar(Path(parts_dir) / f"{part}.tar", samples)
+    else:
+        for _ in samples:  # --dry-run: count only
+            pass
     return {**result, "skipped": dict(result["skipped"])}
 
 
-def _streamed(subset_path: str, paths: list[str], results: list[dict]) -> Iterator[tuple[str, dict]]:
+def _streamed(subset_path: str, opts: dict, paths: list[str], results: list[dict]) -> Iterator[tuple[str, dict]]:
     """With one worker: the selected samples of every input shard in order, with no part tars in between."""
     for path in tqdm(paths, desc="reshard", unit="shard"):
         results.append({})
-        yield from _selected(subset_path, path, results[-1])
+        yield from _selected(subset_path, opts, path, results[-1])
 
+
+# ------------------------------------------------------------------------------------------------- run
 
 def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, workers: int = 1,
-        overwrite: bool = False) -> dict:
-    """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary. One run per output
-    folder at a time (the lock lies beside the folder, which --overwrite replaces)."""
+        overwrite: bool = False, first_shard: int = 0, num_shards: int | None = None, shuffle_bufsize: int = 0,
+        seed: int = 0, apply_blur: bool = False, inject_blur_metadata: bool = False,
+        blur_metadata_map: str | None = None, metadata_dir: str | None = None,
+        reencode_webp_quality: int = 100, dry_run: bool = False) -> dict:
+    """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary.
+
+    One run per output folder at a time (the lock lies beside the folder, which --overwrite replaces).
+    `first_shard`/`num_shards` take a slice of the input shards (DataComp's `--first-shard`/`-n`);
+    `apply_blur`/`inject_blur_metadata` read `face_bboxes` from `blur_metadata_map` (DataComp's map) or from
+    every parquet of `metadata_dir`; `dry_run` reads and counts but writes nothing.
+    """
     if shard_size < 1:
         raise UserError("--shard-size must be positive")
+    if not 0 <= reencode_webp_quality <= 100:
+        raise UserError("--reencode-webp-quality must be in [0, 100]")
     load_subset(subset)  # checks dtype and order once, with a clear error
     paths = expand(inputs)
-    _check_output(Path(output_dir), inputs, paths, subset)  # before anything is written, the lock included
-    out = Path(output_dir).resolve()
-    with holding(out.parent, f"reshard-{out.name}", "`mode reshard`"):
-        return _run(paths, output_dir, subset, shard_size, workers, overwrite)
-
-
-def _run(paths: list[str], output_dir: str, subset: str, shard_size: int, workers: int, overwrite: bool) -> dict:
+    if first_shard < 0 or first_shard >= len(paths):
+        raise UserError(f"--first-shard {first_shard}: the input has {len(paths)} shards (0..{len(paths) - 1})")
+    paths = paths[first_shard:first_shard + num_shards if num_shards else None]
+    opts = _face_options(apply_blur, inject_blur_metadata, blur_metadata_map, metadata_dir, paths,
+                         reencode_webp_quality)
     out = Path(output_dir)
+    _check_output(out, inputs, paths, subset)  # before anything is written, the lock included
+    args = {"input_dir": inputs, "output_dir": output_dir, "subset_file": subset, "num_shards": num_shards,
+            "first_shard": first_shard, "num_workers": workers, "shard_size": shard_size,
+            "output_shard_format": SHARD_FORMAT, "output_shard_stats_format": "{:08d}_stats.json",
+            "shuffle_bufsize": shuffle_bufsize, "seed": seed, "blur_metadata_map": blur_metadata_map,
+            "metadata_dir": metadata_dir, "apply_blur": apply_blur, "inject_blur_metadata": inject_blur_metadata,
+            "reencode_webp_quality": reencode_webp_quality, "dry_run": dry_run, "overwrite": overwrite}
+    work = partial(_run, paths, out, subset, opts, args)
+    if dry_run:
+        return work()
+    params = {k: args[k] for k in ("shard_size", "shuffle_bufsize", "seed", "apply_blur", "inject_blur_metadata",
+                                   "reencode_webp_quality")}
+    inputs_files = [Path(p) for p in paths] + [Path(subset)] + [Path(p) for p in opts.get("all_parquets", ())]
+    resolved = out.resolve()
+    return run_global("reshard", out, resolved.parent, params, inputs_files, partial(_outputs, out), work,
+                      record=out / MARKER, lock_name=f"reshard-{resolved.name}", replace=overwrite,
+                      hint="pass --overwrite to replace it")
+
+
+def _face_options(apply_blur, inject, blur_map, metadata_dir, paths, quality) -> dict:
+    if not (apply_blur or inject):
+        return {}
+    if not (blur_map or metadata_dir):
+        raise UserError("--apply-blur and --inject-blur-metadata need the faces: pass --blur-metadata-map (DataComp's "
+                        "map of shards to metadata parquets) or --metadata-dir (the pool's metadata folder)")
+    if apply_blur:
+        try:
+            import cv2  # noqa: F401  (an optional dependency: only blurring needs it)
+        except ImportError:
+            raise UserError("--apply-blur needs OpenCV: pip install 'mode-clip[blur]'")
+    opts = {"faces": True, "apply_blur": apply_blur, "inject": inject, "quality": quality}
+    if blur_map:
+        opts["map"] = load_blur_map(blur_map, paths)
+        opts["all_parquets"] = sorted(set(opts["map"].values()))
+    else:
+        found = sorted(str(p) for p in Path(metadata_dir).glob("*.parquet"))
+        if not found:
+            raise UserError(f"--metadata-dir {metadata_dir}: no .parquet files there")
+        opts["parquets"] = opts["all_parquets"] = found
+    return opts
+
+
+def _outputs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict) -> dict:
+    """The work: select, pack into shards in input order (optionally shuffled), write DataComp's files."""
     start = time.perf_counter()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty; pass --overwrite to replace it")
-        if not (out / MARKER).exists() and not _is_old_reshard(out):
-            raise UserError(f"--overwrite: {out} was not written by `mode reshard` (no {MARKER}); remove it yourself "
-                            "or choose another output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by mode reshard; --overwrite may replace this folder\n")
-    parts_dir = out / ".parts"
-    parts_dir.mkdir(parents=True)
+    dry = args["dry_run"]
+    if not dry:
+        _prepare(out, args["overwrite"])
+    workers, shard_size = args["num_workers"], args["shard_size"]
+    parts_dir = "" if dry else str(out / ".parts")
     results: list[dict] = []
-    if workers > 1:  # select in parallel into part tars, then pack them in input order
+    if workers > 1 or dry:  # select in parallel into part tars, then pack them in input order
+        if parts_dir:
+            os.makedirs(parts_dir)
         ids = shard_ids(paths)
-        work = partial(_select, subset, str(parts_dir))
+        work = partial(_select, subset, opts, parts_dir)
         items = [(p, ids[p]) for p in paths]
         results = list(tqdm(pool_map(work, items, workers), total=len(items), desc="reshard: select", unit="shard"))
-        samples = (s for res in results for s in iter_tar(parts_dir / f"{res['part']}.tar"))
+        samples = (s for res in results for s in iter_tar(Path(parts_dir) / f"{res['part']}.tar")) if parts_dir \
+            else iter(())
     else:
-        samples = _streamed(subset, paths, results)
+        samples = _streamed(subset, opts, paths, results)
+    if args["shuffle_bufsize"] > 0:
+        import webdataset.filters as wds_filters
+
+        samples = wds_filters._shuffle(samples, args["shuffle_bufsize"], args["shuffle_bufsize"],
+                                       rng=random.Random(args["seed"]))
     sizes, n_out = {}, 0
-    while (first := next(samples, None)) is not None:  # stream: never more than one sample in memory
+    while (first := next(samples, None)) is not None:  # stream: never more than a shuffle buffer in memory
         name = SHARD_FORMAT.format(n_out)
-        batch = itertools.chain([first], itertools.islice(samples, shard_size - 1))
-        count = write_tar(out / name, ((f"{n_out:08d}{i:05d}", members) for i, (_, members) in enumerate(batch)))
+        count = write_tar(out / name, itertools.chain([first], itertools.islice(samples, shard_size - 1)))
         write_tar_stats(out / name, count)
         sizes[name], n_out = count, n_out + 1
-    sample_ids = [u for res in results for u in res["uids"]]
-    shutil.rmtree(parts_dir)
-    with atomic_write(out / "sample_ids.npy") as f:
-        np.save(f, hex_to_pairs(sample_ids) if sample_ids else np.zeros(0, UID_DTYPE))
-    write_json(out / "sizes.json", sizes)
+    state = {"processed_count": sum(r["processed"] for r in results),
+             "output_count": sum(r["written"] for r in results),
+             "blur_count": sum(r["blur_count"] for r in results),
+             "blur_time": sum(r["blur_time"] for r in results),
+             "output_shard_count": -(-sum(r["written"] for r in results) // shard_size) if dry else n_out,
+             "worker_success": min(workers, len(paths))}
     skipped = sum((Counter(r["skipped"]) for r in results), Counter())
-    summary = {"input_shards": len(paths), "output_shard_count": n_out, "output_shard_format": SHARD_FORMAT,
-               "shard_size": shard_size, "samples": len(sample_ids), "skipped": dict(skipped),
-               "subset": str(subset), "seconds": round(time.perf_counter() - start, 3)}
-    write_json(out / "meta.json", summary)  # written last: a complete reshard has meta.json
+    summary = {"input_shards": len(paths), "output_shard_count": state["output_shard_count"],
+               "output_shard_format": SHARD_FORMAT, "shard_size": shard_size, "samples": state["output_count"],
+               "processed": state["processed_count"], "blurred": state["blur_count"], "skipped": dict(skipped),
+               "subset": str(subset), "dry_run": dry}
+    if dry:
+        return {**summary, "seconds": round(time.perf_counter() - start, 3)}
+    shutil.rmtree(out / ".parts", ignore_errors=True)
+    with reading(subset, "uid subset .npy"), open(subset, "rb") as src, atomic_write(out / "sample_ids.npy") as f:
+        shutil.copyfileobj(src, f)  # DataComp's sample_ids.npy: the subset file itself
+    write_json(out / "sizes.json", sizes)
+    meta = {**{k: str(v) for k, v in args.items()}, **state, "cwd": str(Path.cwd())}
+    write_json(out / "meta.json", meta)  # last of the outputs; the record (.mode-reshard) follows it
     return summary
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    """Empty the output folder when it is ours (a run stopped early, or one --overwrite replaces); else refuse."""
+    if out.exists() and any(out.iterdir()):
+        if not _is_ours(out):
+            raise UserError(f"{out} is not empty and was not written by `mode reshard` (no {MARKER}); remove it "
+                            "yourself or choose another output")
+        if not (out / MARKER).exists() and not overwrite:
+            raise UserError(f"{out} holds an earlier reshard; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / MARKER, {"status": "in progress", "pid": os.getpid()})
 
 
 # ------------------------------------------------------------------------------------------- `mode reshard`
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--input", required=True, help="input shards: dir, brace pattern, '::' list")
-    p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("-s", "--subset", required=True, help="sorted u8,u8 uid .npy")
-    p.add_argument("--shard-size", type=positive_int, default=10000)
-    p.add_argument("--workers", type=positive_int, default=1)
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("-i", "--input-dir", "--input", dest="input", required=True,
+                   help="input shards: dir, brace pattern, '::' list")
+    p.add_argument("-o", "--output-dir", "--output", dest="output", required=True, help="output directory")
+    p.add_argument("-s", "--subset-file", "--subset", dest="subset", required=True, help="sorted u8,u8 uid .npy")
+    p.add_argument("-n", "--num-shards", type=positive_int, default=None,
+                   help="process only this many input shards (default: all from --first-shard)")
+    p.add_argument("--first-shard", type=int, default=0, help="index of the first input shard to process")
+    p.add_argument("-j", "--num-workers", "--workers", dest="workers", type=positive_int, default=1,
+                   help="processes reading the input shards (the output does not depend on it)")
+    p.add_argument("--shard-size", type=positive_int, default=10000, help="samples per output shard (at most)")
+    p.add_argument("--shuffle-bufsize", type=int, default=0,
+                   help="shuffle the output with a buffer of this many samples (0: input order)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle-bufsize's shuffle")
+    p.add_argument("--apply-blur", action="store_true",
+                   help="blur the faces listed in the metadata's face_bboxes and re-encode those images as WebP")
+    p.add_argument("--inject-blur-metadata", action="store_true", help="add face_bboxes to the samples' json")
+    p.add_argument("--blur-metadata-map", default=None,
+                   help="DataComp's json map from shards to the metadata parquets holding face_bboxes")
+    p.add_argument("--metadata-dir", default=None,
+                   help="or: a folder of metadata parquets (uid, face_bboxes) covering the input, e.g. POOL/metadata")
+    p.add_argument("--reencode-webp-quality", type=int, default=100, help="WebP quality of blurred images")
+    p.add_argument("--dry-run", action="store_true", help="read and count, write nothing")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier reshard in the output directory")
 
 
 def main(args: argparse.Namespace) -> None:
-    s = run(args.input, args.output, args.subset, args.shard_size, args.workers, args.overwrite)
-    print(f"reshard: {s['samples']} samples in {s['output_shard_count']} shards -> {args.output}")
+    s = run(args.input, args.output, args.subset, args.shard_size, args.workers, args.overwrite, args.first_shard,
+            args.num_shards, args.shuffle_bufsize, args.seed, args.apply_blur, args.inject_blur_metadata,
+            args.blur_metadata_map, args.metadata_dir, args.reencode_webp_quality, args.dry_run)
+    blurred = f", {s['blurred']} with faces blurred" if s.get("blurred") else ""
+    if s.get("dry_run"):
+        print(f"reshard --dry-run: {s['samples']} samples would be written in {s['output_shard_count']} shards "
+              f"({s['processed']} read{blurred}); nothing written")
+    else:
+        print(f"reshard: {s['samples']} samples in {s['output_shard_count']} shards{blurred} -> {args.output}")

@@ -29,7 +29,8 @@ import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,7 @@ from tqdm import tqdm
 from mode.core.errors import UserError
 from mode.core.layout import EvalTask, Pool, shard_name
 from mode.core.parallel import pool_map
+from mode.core.runner import run_global
 from mode.core.shards import atomic_write, write_json, write_tar
 from mode.core.step import positive_int
 
@@ -427,36 +429,45 @@ def ensure_pool(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, e
                 workers: int = 1, overwrite: bool = False) -> dict:
     """Make the toy pool at `out` unless an identical one is there; safe when several processes race.
 
-    The pool is built in a private temp directory and renamed into place, so a crash never leaves a partial
-    pool at `out` and concurrent callers (e.g. torchrun ranks) end with the same complete pool.
+    A global step (mode.core.runner.run_global, record `toy.json`): a second caller waits for the first and
+    reuses its pool; a pool whose files changed since is made again; other parameters need `overwrite`. The
+    pool is built in a private temp directory and renamed into place, so a crash never leaves a partial pool at
+    `out`; a non-empty folder that is not a toy pool is never touched.
     """
     params = {"samples": samples, "shards": shards, "seed": seed, "eval_per_class": eval_per_class,
               "toy_version": TOY_VERSION}
-    record_path = Pool(out).toy_record
-    if record_path.exists():
-        with open(record_path) as f:
+    pool = Pool(out)
+    if pool.toy_record.exists():
+        with open(pool.toy_record) as f:
             record = json.load(f)
-        if all(record.get(k) == v for k, v in params.items()):
-            return record
-        if not overwrite:
-            raise UserError(f"{out} holds a toy pool made with other parameters; pass --overwrite to replace it")
-    elif os.path.exists(out) and os.listdir(out) and not overwrite:
+        if "params_hash" not in record:  # made before toy pools had run records: its parameters decide
+            if all(record.get(k) == v for k, v in params.items()):
+                return record
+            if not overwrite:
+                raise UserError(f"{out} holds a toy pool made with another config; pass --overwrite to replace it")
+    elif os.path.exists(out) and os.listdir(out):
         raise UserError(f"{out} exists and is not a toy pool; choose an empty or new directory")
+    root = pool.root.resolve()
+    return run_global("toy", root, root.parent, params, [], partial(_pool_files, root),
+                      partial(_build, out, samples, shards, seed, eval_per_class, workers), record=pool.toy_record,
+                      lock_name=f"toy-{root.name}", replace=overwrite, hint="pass --overwrite to replace it",
+                      wait=True)
+
+
+def _pool_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "toy.json")
+
+
+def _build(out: str, samples: int, shards: int, seed: int, eval_per_class: int, workers: int) -> dict:
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(out))}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         record = generate(tmp, samples, shards, seed, eval_per_class, workers)
-        if overwrite and os.path.exists(out):
+        if os.path.exists(out):  # a toy pool being replaced (run_global checked it is one), or an empty folder
             shutil.rmtree(out)
-        elif os.path.isdir(out) and not os.listdir(out):
-            os.rmdir(out)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished first; its pool is identical
-            if not Pool(out).toy_record.exists():
-                raise
+        os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record

@@ -286,3 +286,16 @@ def test_dr_bad_input(tmp_path, hub):
         args.func(args)
     with pytest.raises(SystemExit):
         parse("--scale", "small", "--dr", "apple/DataCompDR-12M", "--data_dir", str(tmp_path))
+
+
+def test_complete_download_is_a_done_global_step(tmp_path, hub, no_img2dataset):
+    """The record lists every metadata file with its size: a rerun with the same flags asks the hub nothing, a
+    removed file is fetched again."""
+    first = download.run_pool("small", str(tmp_path), skip_shards=True)
+    assert first["step"] == "download" and set(first["outputs"]) == {"metadata/0a1b.parquet", "metadata/ff02.parquet"}
+    n = len(hub.calls)
+    assert download.run_pool("small", str(tmp_path), skip_shards=True)["seconds"] == first["seconds"]
+    assert len(hub.calls) == n
+    (tmp_path / "metadata" / "ff02.parquet").unlink()
+    assert download.run_pool("small", str(tmp_path), skip_shards=True)["files"]["parquet"] == 2
+    assert len(hub.calls) == n + 1

@@ -82,7 +82,7 @@ def test_filter_errors(toy_pool, tmp_path):
 def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_path, rows):
     downloaded = [r["uid"] for r in rows if r["toy_downloaded"]]
     missing = [r["uid"] for r in rows if not r["toy_downloaded"]][:2]
-    chosen = downloaded[::3] + downloaded[:5] + missing  # five uids twice; two absent from the shards
+    chosen = downloaded[::3] + downloaded[:5] + missing  # two uids twice; two absent from the shards
     subset = tmp_path / "subset.npy"
     from mode.core.uids import save_subset
 
@@ -97,17 +97,23 @@ def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_pat
         written.update(json.loads(m["json"])["uid"] for _, m in samples)
     expected = Counter(u for u in chosen if u in set(downloaded))
     assert written == expected and summary["samples"] == sum(expected.values())
-    assert Counter(pairs_to_hex(np.load(out / "sample_ids.npy"))) == expected
+    assert (out / "sample_ids.npy").read_bytes() == subset.read_bytes()  # DataComp's: the subset file itself
+    keys = [k for p in expand(str(out)) for k, _ in iter_tar(p)]
+    assert sorted(keys) == sorted(f"{u}-{j}" for u, n in expected.items() for j in range(n))  # DataComp's keys
     meta = json.loads((out / "meta.json").read_text())
     assert meta["output_shard_count"] == len(expand(str(out))) and meta["output_shard_format"] == "{:08d}.tar"
+    assert meta["output_count"] == summary["samples"] and meta["processed_count"] == len(downloaded)
+    assert meta["shard_size"] == "50" and meta["blur_count"] == 0 and meta["worker_success"] == 2
     assert sum(json.loads((out / "sizes.json").read_text()).values()) == summary["samples"]
     one = tmp_path / "one_worker"  # streamed without part tars: the same shards, byte for byte
     assert reshard.run(str(toy_pool), str(one), str(subset), shard_size=50, workers=1)["samples"] == summary["samples"]
     assert [(p.name, p.read_bytes()) for p in sorted(one.glob("*.tar"))] == \
         [(p.name, p.read_bytes()) for p in sorted(out.glob("*.tar"))]
-    assert (one / "sample_ids.npy").read_bytes() == (out / "sample_ids.npy").read_bytes()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = reshard.run(str(toy_pool), str(out), str(subset), shard_size=50, workers=2)  # done: skipped
+    assert again["samples"] == summary["samples"] and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     with pytest.raises(UserError, match="--overwrite"):
-        reshard.run(str(toy_pool), str(out), str(subset))
+        reshard.run(str(toy_pool), str(out), str(subset), shard_size=40)
     bad = tmp_path / "unsorted.npy"
     np.save(bad, np.array([(2, 0), (1, 0)], dtype="u8,u8"))
     with pytest.raises(UserError, match="not sorted"):

@@ -159,12 +159,15 @@ def test_same_seed_same_bytes_any_workers(tmp_path, toy_pool):
 
 def test_ensure_pool_reuses_and_refuses(tmp_path, toy_pool):
     assert toy.ensure_pool(str(toy_pool), **SMALL_POOL)["samples"] == SMALL_POOL["samples"]
-    with pytest.raises(UserError, match="other parameters"):
+    with pytest.raises(UserError, match="another config; pass --overwrite"):
         toy.ensure_pool(str(toy_pool), **{**SMALL_POOL, "seed": 5})
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     with pytest.raises(UserError, match="not a toy pool"):
         toy.ensure_pool(str(tmp_path / "busy"), **SMALL_POOL)
+    with pytest.raises(UserError, match="not a toy pool"):  # --overwrite replaces toy pools only
+        toy.ensure_pool(str(tmp_path / "busy"), **SMALL_POOL, overwrite=True)
+    assert (tmp_path / "busy" / "file").read_text() == "x"
     with pytest.raises(UserError):
         toy.ensure_pool(str(tmp_path / "tiny"), samples=3, shards=8)
     assert not (tmp_path / "tiny").exists() and not list(tmp_path.glob(".tmp-*"))
@@ -179,3 +182,20 @@ def test_cli_toy(tmp_path):
     res = run([PYTHON, "-m", "mode", "toy", str(out), "--samples", "100", "--shards", "2"])
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error:")
+
+
+def test_changed_pool_is_made_again(tmp_path):
+    """The toy pool is a global step: its record lists every file with its size; one removed or cut is noticed
+    and the pool made again, byte-identical; a rerun with nothing changed does no work."""
+    small = {**SMALL_POOL, "samples": 120, "shards": 2}
+    out = tmp_path / "pool"
+    record = toy.ensure_pool(str(out), **small)
+    assert record["step"] == "toy" and "shards/00000000.tar" in record["outputs"]
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "toy.json"}
+    mtime = (out / "toy.json").stat().st_mtime_ns
+    toy.ensure_pool(str(out), **small)
+    assert (out / "toy.json").stat().st_mtime_ns == mtime
+    shard = out / "shards" / "00000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    toy.ensure_pool(str(out), **small)
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "toy.json"} == before

@@ -1,0 +1,169 @@
+"""The resharder's DataComp flags: a slice of the input, dry runs, a seeded shuffle, raw subsets and face blurring."""
+
+import io
+import json
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mode.cli import main
+from mode.core.errors import UserError
+from mode.core.shards import expand, iter_tar, write_tar
+from mode.core.uids import hex_to_pairs, save_subset
+from mode.datacomp import reshard
+
+
+def _uids(folder):
+    return [json.loads(m["json"])["uid"] for p in expand(str(folder)) for _, m in iter_tar(p)]
+
+
+@pytest.fixture(scope="module")
+def everything(toy_pool, tmp_path_factory):
+    """A subset of every uid in the toy pool's shards, each listed once."""
+    uids = [json.loads(m["json"])["uid"] for p in expand(str(toy_pool)) for _, m in iter_tar(p)]
+    path = tmp_path_factory.mktemp("subset") / "all.npy"
+    save_subset(str(path), hex_to_pairs(uids))
+    return path
+
+
+def test_datacomp_flags_slice_and_dry_run(toy_pool, everything, tmp_path, capsys):
+    shards = expand(str(toy_pool))
+    want = [json.loads(m["json"])["uid"] for p in shards[1:3] for _, m in iter_tar(p)]
+    argv = ["reshard", "--input-dir", str(toy_pool), "--output-dir", str(tmp_path / "out"), "--subset-file",
+            str(everything), "--first-shard", "1", "-n", "2", "-j", "2", "--shard-size", "40"]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "would be written" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    assert main(argv) == 0
+    assert _uids(tmp_path / "out") == want  # shards 1 and 2 only, in input order
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["processed_count"] == meta["output_count"] == len(want)
+    assert meta["first_shard"] == "1" and meta["num_shards"] == "2"
+    assert meta["output_shard_count"] == -(-len(want) // 40)
+    with pytest.raises(UserError, match="--first-shard 9"):
+        reshard.run(str(toy_pool), str(tmp_path / "o2"), str(everything), first_shard=9)
+
+
+def test_seeded_shuffle(toy_pool, everything, tmp_path):
+    runs = {}
+    for name, bufsize, seed in (("plain", 0, 0), ("a", 100, 0), ("b", 100, 0), ("c", 100, 1)):
+        reshard.run(str(toy_pool), str(tmp_path / name), str(everything), shard_size=200, shuffle_bufsize=bufsize,
+                    seed=seed)
+        runs[name] = _uids(tmp_path / name)
+    assert runs["a"] == runs["b"]  # same seed, same order
+    assert runs["a"] != runs["plain"] and runs["a"] != runs["c"]
+    assert sorted(runs["a"]) == sorted(runs["plain"]) == sorted(runs["c"])
+
+
+def test_raw_memmap_subset_as_datacomp_takes_it(toy_pool, everything, tmp_path):
+    raw = tmp_path / "subset.bin"
+    raw.write_bytes(np.load(everything).tobytes())  # no .npy header
+    reshard.run(str(toy_pool), str(tmp_path / "a"), str(everything), shard_size=200)
+    reshard.run(str(toy_pool), str(tmp_path / "b"), str(raw), shard_size=200)
+    assert [p.read_bytes() for p in sorted((tmp_path / "b").glob("*.tar"))] == \
+        [p.read_bytes() for p in sorted((tmp_path / "a").glob("*.tar"))]
+    (tmp_path / "odd.bin").write_bytes(b"x" * 17)
+    with pytest.raises(UserError, match="16-byte uids"):
+        reshard.run(str(toy_pool), str(tmp_path / "c"), str(tmp_path / "odd.bin"))
+
+
+def test_outputs_not_ours_and_earlier_reshards(toy_pool, everything, tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="not written by `mode reshard`"):
+        reshard.run(str(toy_pool), str(theirs), str(everything))
+    old = tmp_path / "old"  # a folder DataComp's resharder (or this tool before its record) wrote
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"output_shard_count": 0, "output_shard_format": "{:08d}.tar"}))
+    with pytest.raises(UserError, match="--overwrite"):
+        reshard.run(str(toy_pool), str(old), str(everything))
+    assert reshard.run(str(toy_pool), str(old), str(everything), overwrite=True)["samples"] == len(_uids(toy_pool))
+
+
+# ------------------------------------------------------------------------------------------------- faces
+
+def _jpeg(arr):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_blur_boxes_follows_img2dataset_blurrer():
+    """Far from a box nothing changes; inside it the image equals its Gaussian blur with sigma a tenth of the
+    box's longest side; no boxes: the image itself."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    assert reshard.blur_boxes(img, []) is img
+    out = reshard.blur_boxes(img, [[0.25, 0.25, 0.5, 0.5]])  # 40 x 30 px box: longest side 40, sigma 4
+    assert np.array_equal(out[100:, 120:], img[100:, 120:])
+    sigma, k = 4.0, int(2 * np.ceil(16)) + 1
+    blurred = cv2.GaussianBlur(img.astype(np.float32) / 255, (k, k), sigmaX=sigma)
+    centre = (slice(40, 50), slice(55, 65))
+    mask = np.zeros((120, 160, 3), np.float32)
+    mask[26:64, 36:84] = 1  # the box grown by 4 px each side
+    soft = cv2.GaussianBlur(mask, (k, k), sigmaX=sigma)
+    hand = ((img / 255 * (1 - soft) + blurred * soft) * 255).astype(np.uint8)
+    assert np.abs(out.astype(int) - hand.astype(int)).max() <= 1
+    assert np.abs(out[centre].astype(int) - (blurred[centre] * 255).astype(int)).max() <= 2
+
+
+@pytest.fixture()
+def face_pool(tmp_path):
+    """Three samples: one face, one without, one face on an undecodable image; their metadata parquet."""
+    yy, xx = np.mgrid[0:64, 0:80]
+    smooth = np.stack([xx * 3, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)  # WebP keeps it within a level or two
+    smooth[16:40, 16:40] = ((yy[16:40, 16:40] // 4 + xx[16:40, 16:40] // 4) % 2 * 255)[..., None]  # a sharp "face"
+    uids = ["%032x" % (i + 1) for i in range(3)]
+    boxes = [[[0.1, 0.1, 0.6, 0.7]], [], [[0.2, 0.2, 0.4, 0.4]]]
+    images = [_jpeg(smooth), _jpeg(smooth[::-1].copy()), b"not an image"]
+    pool = tmp_path / "pool"
+    (pool / "shards").mkdir(parents=True)
+    (pool / "metadata").mkdir()
+    write_tar(pool / "shards" / "00000000.tar", [(f"{i:04d}", {"jpg": images[i], "txt": b"a caption",
+                                                                 "json": json.dumps({"uid": u}).encode()})
+                                                  for i, u in enumerate(uids)])
+    table = pa.table({"uid": uids, "face_bboxes": pa.array(boxes, pa.list_(pa.list_(pa.float64())))})
+    pq.write_table(table, pool / "metadata" / "part0.parquet")
+    save_subset(str(tmp_path / "s.npy"), hex_to_pairs(uids))
+    return pool, uids, images, boxes
+
+
+def test_apply_blur_and_inject_metadata(face_pool, tmp_path):
+    pool, uids, images, boxes = face_pool
+    s = reshard.run(str(pool / "shards"), str(tmp_path / "out"), str(tmp_path / "s.npy"), apply_blur=True,
+                    inject_blur_metadata=True, metadata_dir=str(pool / "metadata"))
+    assert s["blurred"] == 1 and s["skipped"] == {"blur_failed": 1} and s["samples"] == 2
+    got = {json.loads(m["json"])["uid"]: m for _, m in iter_tar(tmp_path / "out" / "00000000.tar")}
+    assert set(got) == {uids[0], uids[1]}  # the face that could not be blurred is never written
+    face, plain = got[uids[0]], got[uids[1]]
+    assert "jpg" not in face and "webp" in face and json.loads(face["json"])["face_bboxes"] == boxes[0]
+    assert plain["jpg"] == images[1] and "face_bboxes" not in json.loads(plain["json"])
+    decoded = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_UNCHANGED)
+    want = reshard.blur_boxes(decoded, boxes[0])
+    webp = cv2.imdecode(np.frombuffer(face["webp"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert webp.shape == want.shape and np.abs(webp.astype(int) - want.astype(int)).mean() < 2
+    assert np.abs(webp.astype(int) - decoded.astype(int))[20:36, 20:36].mean() > 40  # the checkerboard is blurred
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["blur_count"] == 1 and meta["apply_blur"] == "True"
+    # DataComp's --blur-metadata-map names the parquet per shard: the same output
+    (tmp_path / "map.json").write_text(json.dumps({"0": {"parquet": str(pool / "metadata" / "part0.parquet"),
+                                                         "shards": [str(pool / "shards" / "00000000.tar")]}}))
+    reshard.run(str(pool / "shards"), str(tmp_path / "out2"), str(tmp_path / "s.npy"), apply_blur=True,
+                inject_blur_metadata=True, blur_metadata_map=str(tmp_path / "map.json"))
+    assert (tmp_path / "out2" / "00000000.tar").read_bytes() == (tmp_path / "out" / "00000000.tar").read_bytes()
+
+
+def test_blur_needs_the_faces(face_pool, tmp_path, capsys):
+    pool, *_ = face_pool
+    argv = ["reshard", "-i", str(pool / "shards"), "-o", str(tmp_path / "o"), "-s", str(tmp_path / "s.npy")]
+    assert main([*argv, "--apply-blur"]) == 2
+    assert "--blur-metadata-map" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main([*argv, "--apply-blur", "--blur-metadata-map", str(tmp_path / "bad.json")]) == 2
+    assert "DataComp's map" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
