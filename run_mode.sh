@@ -14,7 +14,8 @@ demo() {
   echo "== toy pool -> $out/pool"
   python -m mode toy "$out/pool" --samples "$samples" --shards 8 --workers 2
   echo "== DataComp basic filter (English, > 2 words, > 5 characters, min side >= 200, aspect <= 3) -> $out/basic.npy"
-  python -m mode filter --name basic_filter --metadata-dir "$out/pool/metadata" --save-path "$out/basic.npy"
+  python -m mode filter --name basic_filter --metadata-dir "$out/pool/metadata" --save-path "$out/basic.npy" \
+    --fasttext-model packaged
   echo "== reshard the kept pairs -> $out/filtered"
   python -m mode reshard -i "$out/pool" -o "$out/filtered" -s "$out/basic.npy" --shard-size 1000 --workers 2 \
     --overwrite

@@ -111,7 +111,7 @@ def make_subset(pool: Path, kind: str, path: Path) -> int:
 
     meta = Pool(pool).metadata_dir
     if kind == "basic_filter":
-        filters.run("basic_filter", str(meta), str(path), filters.FilterParams(), workers=2)
+        filters.run("basic_filter", str(meta), str(path), filters.FilterParams(fasttext_model="packaged"), workers=2)
     else:
         filters.run("no_filter", str(meta), str(path), filters.FilterParams())
         uids = load_subset(str(path))

@@ -58,7 +58,8 @@ def clean_work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("clean")
     pool = root / "pool"
     ensure_pool(str(pool), **{**SMALL_POOL, "samples": 1200})
-    filters.run("basic_filter", str(Pool(pool).metadata_dir), str(root / "basic.npy"), filters.FilterParams())
+    filters.run("basic_filter", str(Pool(pool).metadata_dir), str(root / "basic.npy"),
+                filters.FilterParams(fasttext_model="packaged"))  # offline: the packaged lid.176.ftz, named
     reshard.run(str(pool), str(root / "shards"), str(root / "basic.npy"), shard_size=250)
     shards, work = str(root / "shards"), root / "work"
     captions.run(shards, str(work), 0, 1)

