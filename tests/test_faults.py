@@ -91,8 +91,9 @@ def test_reshard_killed_reruns_identical(toy_pool, tmp_path):
 
     assert main(["filter", "--name", "no_filter", "--metadata-dir", str(toy_pool / "metadata"), "--save-path",
                  str(tmp_path / "all.npy")]) == 0
-    reshard.run(str(toy_pool), str(tmp_path / "reference"), str(tmp_path / "all.npy"), shard_size=150)
-    argv = ["reshard", "-i", toy_pool, "-o", tmp_path / "out", "-s", tmp_path / "all.npy", "--shard-size", "150"]
+    reshard.run(str(toy_pool), str(tmp_path / "reference"), str(tmp_path / "all.npy"), shard_size=150, workers=2)
+    argv = ["reshard", "-i", toy_pool, "-o", tmp_path / "out", "-s", tmp_path / "all.npy", "--shard-size", "150",
+            "-j", "2"]  # parts packed by byte copy (concat_tar)
     rc, err = _harness(0, argv, tmp_path)
     assert rc == 0, err[-2000:]
     events = int(err.rsplit("EVENTS ", 1)[1].split()[0])

@@ -112,6 +112,16 @@ def _fasttext(path: str):
         return fasttext.load_model(path)
 
 
+def english_where(texts: list[str], mask: np.ndarray, model_path: str | None) -> np.ndarray:
+    """`mask` narrowed to the texts fastText calls English; the language id (the costly part of a filter) runs
+    only where `mask` holds, as the result is the same: the rules are ANDed."""
+    out = np.zeros(len(texts), bool)
+    rows = np.flatnonzero(mask)
+    if len(rows):
+        out[rows] = fasttext_languages([texts[i] for i in rows], model_path) == "en"
+    return out
+
+
 def fasttext_languages(texts: list[str], model_path: str | None) -> np.ndarray:
     """fastText's top language code for each text (newlines replaced by spaces, as DataComp does)."""
     model = _fasttext(model_path or packaged_lid_model())
@@ -172,8 +182,8 @@ def _basic(cols, p):
     lo, hi = np.minimum(w, h), np.maximum(w, h)
     with np.errstate(divide="ignore", invalid="ignore"):
         aspect = hi / lo
-    english = fasttext_languages(text, p.fasttext_model) == "en"
-    return english & (words > 2) & (chars > 5) & (lo >= 200) & (aspect <= 3.0), {"language_id": "fasttext"}
+    cheap = (words > 2) & (chars > 5) & (lo >= 200) & (aspect <= 3.0)
+    return english_where(text, cheap, p.fasttext_model), {"language_id": "fasttext"}
 
 
 def _clip_score(cols, p):
@@ -248,8 +258,7 @@ def _text_based(cols, p):
         return first[word]
 
     has_entity = np.array([any(hit(w) for w in t.split()) for t in cols["text"]], bool)
-    english = fasttext_languages(cols["text"], p.fasttext_model) == "en"
-    return english & has_entity, {"language_id": "fasttext"}
+    return english_where(cols["text"], has_entity, p.fasttext_model), {"language_id": "fasttext"}
 
 
 # image_based: the pool's L/14 centroid nearest to a sample must be nearest to some ImageNet-1k image
@@ -290,7 +299,7 @@ def caption_filter(text: list[str], p: FilterParams) -> np.ndarray:
     """image_based's caption rule: fastText says English, more than one fastText token, more than 5 characters."""
     words = np.array([fasttext_token_count(t) for t in text])
     chars = np.array([len(t) for t in text])
-    return (fasttext_languages(text, p.fasttext_model) == "en") & (words > 1) & (chars > 5)
+    return english_where(text, (words > 1) & (chars > 5), p.fasttext_model)
 
 
 def _image_based(cols, p):
@@ -326,7 +335,8 @@ def threshold_for_fraction(paths: list[Path], key: str, fraction: float) -> floa
     parts = []
     for p in paths:
         with reading(p, f"metadata parquet with a {key} column"):
-            parts.append(pq.read_table(p, columns=[key]).column(key).to_numpy())
+            with pq.ParquetFile(p) as f:
+                parts.append(f.read(columns=[key]).column(key).to_numpy())
     values = np.concatenate(parts)
     return float(-np.sort(-values)[min(int(len(values) * fraction), len(values) - 1)])
 
@@ -335,7 +345,8 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
     spec = FILTERS[name]
     columns = list(spec.columns) + ([_score_key(params)] if spec.needs_score else [])
     with reading(path, f"metadata parquet with columns {', '.join(columns)}"):
-        table = pq.read_table(path, columns=columns)
+        with pq.ParquetFile(path) as f:  # (pq.read_table imports pyarrow.dataset and pandas: 0.2 s a process)
+            table = f.read(columns=columns)
         cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy())
                 for c in columns}
     if spec.needs_npz:

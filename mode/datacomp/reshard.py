@@ -37,10 +37,12 @@ from mode.core.runner import run_global
 from mode.core.shards import (
     RESHARD_MARKER,
     atomic_write,
+    concat_tar,
     expand,
     iter_tar,
     overlaps,
     shard_ids,
+    tar_writer,
     write_json,
     write_tar,
     write_tar_stats,
@@ -219,16 +221,39 @@ def _selected(subset_path: str, opts: dict, path: str, result: dict) -> Iterator
 
 
 def _select(subset_path: str, opts: dict, parts_dir: str, item: tuple[str, str]) -> dict:
-    """Write one input shard's selected samples to a part tar (parallel runs; packed in order afterwards)."""
+    """Write one input shard's selected samples to a part tar (parallel runs; packed in order afterwards), with
+    the byte offset where each sample ends, so packing copies bytes instead of decoding the part again."""
     path, part = item
-    result = {"part": part}
+    result = {"part": part, "ends": []}
     samples = _selected(subset_path, opts, path, result)
     if parts_dir:
-        write_tar(Path(parts_dir) / f"{part}.tar", samples)
+        with tar_writer(Path(parts_dir) / f"{part}.tar") as sink:
+            for key, members in samples:
+                sink.write(key, members)
+        result["ends"] = sink.ends
     else:
         for _ in samples:  # --dry-run: count only
             pass
     return {**result, "skipped": dict(result["skipped"])}
+
+
+def _pack_parts(out: Path, parts_dir: Path, results: list[dict], shard_size: int) -> dict[str, int]:
+    """Output shards as byte ranges of the part tars, in input order: equal to writing the samples again."""
+    spans = [(parts_dir / f"{r['part']}.tar", start, end)
+             for r in results for start, end in zip([0, *r["ends"][:-1]], r["ends"])]
+    sizes = {}
+    for n, first in enumerate(range(0, len(spans), shard_size)):
+        chunk, ranges = spans[first:first + shard_size], []
+        for src, start, end in chunk:  # merge the runs of consecutive samples of one part
+            if ranges and ranges[-1][0] == src and ranges[-1][2] == start:
+                ranges[-1] = (src, ranges[-1][1], end)
+            else:
+                ranges.append((src, start, end))
+        name = SHARD_FORMAT.format(n)
+        concat_tar(out / name, ranges)
+        write_tar_stats(out / name, len(chunk))
+        sizes[name] = len(chunk)
+    return sizes
 
 
 def _streamed(subset_path: str, opts: dict, paths: list[str], results: list[dict]) -> Iterator[tuple[str, dict]]:
@@ -336,7 +361,10 @@ def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict) -> di
         samples = wds_filters._shuffle(samples, args["shuffle_bufsize"], args["shuffle_bufsize"],
                                        rng=random.Random(args["seed"]))
     sizes, n_out = {}, 0
-    while (first := next(samples, None)) is not None:  # stream: never more than a shuffle buffer in memory
+    if workers > 1 and parts_dir and not args["shuffle_bufsize"]:  # in order: the parts' bytes, copied
+        sizes = _pack_parts(out, Path(parts_dir), results, shard_size)
+        n_out, samples = len(sizes), iter(())
+    while (first := next(samples, None)) is not None:  # stream: at most a shuffle buffer in memory
         name = SHARD_FORMAT.format(n_out)
         count = write_tar(out / name, itertools.chain([first], itertools.islice(samples, shard_size - 1)))
         write_tar_stats(out / name, count)
@@ -373,7 +401,9 @@ def _prepare(out: Path, overwrite: bool) -> None:
             raise UserError(f"{out} holds an earlier reshard; pass --overwrite to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, {"status": "in progress", "pid": os.getpid()})
+    # not an atomic write: the marker must exist from its first byte on, or a kill before its rename would leave
+    # a folder this tool no longer recognises as its own (found by tests/test_faults.py)
+    (out / MARKER).write_text(json.dumps({"status": "in progress", "pid": os.getpid()}))
 
 
 # ------------------------------------------------------------------------------------------- `mode reshard`
@@ -386,8 +416,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-shards", type=positive_int, default=None,
                    help="process only this many input shards (default: all from --first-shard)")
     p.add_argument("--first-shard", type=int, default=0, help="index of the first input shard to process")
-    p.add_argument("-j", "--num-workers", "--workers", dest="workers", type=positive_int, default=1,
-                   help="processes reading the input shards (the output does not depend on it)")
+    p.add_argument("-j", "--num-workers", "--workers", dest="workers", type=positive_int, default=os.cpu_count() or 1,
+                   help="processes reading the input shards (default: the CPUs, as DataComp's; the output does not "
+                        "depend on it)")
     p.add_argument("--shard-size", type=positive_int, default=10000, help="samples per output shard (at most)")
     p.add_argument("--shuffle-bufsize", type=int, default=0,
                    help="shuffle the output with a buffer of this many samples (0: input order)")

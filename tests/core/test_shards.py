@@ -149,3 +149,25 @@ def test_total_samples_reads_each_sizes_json_once(tmp_path, monkeypatch):
     assert shards.total_samples([str(tmp_path / n) for n in names]) == sum(range(50))
     assert len(calls) == 1
     assert shards.shard_size(str(tmp_path / names[3])) == 3
+
+
+def test_concat_tar_equals_writing_the_samples_again(tmp_path):
+    """Byte ranges of whole samples from two tars, closed as tarfile closes one, are the tar `write_tar` makes
+    of those samples."""
+    from mode.core.shards import concat_tar, iter_tar, tar_writer, write_tar
+
+    samples = [(f"k{i}", {"txt": b"x" * (i * 300), "json": b"{}"}) for i in range(7)]
+    ends = []
+    for name, part in (("a", samples[:4]), ("b", samples[4:])):
+        with tar_writer(tmp_path / f"{name}.tar") as sink:
+            for key, members in part:
+                sink.write(key, members)
+        ends.append(sink.ends)
+    concat_tar(tmp_path / "joined.tar", [(tmp_path / "a.tar", ends[0][0], ends[0][3]),
+                                         (tmp_path / "b.tar", 0, ends[1][2])])
+    write_tar(tmp_path / "direct.tar", samples[1:])
+    assert (tmp_path / "joined.tar").read_bytes() == (tmp_path / "direct.tar").read_bytes()
+    assert [k for k, _ in iter_tar(tmp_path / "joined.tar")] == [f"k{i}" for i in range(1, 7)]
+    concat_tar(tmp_path / "empty.tar", [])
+    write_tar(tmp_path / "empty_direct.tar", [])
+    assert (tmp_path / "empty.tar").read_bytes() == (tmp_path / "empty_direct.tar").read_bytes()

@@ -167,3 +167,14 @@ def test_blur_needs_the_faces(face_pool, tmp_path, capsys):
     assert "DataComp's map" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
+
+
+def test_a_run_killed_at_its_marker_is_redone(toy_pool, everything, tmp_path):
+    """Killed right after creating the folder or while writing its marker: the rerun takes the folder as its own."""
+    for name, marker in (("empty", None), ("cut", b""), ("half", b'{"status": "in pro')):
+        out = tmp_path / name
+        out.mkdir()
+        if marker is not None:
+            (out / ".mode-reshard").write_bytes(marker)
+        assert reshard.run(str(toy_pool), str(out), str(everything), shard_size=500)["samples"] == \
+            len(_uids(toy_pool))

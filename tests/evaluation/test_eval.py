@@ -226,7 +226,8 @@ def test_submit_uploads_as_datacomp_to_a_fake_hub(tmp_path, monkeypatch, capsys)
         def upload_folder(self, folder_path, repo_id, repo_type=None, allow_patterns=None, commit_message=None):
             root = Path(folder_path)
             names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-            calls.append(("upload_folder", repo_id, repo_type, sorted(filter_repo_objects(names, allow_patterns=allow_patterns))))
+            kept = sorted(filter_repo_objects(names, allow_patterns=allow_patterns))
+            calls.append(("upload_folder", repo_id, repo_type, kept))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_token")
