@@ -124,21 +124,18 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
                     feats[label].append(models[label][0].encode_image(pixels, normalize=True).float().cpu().numpy())
         images.clear()
 
-    label_member = {"classification": "cls", "retrieval": "txt", "multilabel": "npy"}[task.kind]
-    for _, members in tqdm(T.task_samples(task.path), desc=task.key, unit="img", leave=False):
-        image = T.decode_image(members)
-        label_bytes = members.get(label_member)
-        if image is None or label_bytes is None:
+    for image, label, meta in tqdm(_samples(task), desc=task.key, unit="img", leave=False):
+        if image is None or label is None:
             skipped += 1
             continue
         images.append(image)
         kept += 1
-        if "npy" in members:
-            metadata.append(np.load(io.BytesIO(members["npy"])).reshape(-1))
+        if meta is not None:
+            metadata.append(meta)
         if task.kind == "classification":
-            targets.append(int(label_bytes.decode().strip()))
+            targets.append(label)
         elif task.kind == "retrieval":
-            captions.append([c for c in label_bytes.decode("utf-8").splitlines() if c.strip()])
+            captions.append(label)
         if len(images) == batch_size:
             flush()
     if images:
@@ -150,6 +147,52 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
     meta = np.stack(metadata) if metadata else None
     return {"features": {k: np.concatenate(v) for k, v in feats.items() if v}, "targets": targets,
             "captions": captions, "skipped": skipped, "metadata": meta}
+
+
+def _samples(task: T.Task):
+    """(image, target, metadata row) per sample, whatever the task's format; None image or target: skipped.
+    The target is a class index, a list of captions (retrieval) or the metadata row (FairFace, UTKFace)."""
+    if task.source != "wds":  # DataComp's Hugging Face retrieval sets: an image and its list of captions
+        for row in T.hf_rows(task):
+            image, caps = row.get("image"), row.get("caption")
+            yield (image.convert("RGB") if image is not None else None), ([c for c in caps if c.strip()] or None
+                                                                          if caps else None), None
+        return
+    member = {"classification": "cls", "retrieval": "txt", "multilabel": "npy"}[task.kind]
+    for _, members in T.task_samples(task.path):
+        raw = members.get(member)
+        meta = np.load(io.BytesIO(members["npy"])).reshape(-1) if "npy" in members else None
+        if raw is None:
+            label = None
+        elif task.kind == "classification":
+            label = int(raw.decode().strip())
+        elif task.kind == "retrieval":
+            label = [c for c in raw.decode("utf-8").splitlines() if c.strip()]
+        else:
+            label = meta
+        yield T.decode_image(members), label, meta
+
+
+def _winogavil(task: T.Task, models: dict, device: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """DataComp's WinoGAViL evaluation: per instance, the cue's prompt ("A cue" / "An cue") against each candidate
+    image; per label the scores of all instances concatenated, whether each candidate is an association, and
+    each instance's candidate count."""
+    import torch
+
+    got = {label: ([], [], []) for label in models}
+    for row in tqdm(T.hf_rows(task), desc=task.key, unit="instance", leave=False):
+        images = [im.convert("RGB") for im in row["candidate_images"]]
+        truth = np.isin(row["candidates"], row["associations"])
+        prompt = S.winogavil_prompt(row["cue"])
+        for label, (model, preprocess, tokenizer) in models.items():
+            with torch.no_grad():
+                img = model.encode_image(torch.stack([preprocess(im) for im in images]).to(device), normalize=True)
+                txt = model.encode_text(tokenizer([prompt]).to(device), normalize=True)
+            got[label][0].append((txt.float().cpu().numpy() @ img.float().cpu().numpy().T)[0])
+            got[label][1].append(truth)
+            got[label][2].append(len(images))
+    return {label: (np.concatenate(a).astype(np.float32), np.concatenate(b).astype(np.int64), np.asarray(c, np.int64))
+            for label, (a, b, c) in got.items()}
 
 
 def _logits(task: T.Task, model_entry, image_feats: np.ndarray, encoded: dict, device: str):
@@ -177,6 +220,11 @@ def task_metrics(task: T.Task, logits: np.ndarray, targets: np.ndarray, metadata
     """The metrics DataComp's evaluate.py reports for the task, `main_metric` included (None where DataComp's is
     absent, as for FairFace's acc1)."""
     logits = np.asarray(logits, np.float32)
+    if task.kind == "winogavil":  # metadata: each instance's candidate count
+        bounds = np.cumsum(metadata)[:-1]
+        metrics = S.winogavil_metrics(np.split(logits, bounds), np.split(targets, bounds))
+        metrics["main_metric"] = metrics.get(task.main_metric)
+        return metrics
     if task.kind == "retrieval":
         return T.retrieval_metrics(logits, targets, task.main_metric)
     if task.kind == "multilabel":
@@ -256,16 +304,25 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
             for s in todo:
                 if s.label not in models:
                     models[s.label] = load_model(s, device)
-            encoded = _encode_task(task, {s.label: models[s.label] for s in todo}, device, batch_size)
+            if task.kind == "winogavil":
+                scored = _winogavil(task, {s.label: models[s.label] for s in todo}, device)
+                encoded = {"skipped": 0, "metadata": None}
+            else:
+                encoded = _encode_task(task, {s.label: models[s.label] for s in todo}, device, batch_size)
             for s in todo:
-                logits, targets = _logits(task, models[s.label], encoded["features"][s.label], encoded, device)
+                if task.kind == "winogavil":
+                    logits, targets, sizes = scored[s.label]
+                    extra = {"metadata": sizes}
+                else:
+                    logits, targets = _logits(task, models[s.label], encoded["features"][s.label], encoded, device)
+                    extra = {"metadata": encoded["metadata"]} if encoded["metadata"] is not None else {}
                 path = out_dir / s.label / f"{task.key}.npz"
-                extra = {"metadata": encoded["metadata"]} if encoded["metadata"] is not None else {}
                 with atomic_write(path) as f:
                     np.savez(f, logits=logits.astype(np.float32), targets=targets, **extra)
                 skipped = {"no_image_or_label": encoded["skipped"]} if encoded["skipped"] else {}
+                n = len(extra["metadata"]) if task.kind == "winogavil" else len(logits)  # instances, not candidates
                 write_json(WorkDir.stats(out_dir / s.label, task.key),
-                           {"processed": len(logits) + encoded["skipped"], "kept": len(logits), "skipped": skipped,
+                           {"processed": n + encoded["skipped"], "kept": n, "skipped": skipped,
                             "params_hash": digests[s.label], "outputs": {f"{task.key}.npz": path.stat().st_size}})
     results = {}
     for s in specs:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mode.core.errors import UserError
+from mode.core.errors import UserError, first_line
 from mode.core.layout import EvalTask
 from mode.core.shards import iter_tar
 
@@ -88,6 +88,9 @@ AVERAGE_GROUPS = {
     "Retrieval": ("Flickr", "MSCOCO", "WinoGAViL"),
 }
 MULTILABEL = ("fairness/fairface", "fairness/utkface")  # one classifier per objective (race, gender, age, toxic)
+# DataComp reads these three with Hugging Face `datasets` (nlphuji/<name>, split test), not as webdatasets
+HF_TASKS = ("retrieval/flickr_1k_test_image_text_retrieval", "retrieval/mscoco_2014_5k_test_image_text_retrieval",
+            "misc/winogavil")
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,10 @@ class Task:
 
     key: str  # DataComp's key ("vtab/dtd") or, for other tasks, the directory name
     path: Path
-    kind: str  # "classification", "multilabel" (FairFace, UTKFace) or "retrieval"
+    kind: str  # "classification", "multilabel" (FairFace, UTKFace), "retrieval" or "winogavil"
     classnames: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
+    source: str = "wds"  # "wds"; for HF_TASKS "disk" (a save_to_disk folder) or "hf_cache" (DataComp's cache)
 
     @property
     def name(self) -> str:
@@ -136,9 +140,8 @@ def download(key: str, root: str) -> Path:
 
     from mode.core.hub import hub_call
 
-    if key.startswith(("retrieval/", "misc/")):
-        raise UserError(f"{key} is a Hugging Face `datasets` dataset ({hub_repo(key)}), not a webdataset: export its "
-                        "test split in the clip_benchmark wds format (image + txt) into a task folder")
+    if key in HF_TASKS:
+        return _download_hf(key, Path(root))
     target = Path(root) / local_name(key)
     what, fallback = f"task {key!r} ({hub_repo(key)})", f"copy it into {target}"
     # listed first: offline, snapshot_download would quietly return an existing (perhaps partial) folder
@@ -146,6 +149,51 @@ def download(key: str, root: str) -> Path:
     hub_call(huggingface_hub.snapshot_download, what, fallback, repo_id=hub_repo(key), repo_type="dataset",
              local_dir=str(target))
     return target
+
+
+def _download_hf(key: str, root: Path) -> Path:
+    """A Hugging Face `datasets` task as DataComp's download_evalsets.py fetches it: into `root/hf_cache`."""
+    datasets = _datasets()
+    cache = root / "hf_cache"
+    try:
+        datasets.load_dataset(hub_repo(key), split="test", cache_dir=str(cache))
+    except Exception as e:  # the hub, the network or the cache: one line
+        raise UserError(f"could not fetch {hub_repo(key)} into {cache} ({type(e).__name__}: {first_line(e)})")
+    return cache
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("Flickr, MSCOCO and WinoGAViL are Hugging Face `datasets` datasets, as in DataComp: "
+                        "pip install 'mode-clip[eval]' (or datasets)") from None
+    return datasets
+
+
+def hf_rows(task: Task):
+    """The test split of a `datasets` task: a `save_to_disk` folder, or DataComp's hf_cache read offline."""
+    datasets = _datasets()
+    try:
+        if task.source == "disk":
+            return datasets.load_from_disk(str(task.path))
+        return datasets.load_dataset(hub_repo(task.key), split="test", cache_dir=str(task.path))
+    except Exception as e:  # a partial cache, offline without one, a folder of something else: one line
+        raise UserError(f"{task.path}: cannot read {task.key} ({hub_repo(task.key)}) with `datasets` "
+                        f"({type(e).__name__}: {first_line(e)})") from None
+
+
+def _hf_tasks(root: Path) -> list[Task]:
+    """DataComp's three `datasets` tasks under `root`: `<key>/` saved with save_to_disk, or in `hf_cache/` (the
+    cache folder `datasets` names `nlphuji___<name>`)."""
+    found = []
+    for key in HF_TASKS:
+        kind = "winogavil" if key == "misc/winogavil" else "retrieval"
+        if (root / key / "dataset_info.json").is_file():
+            found.append(Task(key, root / key, kind, source="disk"))
+        elif (root / "hf_cache" / f"nlphuji___{key.split('/', 1)[1]}").is_dir():
+            found.append(Task(key, root / "hf_cache", kind, source="hf_cache"))
+    return found
 
 
 def load_task(path: str | Path, key: str | None = None) -> Task:
@@ -170,9 +218,10 @@ def find_tasks(root: str | Path) -> list[Task]:
     nested keys (`vtab/dtd/`) and any other task folder (keyed by its path)."""
     root = Path(root)
     found = [p.parent.parent for p in root.rglob("test/nshards.txt")]
-    if not found:
-        raise UserError(f"no evaluation tasks under {root} (a task has test/nshards.txt)")
-    tasks = [load_task(p, _BY_LOCAL_NAME.get(p.name, str(p.relative_to(root)))) for p in found]
+    tasks = [load_task(p, _BY_LOCAL_NAME.get(p.name, str(p.relative_to(root)))) for p in found] + _hf_tasks(root)
+    if not tasks:
+        raise UserError(f"no evaluation tasks under {root} (a task has test/nshards.txt, or is one of DataComp's "
+                        "Hugging Face datasets in hf_cache/)")
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
         twice = sorted(k for k in set(keys) if keys.count(k) > 1)[0]
@@ -277,8 +326,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    keys = [k for k in DATACOMP_TASKS if not k.startswith(("retrieval/", "misc/"))] if args.keys == "all" \
-        else args.keys.split(",")
+    keys = list(DATACOMP_TASKS) if args.keys == "all" else args.keys.split(",")
     unknown = [k for k in keys if k not in DATACOMP_TASKS]
     if unknown:
         raise UserError(f"unknown DataComp task {unknown[0]!r}; e.g. {', '.join(list(DATACOMP_TASKS)[:3])}")

@@ -136,3 +136,47 @@ def test_special_tasks_end_to_end(tmp_path):
         assert metrics["acc1"] == float(np.mean(data["logits"].argmax(1) == data["targets"]))
     aggregate = json.loads((out / "m" / "aggregate.json").read_text())
     assert aggregate["tasks"] == 5 and "Average" in aggregate and "VTAB" not in aggregate
+
+
+def test_huggingface_tasks_flickr_and_winogavil(tmp_path):
+    """DataComp reads Flickr, MSCOCO and WinoGAViL with `datasets`: here from save_to_disk folders named by key;
+    the metrics recomputed from the saved scores by hand rules."""
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+
+    def img(i):
+        return Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+
+    root = tmp_path / "tasks"
+    text = datasets.Sequence(datasets.Value("string"))
+    flickr = datasets.Dataset.from_dict(
+        {"image": [img(i) for i in range(6)], "caption": [[f"photo {i}", f"picture {i}"] for i in range(6)]},
+        features=datasets.Features({"image": datasets.Image(), "caption": text}))
+    flickr.save_to_disk(str(root / "retrieval" / "flickr_1k_test_image_text_retrieval"))
+    rows = [{"candidate_images": [img(j) for j in range(n)], "cue": cue, "candidates": [f"c{j}" for j in range(n)],
+             "associations": [f"c{j}" for j in range(k)]} for n, cue, k in ((5, "apple", 2), (10, "dog", 3))]
+    wino = datasets.Dataset.from_list(rows, features=datasets.Features({
+        "candidate_images": datasets.Sequence(datasets.Image()), "cue": datasets.Value("string"),
+        "candidates": datasets.Sequence(datasets.Value("string")),
+        "associations": datasets.Sequence(datasets.Value("string"))}))
+    wino.save_to_disk(str(root / "misc" / "winogavil"))
+    (root / "hf_cache" / "nlphuji___mscoco_2014_5k_test_image_text_retrieval").mkdir(parents=True)  # a broken cache
+    tasks = {t.key: t for t in T.find_tasks(root)}
+    assert tasks["misc/winogavil"].kind == "winogavil"
+    assert tasks["retrieval/flickr_1k_test_image_text_retrieval"].source == "disk"
+    with pytest.raises(T.UserError, match="cannot read retrieval/mscoco"):
+        T.hf_rows(tasks["retrieval/mscoco_2014_5k_test_image_text_retrieval"])
+    import shutil
+
+    shutil.rmtree(root / "hf_cache")
+    out = tmp_path / "out"
+    evaluate.run([evaluate.ModelSpec.parse("m=ViT-Toy-8")], str(root), str(out), device="cpu")
+    lines = (out / "m" / "eval_results.jsonl").read_text().splitlines()
+    got = {r["dataset"]: r["metrics"] for r in map(json.loads, lines)}
+    fl = np.load(out / "m" / "retrieval" / "flickr_1k_test_image_text_retrieval.npz")
+    assert fl["logits"].shape == (6, 12) and got["Flickr"]["main_metric"] == \
+        T.retrieval_metrics(fl["logits"], fl["targets"])["mean_recall@1"]
+    wg = np.load(out / "m" / "misc" / "winogavil.npz")
+    assert wg["metadata"].tolist() == [5, 10] and wg["targets"].tolist() == [1, 1, 0, 0, 0] + [1] * 3 + [0] * 7
+    want = S.winogavil_metrics([wg["logits"][:5], wg["logits"][5:]], [wg["targets"][:5], wg["targets"][5:]])
+    assert got["WinoGAViL"]["main_metric"] == want["jaccard_score_10-12"] == got["WinoGAViL"]["jaccard_score_10"]
