@@ -335,3 +335,12 @@ def test_a_replaced_checkpoint_is_evaluated_again(toy_pool, tmp_path):
     assert summary["complete"] and summary["shards_total"] == 3 and summary["kept"] == summary["processed"] > 0
     record = json.loads((tmp_path / "eval" / "m" / "toy_shapes.stats.json").read_text())
     assert record["outputs"] == {"toy_shapes.npz": (tmp_path / "eval" / "m" / "toy_shapes.npz").stat().st_size}
+
+
+def test_readme_lists_datacomps_tasks_as_scored():
+    """The README's task table is DataComp's tasklist as the code holds it: every key, name and main metric."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [[c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+            for line in readme.splitlines() if line.strip().startswith("| `") and "main metric" not in line]
+    listed = {r[0]: (r[1], r[2]) for r in rows if len(r) == 4 and r[3].startswith(("yes", "no"))}
+    assert listed == {k: (v.name, v.main_metric) for k, v in T.DATACOMP_TASKS.items()}
