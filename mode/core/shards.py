@@ -246,13 +246,20 @@ class TarSink:
         self.ends: list[int] = []  # the byte offset where each sample's members end (its start: the previous end)
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
+        tar = self._tar
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            # what TarFile.addfile writes (header, data, zero padding to a block), without its copy through a
+            # BytesIO and without keeping every TarInfo in memory; TarFile.close pads from `offset` as usual
+            header, pad = info.tobuf(tar.format, tar.encoding, tar.errors), -len(data) % tarfile.BLOCKSIZE
+            tar.fileobj.write(header)
+            tar.fileobj.write(data)
+            tar.fileobj.write(b"\0" * pad)
+            tar.offset += len(header) + len(data) + pad
         self.count += 1
-        self.ends.append(self._tar.offset)
+        self.ends.append(tar.offset)
 
 
 @contextmanager

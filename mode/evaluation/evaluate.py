@@ -334,12 +334,14 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
 # ------------------------------------------------------------------------------------------ `mode evaluate`
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", required=True, help="a directory of tasks in DataComp's (clip_benchmark wds) format")
-    p.add_argument("--out", required=True, help="output dir: <out>/<label>/<task>.npz and eval_results.jsonl")
+    p.add_argument("--tasks", "--data_dir", "--data-dir", dest="tasks", required=True,
+                   help="the tasks: DataComp's download_evalsets.py folder (wds_*_test, hf_cache) or task folders")
+    p.add_argument("--out", "--output_dir", "--output-dir", dest="out", required=True,
+                   help="output dir: <out>/<label>/<task>.npz and eval_results.jsonl")
     p.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE:CKPT",
                    help="a model to evaluate (repeat); RECIPE a run_configs recipe or an open_clip model name")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", "--batch_size", type=positive_int, default=64)
 
 
 def main(args: argparse.Namespace) -> None:

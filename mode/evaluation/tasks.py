@@ -321,7 +321,8 @@ def aggregate_scores(rows: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------ `mode download-tasks`
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="tasks directory (then `mode evaluate --tasks OUT`)")
+    p.add_argument("--out", "--data_dir", "--data-dir", dest="out", required=True,
+                   help="tasks directory, laid out as download_evalsets.py lays it (then `mode evaluate --tasks OUT`)")
     p.add_argument("--keys", default="all", help="all, or DataComp task keys like vtab/dtd,cifar10")
 
 
