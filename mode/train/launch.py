@@ -162,15 +162,21 @@ def make_executor(executor: str, folder: str, name: str, slurm: dict):
         ex = submitit.AutoExecutor(folder=folder, cluster=executor, slurm_max_num_timeout=30)
     except RuntimeError as e:  # submitit's way of saying there is no SLURM here
         raise UserError(f"--executor slurm: {e} Use --executor local on this machine.")
-    params = {"name": name, "timeout_min": slurm["time_min"], "tasks_per_node": slurm["gpus_per_node"],
+    gpus = slurm["gpus_per_node"]
+    if gpus < 0:
+        raise UserError(f"--gpus-per-node {gpus}: expected 0 (a CPU job) or more")
+    tasks = max(gpus, 1)  # one training process per GPU; a CPU job runs one process per node
+    params = {"name": name, "timeout_min": slurm["time_min"], "tasks_per_node": tasks,
               "nodes": slurm["nodes"], "cpus_per_task": slurm["cpus_per_task"]}
     if executor == "slurm":
-        params.update(gpus_per_node=slurm["gpus_per_node"], slurm_signal_delay_s=120)
+        params.update(slurm_signal_delay_s=120)
+        if gpus:  # a CPU job asks for no GPU gres: a cluster without GPUs refuses any gres request
+            params.update(gpus_per_node=gpus)
         for key in ("partition", "account", "constraint"):
             if slurm.get(key):
                 params[f"slurm_{key}"] = slurm[key]
     else:
-        params.update(nodes=1, tasks_per_node=slurm["gpus_per_node"])
+        params.update(nodes=1, tasks_per_node=tasks)
     ex.update_parameters(**params)
     return ex
 
@@ -219,7 +225,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs to finish")
-    for flag, typ, what in (("--nodes", int, "nodes per job"), ("--gpus-per-node", int, "GPUs (= tasks) per node"),
+    for flag, typ, what in (("--nodes", int, "nodes per job"),
+                            ("--gpus-per-node", int, "GPUs (= tasks) per node; 0: a CPU job, one task"),
                             ("--cpus-per-task", int, "CPUs per task"), ("--time", int, "time limit, minutes"),
                             ("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
                             ("--constraint", str, "SLURM constraint")):

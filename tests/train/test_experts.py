@@ -326,6 +326,14 @@ def test_slurm_job_script(tmp_path, monkeypatch):
                  "#SBATCH --account=acc", "#SBATCH --constraint=a100", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=b32_mode_n4m1024_expert_0"):
         assert line in script, line
+    # --gpus-per-node 0: a CPU job, which a cluster without GPUs accepts: no gres, one task per node
+    cpu_job = {**vars(run_configs.Slurm()), "gpus_per_node": 0}
+    cpu = launch.make_executor("slurm", str(tmp_path / "cpu"), "toy", cpu_job)
+    script = cpu._executor._make_submission_file_text("python -m submitit.core._submit x", "UID")
+    sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --ntasks-per-node=1" in sbatch and not any("gpu" in line or "gres" in line for line in sbatch)
+    with pytest.raises(UserError, match="--gpus-per-node -1"):
+        launch.make_executor("slurm", str(tmp_path / "neg"), "toy", {**cpu_job, "gpus_per_node": -1})
 
 
 def _spy_first_epoch(monkeypatch):
