@@ -66,6 +66,14 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
     return seconds, int(out.stderr.strip().splitlines()[-1]) / 1024
 
 
+def checkout(path: str, script: str) -> Path:
+    """A checkout of mlfoundations/datacomp holding `script`, or exit with one line."""
+    datacomp = Path(path).resolve()
+    if not (datacomp / script).is_file():
+        sys.exit(f"{datacomp} is not a checkout of mlfoundations/datacomp (no {script})")
+    return datacomp
+
+
 def language_id_alone(meta: Path, workers: int, model: str) -> float:
     """Seconds to run fastText over every caption: `workers` processes, one per share of the files."""
     code = (
@@ -90,9 +98,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--filters", nargs="+", default=list(DATACOMP_ARGS), choices=list(DATACOMP_ARGS))
     a = ap.parse_args()
-    datacomp = Path(a.datacomp).resolve()
-    if not (datacomp / "baselines.py").is_file():
-        sys.exit(f"{datacomp} is not a checkout of mlfoundations/datacomp (no baselines.py)")
+    datacomp = checkout(a.datacomp, "baselines.py")
     import filter_bench
 
     from mode.datacomp.filters import packaged_lid_model

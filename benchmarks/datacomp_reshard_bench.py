@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from common import REPO
-from datacomp_filter_bench import timed
+from datacomp_filter_bench import checkout, timed
 
 
 def contents(folder: Path) -> set[tuple[str, str, str]]:
@@ -43,9 +43,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args()
-    datacomp = Path(a.datacomp).resolve()
-    if not (datacomp / "resharder.py").is_file():
-        sys.exit(f"{datacomp} is not a checkout of mlfoundations/datacomp (no resharder.py)")
+    datacomp = checkout(a.datacomp, "resharder.py")
     from mode.datacomp import filters
     from mode.toy.pool import ensure_pool
 

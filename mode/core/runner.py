@@ -126,13 +126,12 @@ def is_complete(step_dir: Path, shard_id: str) -> bool:
     if not path.exists():
         return False
     with open(path) as f:
-        recorded = json.load(f).get("outputs", {})
-    for rel, size in recorded.items():
-        out = step_dir / rel
-        if not out.exists() or out.stat().st_size != size:
-            log.warning(f"{out} is missing or changed since it was written: redoing shard {shard_id}")
-            path.unlink()
-            return False
+        record = json.load(f)
+    if not outputs_intact(step_dir, record):
+        log.warning(f"an output of shard {shard_id} in {step_dir} is missing or changed since it was written: "
+                    "redoing it")
+        path.unlink()
+        return False
     return True
 
 

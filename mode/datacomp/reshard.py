@@ -48,7 +48,7 @@ from mode.core.shards import (
     write_tar_stats,
 )
 from mode.core.step import positive_int
-from mode.core.uids import NoUid, UidSet, load_subset, sample_uid
+from mode.core.uids import NoUid, UidSet, hex_to_pairs, load_subset, sample_uid
 
 SHARD_FORMAT = "{:08d}.tar"
 MARKER = RESHARD_MARKER  # the step's record; written first as "in progress": `--overwrite` replaces only such folders
@@ -121,8 +121,6 @@ def _face_table(parquets: tuple[str, ...]) -> tuple[UidSet, list]:
     """uid -> face boxes of the rows with faces in these metadata parquets (DataComp's `face_bboxes` column)."""
     import pyarrow.parquet as pq
 
-    from mode.core.uids import hex_to_pairs
-
     uids, boxes = [], []
     for path in parquets:
         with reading(path, "metadata parquet with uid and face_bboxes"):
@@ -171,9 +169,9 @@ def _subset_lookup(subset_path: str) -> tuple[UidSet, np.ndarray]:
     return UidSet(uniq), counts
 
 
-def _with_faces(sample: dict, uid: str, path: str, opts: dict, result: dict) -> dict | None:
+def _with_faces(sample: dict, uid: str, faces: tuple[UidSet, list], opts: dict, result: dict) -> dict | None:
     """The sample with its faces blurred and/or listed in its json, as asked; None when blurring failed."""
-    faces, boxes = _face_table(face_parquets(opts, path)), None
+    boxes = None
     pos = faces[0].position(uid)
     if pos >= 0:
         boxes = faces[1][pos]
@@ -200,6 +198,7 @@ def _with_faces(sample: dict, uid: str, path: str, opts: dict, result: dict) -> 
 def _selected(subset_path: str, opts: dict, path: str, result: dict) -> Iterator[tuple[str, dict]]:
     """One input shard's samples that are in the subset, each as many times as listed; counts into `result`."""
     members, counts = _subset_lookup(subset_path)
+    faces = _face_table(face_parquets(opts, path)) if opts.get("faces") else None  # once per shard
     skipped = Counter()
     result.update(processed=0, written=0, blur_count=0, blur_time=0.0, skipped=skipped)
     for _, sample in iter_tar(path, skipped):
@@ -212,7 +211,7 @@ def _selected(subset_path: str, opts: dict, path: str, result: dict) -> Iterator
         pos = members.position(uid)
         n = int(counts[pos]) if pos >= 0 else 0
         if n and opts.get("faces"):
-            sample = _with_faces(sample, uid, path, opts, result)
+            sample = _with_faces(sample, uid, faces, opts, result)
             if sample is None:
                 continue
         for j in range(n):
