@@ -42,35 +42,28 @@ demo() {
     --experts "$(IFS=,; echo "${labels[*]}")" --dense dense --weighting top1 --report "$out/report_top1"
 }
 
-# MoDE prep: captions -> embed -> cluster -> assign -> route. The per-shard steps take their rank from
-# torchrun/SLURM when launched there; cluster is global. Settings from the environment:
+# MoDE prep: captions -> embed -> cluster -> assign -> route, through `mode prep` (locally in order; with
+# `--executor slurm --ranks R` as SLURM job arrays with dependencies). Settings from the environment:
 #   FINE (1024) COARSE (4) OOC_RATIO (0.02) WORKERS (2) ENCODER (packaged all-MiniLM-L6-v2) BALANCE (0/1)
-#   PRESET: fast (default: the packaged MiniLM mean-pooled, spherical k-means on a row sample, fine centroids
-#   weighted by size, out-of-cluster pairs a share of each expert) or mode (MoDE's choices: SimCSE's pooler
-#   output, balanced Euclidean k-means at both levels on 5% of the shards, r x the other clusters' pairs).
-#   Any setting given beside PRESET wins, e.g. PRESET=mode ENCODER=all-MiniLM-L6-v2 offline.
+#   SAMPLE_SHARDS, PRESET: fast (default: the packaged MiniLM mean-pooled, spherical k-means on a row sample, fine
+#   centroids weighted by size, out-of-cluster pairs a share of each expert) or mode (MoDE's choices: SimCSE's
+#   pooler output, balanced Euclidean k-means at both levels on 5% of the shards, r x the other clusters' pairs).
+#   Any setting given beside PRESET wins, e.g. PRESET=mode ENCODER=all-MiniLM-L6-v2 offline. Flags after WORK_DIR
+#   go to `mode prep`, e.g. `--executor slurm --ranks 16 --partition P --wait`.
 prep_steps() {
-  local shards="${1:?usage: $0 prep-steps SHARDS WORK_DIR}" work="${2:?usage: $0 prep-steps SHARDS WORK_DIR}"
-  local enc=() emb=() clu=() rte=() encoder="${ENCODER:-}" balance="${BALANCE:-0}"
-  case "${PRESET:-fast}" in
-    fast) ;;
-    mode) encoder="${ENCODER:-princeton-nlp/sup-simcse-bert-base-uncased}" balance="${BALANCE:-1}"
-          emb=(--pooling pooler) clu=(--metric euclidean --sample-shards "${SAMPLE_SHARDS:-0.05}")
-          rte=(--ooc-mode additive) ;;
-    *) echo "PRESET=${PRESET}: expected fast or mode" >&2; return 2 ;;
-  esac
-  [ -n "$encoder" ] && enc=(--encoder "$encoder")
-  [ "$balance" = 1 ] && clu+=(--balance)
-  python -m mode captions --shards "$shards" --work-dir "$work" --workers "${WORKERS:-2}"
-  python -m mode embed --shards "$shards" --work-dir "$work" "${enc[@]}" "${emb[@]}"
-  python -m mode cluster --shards "$shards" --work-dir "$work" --fine "${FINE:-1024}" --coarse "${COARSE:-4}" "${clu[@]}"
-  python -m mode assign --shards "$shards" --work-dir "$work" --workers "${WORKERS:-2}"
-  python -m mode route --shards "$shards" --work-dir "$work" --ooc-ratio "${OOC_RATIO:-0.02}" \
-    --workers "${WORKERS:-2}" "${rte[@]}"
+  local shards="${1:?usage: $0 prep-steps SHARDS WORK_DIR [mode prep flags]}"
+  local work="${2:?usage: $0 prep-steps SHARDS WORK_DIR [mode prep flags]}"
+  shift 2
+  local flags=(--preset "${PRESET:-fast}" --fine "${FINE:-1024}" --coarse "${COARSE:-4}"
+               --ooc-ratio "${OOC_RATIO:-0.02}" --workers "${WORKERS:-2}")
+  [ -n "${ENCODER:-}" ] && flags+=(--encoder "$ENCODER")
+  case "${BALANCE:-}" in 1) flags+=(--balance) ;; 0) flags+=(--no-balance) ;; esac
+  [ -n "${SAMPLE_SHARDS:-}" ] && flags+=(--sample-shards "$SAMPLE_SHARDS")
+  python -m mode prep --shards "$shards" --work-dir "$work" "${flags[@]}" "$@"
 }
 
 case "${1:-}" in
   demo) shift; demo "$@" ;;
   prep-steps) shift; prep_steps "$@" ;;
-  *) echo "usage: $0 demo [OUT] | prep-steps SHARDS WORK_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 demo [OUT] | prep-steps SHARDS WORK_DIR [mode prep flags]" >&2; exit 2 ;;
 esac

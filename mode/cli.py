@@ -33,6 +33,8 @@ STEPS = (
          "W/{captions,features,clusters}", "W/assign"),
     Step("route", "mode.prep.route", "write each expert's webdataset shards in one pass over the pool",
          "the shards, W/assign", "W/experts/<k>/shards"),
+    Step("prep", "mode.prep.pipeline", "steps 0-4 in one command: locally in order, or on SLURM as job arrays with "
+         "dependencies", "the shards", "W/{captions,features,clusters,assign,experts}"),
     Step("train-experts", "mode.train.launch", "train one CLIP per expert (and a dense baseline) via submitit",
          "the shards or W/experts, W/assign", "LOGS/<recipe>_n<K>m<F>/{seed,expert_<k>,dense}"),
     Step("dr-generate", "dr.generate", "reinforce shards DataCompDR-style: stored augmentations, synthetic "

@@ -6,7 +6,7 @@ sentence-transformers model says (mean pooling for MiniLM, and for a plain BERT 
 takes a transformers model's `pooler_output`, [CLS] through its trained dense+tanh pooler, which is how MoDE
 embeds captions with `princeton-nlp/sup-simcse-bert-base-uncased` (SimCSE's exported MLP head). Either way the
 embeddings are L2-normalised. On CUDA the encoder runs in fp16 on this rank's GPU (`torchrun --nproc_per_node G
--m mode embed ...`). Captions are sorted by length before batching, so batches carry little padding.
+-m -- mode embed ...`). Captions are sorted by length before batching, so batches carry little padding.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mode.core import jobs
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from open_clip_patch.init_from import is_complete_checkpoint
@@ -36,6 +37,7 @@ class TrainJob:
     argv: list[str] = field(default_factory=list)
 
     def __call__(self) -> int:
+        jobs.preemption_in_main_process_only()
         _set_distributed_env()
         from mode.train.recipe import run
 
@@ -153,39 +155,21 @@ def _dense_flags(per_expert: int | None, n_experts: int) -> list[str]:
     return flags
 
 
-def make_executor(executor: str, folder: str, name: str, slurm: dict):
-    import submitit
-
-    if executor not in ("local", "slurm"):
-        raise UserError(f"--executor {executor!r}: expected local or slurm")
-    try:
-        ex = submitit.AutoExecutor(folder=folder, cluster=executor, slurm_max_num_timeout=30)
-    except RuntimeError as e:  # submitit's way of saying there is no SLURM here
-        raise UserError(f"--executor slurm: {e} Use --executor local on this machine.")
-    gpus = slurm["gpus_per_node"]
-    if gpus < 0:
-        raise UserError(f"--gpus-per-node {gpus}: expected 0 (a CPU job) or more")
-    tasks = max(gpus, 1)  # one training process per GPU; a CPU job runs one process per node
-    params = {"name": name, "timeout_min": slurm["time_min"], "tasks_per_node": tasks,
-              "nodes": slurm["nodes"], "cpus_per_task": slurm["cpus_per_task"]}
-    if executor == "slurm":
-        params.update(slurm_signal_delay_s=120)
-        if gpus:  # a CPU job asks for no GPU gres: a cluster without GPUs refuses any gres request
-            params.update(gpus_per_node=gpus)
-        for key in ("partition", "account", "constraint"):
-            if slurm.get(key):
-                params[f"slurm_{key}"] = slurm[key]
-    else:
-        params.update(nodes=1, tasks_per_node=tasks)
-    ex.update_parameters(**params)
-    return ex
+def make_executor(executor: str, folder: str, name: str, slurm: dict, dependency: str | None = None):
+    """submitit's executor for one run of the protocol: the recipe's job shape with the user's overrides."""
+    return jobs.executor(executor, folder, name, nodes=slurm["nodes"], gpus_per_node=slurm["gpus_per_node"],
+                         cpus_per_task=slurm["cpus_per_task"], time_min=slurm["time_min"],
+                         partition=slurm.get("partition"), account=slurm.get("account"),
+                         constraint=slurm.get("constraint"), dependency=dependency)
 
 
 def launch(recipe: str, experts: str, extra: list[str], executor: str = "local", dense: bool = False,
            slurm_overrides: dict | None = None, folder: str = "logs/submitit", wait: bool | None = None,
            seed_epochs: int | None = None) -> list:
     """Submit the runs; the seed run first, the others after it (SLURM: `afterok`). The local executor runs
-    them one after the other and waits. A seed run whose epoch-E checkpoint exists is reused. Returns the jobs."""
+    them one after the other and waits. A seed run whose epoch-E checkpoint exists is reused. With `wait`, SLURM
+    jobs are followed to their final states (a requeued job is reported as requeued and waited for); any that
+    did not complete is a UserError naming it. Returns the jobs."""
     import run_configs
 
     slurm = {**vars(type(run_configs.get_recipe(recipe)).slurm), **{k: v for k, v in (slurm_overrides or {}).items()
@@ -197,16 +181,20 @@ def launch(recipe: str, experts: str, extra: list[str], executor: str = "local",
         if planned.reuse_if and is_complete_checkpoint(planned.reuse_if):
             print(f"{planned.name}: reusing {planned.reuse_if}", flush=True)
             continue
-        ex = make_executor(executor, folder, planned.name.replace("/", "_"), slurm)
-        if executor == "slurm" and planned.after in submitted:
-            ex.update_parameters(slurm_additional_parameters={
-                "dependency": f"afterok:{submitted[planned.after].job_id}", "kill-on-invalid-dep": "yes"})
-        job = submitted[planned.name] = ex.submit(planned.job)
-        after = f", after {planned.after}" if executor == "slurm" and planned.after in submitted else ""
-        print(f"{planned.name}: submitted job {job.job_id} ({executor}{after}); logs in {folder}", flush=True)
-        if executor == "local" or wait:
+        after = submitted.get(planned.after) if executor == "slurm" else None
+        ex = make_executor(executor, folder, planned.name.replace("/", "_"), slurm,
+                           dependency=f"afterok:{after.job_id}" if after else None)
+        job = submitted[planned.name] = jobs.submit(ex, [planned.job], f"the job {planned.name}")[0]
+        print(f"{planned.name}: submitted job {job.job_id} ({executor}{f', after {planned.after}' if after else ''}"
+              f"); logs in {folder}", flush=True)
+        if executor == "local":
             job.result()  # raises with the job's traceback if it failed
             print(f"{planned.name}: done", flush=True)
+    if executor == "slurm" and wait and submitted:
+        groups = {name: [job] for name, job in submitted.items()}
+        failed = jobs.report(groups, jobs.follow(groups))
+        if failed:
+            raise UserError(f"{len(failed)} of {len(groups)} jobs did not complete:\n  " + "\n  ".join(failed))
     return list(submitted.values())
 
 
@@ -224,13 +212,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "seed run (default: the recipe's, 27 for the MoDE recipes)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--folder", default="logs/submitit", help="submitit's job folder (logs, pickles)")
-    p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs to finish")
-    for flag, typ, what in (("--nodes", int, "nodes per job"),
-                            ("--gpus-per-node", int, "GPUs (= tasks) per node; 0: a CPU job, one task"),
-                            ("--cpus-per-task", int, "CPUs per task"), ("--time", int, "time limit, minutes"),
-                            ("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
-                            ("--constraint", str, "SLURM constraint")):
-        p.add_argument(flag, type=typ, default=None, help=f"{what} (default: the recipe's)")
+    p.add_argument("--wait", action="store_true", help="with slurm: follow the jobs to their final states (requeues "
+                   "reported as such); exit 2 if any did not complete")
+    jobs.slurm_arguments(p)
 
 
 def main(args: argparse.Namespace) -> None:

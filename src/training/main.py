@@ -1,6 +1,6 @@
 """Train with a named recipe through open_clip_train, with the plugin applied.
 
-    torchrun --nproc_per_node N src/training/main.py NAME [open_clip_train or plugin flags...]
+    torchrun --nproc_per_node N -- src/training/main.py NAME [open_clip_train or plugin flags...]
 
 NAME is a recipe of run_configs.py; the flags after it are appended to the recipe's, so the last value wins.
 """

@@ -76,4 +76,4 @@ def test_mode_preset_runs_modes_choices(toy_pool, tmp_path):
         assert 0 <= 0.1 * np.sum(coarse != k) - route["out_of_cluster"][k] <= 4
     bad = run(["bash", str(REPO / "run_mode.sh"), "prep-steps", str(toy_pool), str(tmp_path / "w2")],
               env={"PRESET": "metaclip"})
-    assert bad.returncode == 2 and "expected fast or mode" in bad.stderr
+    assert bad.returncode == 2 and "--preset: invalid choice: 'metaclip'" in bad.stderr

@@ -1,5 +1,8 @@
 """Real training runs of open_clip_train on the toy pool, on CPU: stock, with the plugin, and under torchrun."""
 
+import re
+from pathlib import Path
+
 import torch
 
 from mode.core.layout import Pool
@@ -51,16 +54,24 @@ def test_stock_open_clip_train_and_plugin_train_on_toy_shards(toy_pool, tmp_path
 
 
 def test_torchrun_two_cpu_processes_loss_falls(tmp_path):
-    """The issue's acceptance command, from an empty directory (the toy pool is made on first use)."""
-    res = run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", MAIN, "toy_tiny",
-               "--epochs", "2", "--name", "ddp"], cwd=tmp_path)
+    """The issue's acceptance command, from an empty directory (the toy pool is made on first use), typed as the
+    README has it: torchrun's `--` and then open_clip's own `--logs` (without the `--`, torch 2.14's torchrun
+    takes `--logs` for its `--logs-specs` and stops)."""
+    torchrun = Path(PYTHON).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [PYTHON, "-m", "torch.distributed.run"]
+    logs = tmp_path / "my_logs"
+    res = run([*launcher, "--standalone", "--nproc_per_node", "2", "--", MAIN, "toy_tiny", "--epochs", "2",
+               "--name", "ddp", "--logs", str(logs)], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "runs" / "toy" / "toy.json").exists()
-    assert (tmp_path / "logs" / "ddp" / "checkpoints" / "epoch_2.pt").exists()
-    params = (tmp_path / "logs" / "ddp" / "params.txt").read_text()
+    assert (logs / "ddp" / "checkpoints" / "epoch_2.pt").exists()
+    params = (logs / "ddp" / "params.txt").read_text()
     assert "world_size: 2\n" in params and "distributed: True\n" in params
-    losses = epoch_losses(tmp_path / "logs" / "ddp" / "out.log")
+    losses = epoch_losses(logs / "ddp" / "out.log")
     assert losses[2] < losses[1]
+    readme = (REPO / "README.md").read_text()
+    assert "torchrun --nproc_per_node N -- src/training/main.py NAME" in readme
+    assert not re.search(r"torchrun [^\n`]*?(?<!-- )src/training/main\.py", readme)  # every line has the --
 
 
 def test_preflight_shards_per_worker_repeats_and_resumed_coverage(toy_pool, tmp_path):
