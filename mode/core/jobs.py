@@ -203,13 +203,15 @@ def states(job_ids: list[str]) -> dict[str, tuple[str, int]]:
 
 
 def failure_line(job) -> str:
-    """The last line a failed job wrote to stderr that says what went wrong, for the one-line report."""
+    """What a failed job said went wrong, for the one-line report: its last `error: ...` line (a step's
+    UserError), else the last line of a traceback, else its log's last line."""
     try:
         lines = [ln.strip() for ln in Path(job.paths.stderr).read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return f"no log at {job.paths.stderr}"
-    said = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
-    return (said or lines or ["(empty log)"])[-1][:300]
+    said = [ln for ln in lines if ln.startswith("error:")] or \
+        [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)] or lines or ["(empty log)"]
+    return said[-1][:300]
 
 
 def follow(groups: dict[str, list], poll_s: float = 5.0, progress: Callable[[str], str] | None = None,
@@ -253,11 +255,15 @@ def _summary(group_states: list[str]) -> str:
 
 
 def report(groups: dict[str, list], finals: dict[str, list[str]]) -> list[str]:
-    """One line per job that did not complete, naming its state, its log and what it said."""
+    """One line per job that did not complete: its state, what it said and its log (or that it never ran)."""
     lines = []
     for name, js in groups.items():
         for job, state in zip(js, finals[name]):
             if state == "COMPLETED":
+                continue
+            if not Path(job.paths.stderr).exists():
+                lines.append(f"{name}: job {job.job_id} {state} before it started"
+                             + (" (a job it depends on did not complete)" if state == "CANCELLED" else ""))
                 continue
             said = failure_line(job) if state == "FAILED" else ""
             lines.append(f"{name}: job {job.job_id} {state}" + (f": {said}" if said else "")

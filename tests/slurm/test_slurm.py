@@ -101,6 +101,35 @@ def test_prep_refuses_bad_flags_before_submitting(toy_pool, tmp_path):
     assert res.returncode == 2 and "--embed-gpus -1" in res.stderr
 
 
+def test_prep_wait_reports_a_failed_step_and_its_cancelled_dependents(toy_pool, tmp_path):
+    """A step that fails in its job (more fine clusters than features) ends the wait with exit 2 and one line per
+    job that did not complete: the failed one with its error, the dependents that never ran as cancelled."""
+    res = run([PYTHON, "-m", "mode", "prep", "--shards", str(toy_pool), "--work-dir", str(tmp_path / "w"),
+               "--fine", "5000", "--coarse", "3", "--workers", "1", "--executor", "slurm", "--ranks", "2",
+               "--time", "20", "--folder", str(tmp_path / "jobs"), "--wait"])
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    ids = _submitted(res.stdout)
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == "error: 5 prep job(s) did not complete:", res.stderr
+    assert re.search(rf"^  cluster: job {ids['cluster']} FAILED: error: \d+ sampled features cannot make 5000 fine "
+                     r"clusters; lower --fine \(log .*\)$", res.stderr, re.M), res.stderr
+    for step in ("assign", "route"):
+        for r in range(2):
+            assert f"  {step}: job {ids[step]}_{r} CANCELLED before it started (a job it depends on did not " \
+                "complete)" in lines
+    assert lines[-1] == "submit the same command again to redo only the unfinished shards"
+    assert re.search(r"^embed \(job \d+\): 2 completed; 4/4 shards done$", res.stdout, re.M)
+
+
+def test_sbatch_refusal_is_one_line(toy_pool, toy_work, tmp_path):
+    res = run([PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "0", "--seed-epochs", "0",
+               "--executor", "slurm", "--partition", "nosuch", "--folder", str(tmp_path / "jobs"), "--",
+               "--data-dir", str(toy_pool), "--mode-work-dir", str(toy_work), "--logs", str(tmp_path / "logs")])
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: SLURM refused the job toy_tiny_mode_n3m8/expert_0: ")
+    assert "invalid partition" in res.stderr.lower()
+
+
 def test_experts_wait_for_seed_job_in_gpu_shape(toy_pool, toy_work, tmp_path):
     """The GPU recipes' job shape (1 GPU per node, gres on the placeholder GPUs): the seed run, then every expert
     after it (afterok), followed with --wait to their final states."""
@@ -125,39 +154,52 @@ def test_experts_wait_for_seed_job_in_gpu_shape(toy_pool, toy_work, tmp_path):
 
 
 def test_preempted_expert_requeues_and_resumes(toy_pool, toy_work, tmp_path):
-    """submitit's preemption signal (USR2) to a running CPU expert job: it requeues itself, `--wait` says so and
-    keeps waiting, and the job resumes from its last complete checkpoint to the last epoch with no epoch lost."""
+    """submitit's preemption signal (USR2) to a running CPU expert job: it requeues itself; later `scontrol requeue`
+    by hand (SIGTERM to the job, whose killed run leaves an error result behind). `--wait` reports both as requeues
+    and keeps waiting; each time the job resumes from its last complete checkpoint, and the run ends at the last
+    epoch with no epoch lost."""
     logs, out = tmp_path / "logs", tmp_path / "wait.out"
     cmd = [PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "0", "--seed-epochs", "0",
            "--executor", "slurm", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "30", "--folder",
            str(tmp_path / "jobs"), "--wait", "--", "--data-dir", str(toy_pool), "--mode-work-dir", str(toy_work),
-           "--logs", str(logs), "--epochs", "3", "--train-num-samples", "512"]
-    run_dir = logs / "toy_tiny_mode_n3m8" / "expert_0"
+           "--logs", str(logs), "--epochs", "4", "--train-num-samples", "512"]
+    ckpts = logs / "toy_tiny_mode_n3m8" / "expert_0" / "checkpoints"
+    end = time.time() + 500
+
+    def until(ok, what):
+        while not ok():
+            assert proc.poll() is None and time.time() < end, f"{what}: " + out.read_text()[-3000:]
+            time.sleep(0.5)
+
+    def requeued(job, n):
+        info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        return f"Restarts={n}" in info and "JobState=PENDING" in info
+
     with open(out, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        end = time.time() + 300
-        while not is_complete_checkpoint(str(run_dir / "checkpoints" / "epoch_1.pt")):
-            assert proc.poll() is None and time.time() < end, out.read_text()[-3000:]
-            time.sleep(0.5)
+        until(lambda: is_complete_checkpoint(str(ckpts / "epoch_1.pt")), "epoch 1")
         job = _submitted(out.read_text())["toy_tiny_mode_n3m8/expert_0"]
-        subprocess.run(["scancel", "--signal=USR2", job], check=True)
-        while "Restarts=1" not in (info := subprocess.run(["scontrol", "show", "job", job], capture_output=True,
-                                                          text=True).stdout) or "JobState=PENDING" not in info:
-            assert proc.poll() is None and time.time() < end, out.read_text()[-3000:] + info
-            time.sleep(0.5)
-        # SLURM holds a requeued job for two minutes before it is eligible again; let it start now
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-        assert proc.wait(timeout=400) == 0, out.read_text()[-3000:]
+        for n, how in ((1, ["scancel", "--signal=USR2", job]), (2, ["scontrol", "requeue", job])):
+            subprocess.run(how, check=True)
+            until(lambda: requeued(job, n), f"requeue {n}")
+            # SLURM holds a requeued job for two minutes before it is eligible again; let it start now
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            if n == 1:
+                until(lambda: is_complete_checkpoint(str(ckpts / "epoch_2.pt")), "epoch 2 after the restart")
+        assert proc.wait(timeout=max(1, end - time.time())) == 0, out.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
     said = out.read_text()
-    assert f"toy_tiny_mode_n3m8/expert_0: job {job} requeued" in said and f"(job {job}): completed" in said
-    ckpt = torch.load(run_dir / "checkpoints" / "epoch_3.pt", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 3
-    assert sorted(epoch_losses(run_dir / "out.log")) == [1, 2, 3]
-    log = (run_dir / "out.log").read_text()
-    assert "Found latest resume checkpoint at" in log  # the requeued run resumed rather than started over
+    for n in (2, 3):
+        assert f"toy_tiny_mode_n3m8/expert_0: job {job} requeued (preempted, timed out or requeued by hand; run {n})" \
+            in said
+    assert f"(job {job}): completed" in said and "error" not in said.lower()
+    ckpt = torch.load(ckpts / "epoch_4.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 4
+    log = (ckpts.parent / "out.log").read_text()
+    assert sorted(epoch_losses(ckpts.parent / "out.log")) == [1, 2, 3, 4]
+    assert log.count("Found latest resume checkpoint at") == 2  # both restarts resumed rather than started over
     job_log = next((tmp_path / "jobs").glob(f"{job}_0_log.err")).read_text()
-    assert "CalledProcessError" not in job_log  # only the job's own process requeued it, once
+    assert "CalledProcessError" not in job_log  # only the job's own process acted on USR2: one requeue
