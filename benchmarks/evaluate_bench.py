@@ -39,18 +39,21 @@ def make_inputs(root: Path, experts: int, model: str, eval_per_class: int) -> tu
     return root / "pool" / "eval_tasks", specs
 
 
-def timed(args: list[str]) -> tuple[float, float]:
-    """(wall seconds including the process start, as a user pays it; peak RSS MB) of one `mode evaluate` call."""
+def timed(args: list[str]) -> tuple[float, float, float | None]:
+    """(wall seconds including the process start, as a user pays it; peak RSS MB; on a GPU torch's peak allocated
+    MB) of one `mode evaluate` call."""
     start = time.perf_counter()
     r = in_child(__file__, *args)
-    return time.perf_counter() - start, r["peak_rss_mb"]
+    return time.perf_counter() - start, r["peak_rss_mb"], r.get("gpu_peak_mb")
 
 
 def child(args: list[str]) -> None:
+    import torch
+
     from mode.cli import main
 
     main(["evaluate", *args])
-    report()
+    report(gpu_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None)
 
 
 def main() -> None:
@@ -66,18 +69,21 @@ def main() -> None:
         tasks, specs = make_inputs(root, a.experts, a.model, a.eval_per_class)
         n_images = sum(1 for p in tasks.glob("*/test/*.tar") for _ in tarfile.open(p)) // 2
         base = ["--tasks", str(tasks)]
-        separate_s, separate_rss = 0.0, 0.0
+        separate_s, separate_rss, separate_gpu = 0.0, 0.0, None
         for spec in specs:
-            s, rss = timed([*base, "--out", str(root / "separate"), "--model", spec])
+            s, rss, gpu = timed([*base, "--out", str(root / "separate"), "--model", spec])
             separate_s, separate_rss = separate_s + s, max(separate_rss, rss)
-        shared_s, shared_rss = timed([*base, "--out", str(root / "shared"),
-                                      *[x for spec in specs for x in ("--model", spec)]])
+            separate_gpu = gpu if separate_gpu is None else max(separate_gpu, gpu)
+        shared_s, shared_rss, shared_gpu = timed([*base, "--out", str(root / "shared"),
+                                                  *[x for spec in specs for x in ("--model", spec)]])
         for f in sorted((root / "shared").glob("*/*.npz")):
             other = np.load(root / "separate" / f.parent.name / f.name)
             assert np.array_equal(np.load(f)["logits"], other["logits"]), f
     print(f"{a.experts} x {a.model} on {n_images} images in 3 tasks")
     print(f"separate: {a.experts} calls  {separate_s:7.2f}s  peak RSS {separate_rss:6.0f} MB (largest call)")
     print(f"shared:   1 call   {shared_s:7.2f}s  peak RSS {shared_rss:6.0f} MB")
+    if shared_gpu is not None:
+        print(f"GPU max allocated MB: separate {separate_gpu:.0f} (largest call), shared {shared_gpu:.0f}")
     print(f"time shared/separate {shared_s / separate_s:.2f}x; logits identical")
 
 

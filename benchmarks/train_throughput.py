@@ -5,7 +5,7 @@
 
 Each run is a fresh process; runs alternate stock/plugin. Prints median samples/s over the logged steps
 (the first step of each epoch, which waits for the loader, is left out), the ratio plugin/stock and each
-run's peak RSS (the process and its loader workers).
+run's peak RSS (the process and its loader workers) and, on a GPU, torch's max_memory_allocated.
 """
 
 import argparse
@@ -29,7 +29,9 @@ if sys.argv[1] == "plugin":
 from open_clip_train.main import main
 main(sys.argv[3:])
 peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-print(json.dumps({"peak_rss_mb": peak / 1024}))
+import torch
+gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+print(json.dumps({"peak_rss_mb": peak / 1024, "gpu_peak_mb": gpu}))
 """
 RATE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/.*?, ([\d.]+)/s,")
 
@@ -44,9 +46,12 @@ def one_run(kind, pool, logs, name, epochs, a):
             "--epochs", str(epochs), "--workers", str(a.workers), "--precision", a.precision,
             "--log-every-n-steps", "5", "--logs", str(logs), "--name", name, "--seed", "0", "--save-frequency", "0"]
     out = subprocess.run([sys.executable, "-c", RUNNER, kind, str(MODEL_CONFIG_DIR), *argv],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} run {name} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     rates = [float(r) for done, r in RATE.findall((logs / name / "out.log").read_text()) if int(done) > a.batch_size]
-    return statistics.median(rates), json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    return statistics.median(rates), peaks["peak_rss_mb"], peaks.get("gpu_peak_mb")
 
 
 def main():
@@ -58,18 +63,21 @@ def main():
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--pool-workers", type=int, default=1, help="processes that draw the toy pool (not timed)")
     args = ap.parse_args()
     from mode.toy.pool import ensure_pool
 
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp) / "pool"
-        ensure_pool(str(pool), samples=args.samples, shards=8)
+        ensure_pool(str(pool), samples=args.samples, shards=args.shards, workers=args.pool_workers)
         results = {"stock": [], "plugin": []}
         for r in range(args.repeats):
             for kind in ("stock", "plugin"):
-                rate, rss = one_run(kind, pool, Path(tmp) / "logs", f"{kind}{r}", args.epochs, args)
+                rate, rss, gpu = one_run(kind, pool, Path(tmp) / "logs", f"{kind}{r}", args.epochs, args)
                 results[kind].append((rate, rss))
-                print(f"{kind:6s} run {r}: {rate:8.1f} samples/s  peak RSS {rss:7.1f} MB", flush=True)
+                gpu = "" if gpu is None else f"  GPU max allocated {gpu:7.1f} MB"
+                print(f"{kind:6s} run {r}: {rate:8.1f} samples/s  peak RSS {rss:7.1f} MB{gpu}", flush=True)
     stock = statistics.median(r for r, _ in results["stock"])
     plugin = statistics.median(r for r, _ in results["plugin"])
     print(f"median samples/s: stock {stock:.1f}, plugin {plugin:.1f}; ratio plugin/stock {plugin / stock:.3f}")
