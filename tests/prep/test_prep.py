@@ -422,3 +422,20 @@ def test_work_dir_and_input_shards_must_not_overlap(toy_pool, reference, tmp_pat
     routed = str(WorkDir(reference).expert_shards_dir(0))  # an expert's routed shards as the input of its own work dir
     with pytest.raises(UserError, match="overlap"):
         captions.run(routed, str(reference), 0, 1)
+
+
+def test_captions_are_cleaned_as_open_clips_tokenizer_cleans():
+    """clean_caption is open_clip's basic_clean + whitespace_clean, written out so that caption workers never
+    import torch; the two must agree on mojibake, nested HTML entities and every kind of whitespace."""
+    import subprocess
+    import sys
+
+    from open_clip.tokenizer import basic_clean, whitespace_clean
+
+    texts = ["  A photo\tof a\n\ncat  ", "caf\u00c3\u00a9 &amp;amp; cr\u00c3\u00a8me", "&lt;b&gt;bold&lt;/b&gt;",
+             "non\u00a0breaking\u2003em\u3000ideographic", "", "   ", "\u201cquoted\u201d \u2014 dash", "x&amp;y"]
+    for text in texts:
+        assert captions.clean_caption(text) == whitespace_clean(basic_clean(text)), text
+    res = subprocess.run([sys.executable, "-c", "import sys, mode.prep.captions; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
