@@ -35,12 +35,16 @@ if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
   log "already up: $(sinfo -h -o '%P %D %T %G' | head -1)"; exit 0
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
-  log "installing slurm-wlm, slurmdbd, munge, mariadb-server"
+missing=0
+for c in slurmctld slurmd slurmdbd sbatch sacctmgr munged mariadbd mariadb-admin pgrep; do
+  command -v "$c" >/dev/null || missing=1
+done
+if [ "$missing" = 1 ]; then
+  log "installing slurmctld, slurmd, slurm-client, slurmdbd, munge, mariadb-server"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client slurmdbd munge mariadb-server \
-    >/dev/null
+    mariadb-client procps >/dev/null
 fi
 
 mkdir -p "$DIR"/{ctld,d,log,gpu} /run/munge /run/mysqld
