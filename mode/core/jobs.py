@@ -1,7 +1,7 @@
 """SLURM jobs through submitit: executors, submission with one-line errors, `mode` steps as jobs, and following
 jobs to their final states.
 
-A job's state comes from `sacct` (`scontrol show job` where accounting is off), never from the presence of
+A job's state comes from `sacct` (`scontrol show job` for what accounting does not hold), never from the presence of
 submitit's result file: a requeued job (preemption, `scontrol requeue`, a node failure) may leave an error result
 from its killed run and still be running again, so only a final SLURM state (COMPLETED, FAILED, CANCELLED,
 TIMEOUT, ...) ends the wait. Requeues are counted and reported as such.
@@ -183,22 +183,23 @@ def _sacct(ids: list[str]) -> dict[str, list[str]] | None:
 
 
 def _scontrol(job_id: str) -> tuple[str, int]:
-    """(state, restarts) of a job slurmctld still remembers (MinJobAge), for clusters without accounting."""
+    """(state, restarts) of a job as slurmctld sees it: for clusters without accounting, and for jobs accounting
+    does not hold (yet). GONE: neither knows it (an array task cancelled before it started, or purged)."""
     out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=60)
     state = re.search(r"\bJobState=(\S+)", out.stdout)
     restarts = re.search(r"\bRestarts=(\d+)", out.stdout)
-    return (state.group(1) if state else "UNKNOWN"), int(restarts.group(1)) if restarts else 0
+    if state is None:
+        return "GONE", 0
+    return state.group(1), int(restarts.group(1)) if restarts else 0
 
 
 def states(job_ids: list[str]) -> dict[str, tuple[str, int]]:
-    """{job id: (current state, times requeued)} from SLURM."""
-    runs = _sacct(job_ids)
-    if runs is None:
-        return {j: _scontrol(j) for j in job_ids}
+    """{job id: (current state, times requeued)} from SLURM's accounting, else from slurmctld."""
+    runs = _sacct(job_ids) or {}
     out = {}
     for j in job_ids:
-        seen = runs.get(str(j), [])
-        out[j] = (seen[-1] if seen else "PENDING", sum(s in ("REQUEUED", "PREEMPTED") for s in seen[:-1]))
+        seen = runs.get(str(j))
+        out[j] = (seen[-1], sum(s in ("REQUEUED", "PREEMPTED") for s in seen[:-1])) if seen else _scontrol(str(j))
     return out
 
 
@@ -262,8 +263,9 @@ def report(groups: dict[str, list], finals: dict[str, list[str]]) -> list[str]:
             if state == "COMPLETED":
                 continue
             if not Path(job.paths.stderr).exists():
-                lines.append(f"{name}: job {job.job_id} {state} before it started"
-                             + (" (a job it depends on did not complete)" if state == "CANCELLED" else ""))
+                why = {"CANCELLED": " (a job it depends on did not complete, or scancel)",
+                       "GONE": " (cancelled while pending, or purged from SLURM's records)"}.get(state, "")
+                lines.append(f"{name}: job {job.job_id} {state} before it started{why}")
                 continue
             said = failure_line(job) if state == "FAILED" else ""
             lines.append(f"{name}: job {job.job_id} {state}" + (f": {said}" if said else "")
