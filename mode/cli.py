@@ -19,6 +19,8 @@ STEPS = (
          "nothing", "POOL/{shards,metadata,eval_tasks}"),
     Step("download", "mode.datacomp.download", "a DataComp pool (metadata, npz, images via img2dataset) or "
          "DataCompDR shards from the Hugging Face hub", "the hub", "DATA_DIR/{metadata,shards}"),
+    Step("metadata", "mode.datacomp.metadata", "dataset2metadata's metadata from its yml: CLIP scores and "
+         "features, NSFW, dedup, custom models", "the shards", "OUT/<shard>.{parquet,npz}"),
     Step("filter", "mode.datacomp.filters", "DataComp baseline filter over parquet metadata -> sorted u8,u8 uid .npy",
          "POOL/metadata", "SUBSET.npy (+ .json)"),
     Step("reshard", "mode.datacomp.reshard", "write a uid subset of a pool as new shards (DataComp's resharder)",

@@ -1,0 +1,442 @@
+"""`mode metadata`: dataset2metadata's metadata computation from its yml, written in the pool layout.
+
+Reads dataset2metadata's yml as written (`models`, `postprocess_columns`, `postprocess_features`,
+`additional_fields`, `nworkers`, `batch_size`, `device`, `input_tars`, `output_metadata_dir`, `custom_pypath`,
+`reprocess`, `use_datacomp_keys`; its `tars_per_wds`, `logging` and `warn_and_continue` are accepted), or the same
+as flags, which win over the yml. Unknown keys, unknown names and missing dependencies are one-line errors
+before any model loads.
+
+Where dataset2metadata writes one `<md5 of the tar list>.parquet/.npz` per group of tars, this writes one pair
+per input shard, named by the shard (`OUT/<shard>.parquet` + `OUT/<shard>.npz`), the layout `mode filter` and the
+rest of this project read; rows in tar order. It runs through the per-shard runner: ranks from flags or
+torchrun/SLURM, a shard complete once its stats record is written (in `OUT/.mode-metadata/`), a killed run
+redoes only unfinished shards, `reprocess: true` redoes all. All models of a batch run once for all their columns.
+Samples that cannot be used (undecodable image, no caption, no json or a missing field) are counted by reason and
+left out, as dataset2metadata's `warn_and_continue` leaves out what it cannot decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from mode.core.errors import UserError
+from mode.core.runner import run_per_shard
+from mode.core.shards import atomic_write, expand, for_rank, iter_tar, rank_and_world, shard_ids
+from mode.core.step import print_summary, rank_arguments
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("models", "nworkers", "batch_size", "device", "input_tars", "output_metadata_dir")
+OPTIONAL = ("postprocess_columns", "postprocess_features", "additional_fields", "custom_pypath", "reprocess",
+            "use_datacomp_keys", "tars_per_wds", "logging", "warn_and_continue")
+LISTS = ("models", "postprocess_columns", "postprocess_features", "additional_fields")
+IMAGE_EXTS = ("jpg", "png", "jpeg", "webp")
+
+
+@dataclass
+class Config:
+    models: list[str]
+    input_tars: list[str]
+    output_metadata_dir: str
+    nworkers: int = 0
+    batch_size: int = 512
+    device: int | str = 0
+    postprocess_columns: list[str] = field(default_factory=list)
+    postprocess_features: list[str] = field(default_factory=list)
+    additional_fields: list[str] = field(default_factory=list)
+    custom_pypath: str | None = None
+    reprocess: bool = False
+    use_datacomp_keys: bool = False
+
+
+def read_yml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not a readable yml ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of dataset2metadata's keys")
+    return values
+
+
+def make_config(values: dict, where: str = "the yml") -> Config:
+    """dataset2metadata's keys -> a checked Config; unknown or missing keys and wrong types are one line."""
+    unknown = sorted(set(values) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(REQUIRED + OPTIONAL)})")
+    missing = [k for k in REQUIRED if values.get(k) is None]
+    if missing:
+        raise UserError(f"{where}: missing required field {missing[0]!r}")
+    for key in LISTS:
+        v = values.get(key)
+        if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+            raise UserError(f"{where}: {key} must be a list of names, got {v!r}")
+    for key in ("nworkers", "batch_size"):
+        v = values[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_size" else 0):
+            raise UserError(f"{where}: {key} must be an integer >= {1 if key == 'batch_size' else 0}, got {v!r}")
+    tars = values["input_tars"]
+    tars = [tars] if isinstance(tars, str) else tars
+    if not isinstance(tars, list) or not tars or not all(isinstance(t, str) for t in tars):
+        raise UserError(f"{where}: input_tars must be a path or brace pattern, or a list of them")
+    out = values["output_metadata_dir"]
+    if not isinstance(out, str) or "://" in out:
+        raise UserError(f"{where}: output_metadata_dir must be a local folder, got {out!r}")
+    if values.get("tars_per_wds"):
+        log.info("tars_per_wds: ignored, every shard is written as its own parquet/npz pair")
+    return Config(models=values["models"], input_tars=tars, output_metadata_dir=out, nworkers=values["nworkers"],
+                  batch_size=values["batch_size"], device=values["device"],
+                  postprocess_columns=values.get("postprocess_columns") or [],
+                  postprocess_features=values.get("postprocess_features") or [],
+                  additional_fields=values.get("additional_fields") or [],
+                  custom_pypath=values.get("custom_pypath"), reprocess=bool(values.get("reprocess")),
+                  use_datacomp_keys=bool(values.get("use_datacomp_keys")))
+
+
+def check_names(cfg: Config, registry) -> list[str]:
+    """Every name known and every dependency listed; returns the models in dependency order."""
+    for key, table in (("models", registry.models), ("postprocess_columns", registry.columns),
+                       ("postprocess_features", registry.features)):
+        for name in getattr(cfg, key):
+            if name not in table:
+                raise UserError(f"{key}: unknown name {name!r} (known: {', '.join(sorted(table))}; custom_pypath "
+                                "adds your own)")
+    order: list[str] = []
+
+    def visit(name: str, path: tuple) -> None:
+        if name in order:
+            return
+        if name in path:
+            raise UserError(f"models: {name!r} depends on itself through {' -> '.join(path)}")
+        if name not in cfg.models:
+            raise UserError(f"models: {path[-1]!r} needs {name!r}: add it to models")
+        cls = registry.models[name]
+        for dep in cls.dependencies:
+            visit(dep, (*path, name))
+        for pre in cls.preprocessors:
+            if pre not in registry.preprocessors:
+                raise UserError(f"model {name!r}: unknown preprocessor {pre!r}")
+        order.append(name)
+
+    for name in cfg.models:
+        visit(name, ())
+    for key in ("postprocess_columns", "postprocess_features"):
+        table = registry.columns if key == "postprocess_columns" else registry.features
+        for name in getattr(cfg, key):
+            needs = getattr(table[name], "keywords", {}).get("model")
+            if needs and needs not in cfg.models:
+                raise UserError(f"{key}: {name!r} is computed by model {needs!r}: add it to models")
+    if not cfg.postprocess_columns and not cfg.postprocess_features and not cfg.additional_fields:
+        raise UserError("nothing to write: give postprocess_columns, postprocess_features or additional_fields")
+    return order
+
+
+class BadSample(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class Plan:
+    """What each sample becomes: the distinct (raw input, preprocessor) pairs of the models, in model order, and
+    for each model the positions of its inputs among them."""
+
+    def __init__(self, cfg: Config, registry, order: list[str]):
+        self.order = order
+        self.directives: list[tuple[str, str]] = []
+        self.inputs: dict[str, list[int]] = {}
+        for name in order:
+            cls = registry.models[name]
+            if len(cls.raw_inputs) != len(cls.preprocessors):
+                raise UserError(f"model {name!r}: {len(cls.raw_inputs)} raw_inputs but "
+                                f"{len(cls.preprocessors)} preprocessors")
+            idx = []
+            for pair in zip(cls.raw_inputs, cls.preprocessors):
+                if pair not in self.directives:
+                    self.directives.append(pair)
+                idx.append(self.directives.index(pair))
+            self.inputs[name] = idx
+        self.fields = list(cfg.additional_fields)
+        self.preprocessors = [registry.preprocessors[p] for _, p in self.directives]
+
+    def sample(self, members: dict[str, bytes]) -> tuple[list, list]:
+        """One sample's preprocessed inputs and its json fields, or BadSample with the reason."""
+        raws: dict = {}
+        need = {raw for raw, _ in self.directives}
+        if "image" in need:
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            if ext is None:
+                raise BadSample("no_image")
+            from PIL import Image
+
+            try:
+                with Image.open(io.BytesIO(members[ext])) as im:
+                    raws["image"] = im.convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError):
+                raise BadSample("bad_image") from None
+        if "text" in need:
+            if "txt" not in members:
+                raise BadSample("no_caption")
+            try:
+                raws["text"] = members["txt"].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadSample("bad_caption") from None
+        fields = []
+        if self.fields or "json" in need:
+            try:
+                meta = json.loads(members["json"])
+            except (KeyError, ValueError):
+                raise BadSample("no_json") from None
+            if not isinstance(meta, dict) or any(k not in meta for k in self.fields):
+                raise BadSample("missing_json_field")
+            fields = [meta[k] for k in self.fields]
+            raws["json"] = fields
+        try:
+            return [pre(raws[raw]) for (raw, _), pre in zip(self.directives, self.preprocessors)], fields
+        except (OSError, ValueError) as e:
+            log.debug(f"preprocessing failed: {e}")
+            raise BadSample("preprocess_failed") from None
+
+
+def _prepared(path: str, plan: Plan, worker: int = 0, workers: int = 1):
+    """(index, inputs, fields) for each usable sample of a tar this worker takes (every workers-th), and
+    ("skip", reason) items for the rest, so that the counts survive DataLoader workers."""
+    skipped: Counter = Counter()
+    for i, (_, members) in enumerate(iter_tar(path, skipped)):
+        if i % workers != worker:
+            continue
+        try:
+            inputs, fields = plan.sample(members)
+        except BadSample as e:
+            yield ("skip", e.reason)
+            continue
+        yield (i, inputs, fields)
+    if worker == 0:
+        for reason, n in skipped.items():
+            for _ in range(n):
+                yield ("skip", reason)
+
+
+def _stream(path: str, plan: Plan, nworkers: int):
+    if nworkers <= 1:
+        yield from _prepared(path, plan)
+        return
+    import torch
+
+    class Tar(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            return _prepared(path, plan, info.id, info.num_workers)
+
+    loader = torch.utils.data.DataLoader(Tar(), batch_size=None, num_workers=nworkers,
+                                         collate_fn=lambda x: x)
+    yield from loader
+
+
+def _collate(values: list):
+    import torch
+
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(values)
+    if isinstance(first, tuple) and all(isinstance(v, torch.Tensor) for v in first):
+        return tuple(torch.cat(part) for part in zip(*values))  # faces-aug: ([1,3,H,W], [1,4]) per sample
+    return list(values)
+
+
+def _to(value, device):
+    if hasattr(value, "to"):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+class Pipeline:
+    """The models of one run, built once per process, and what a batch becomes."""
+
+    def __init__(self, cfg: Config, registry, order: list[str], device: str):
+        self.cfg, self.registry, self.device = cfg, registry, device
+        self.plan = Plan(cfg, registry, order)
+        self.models = {}
+        for name in order:
+            log.info(f"metadata: loading {name} on {device}")
+            self.models[name] = registry.models[name](device)
+
+    def batch(self, items: list) -> tuple[dict, dict]:
+        import torch
+
+        columns = [_collate([inputs[k] for _, inputs, _ in items]) for k in range(len(self.plan.directives))]
+        outputs: dict = {}
+        with torch.inference_mode():
+            for name in self.plan.order:
+                model = self.models[name]
+                args = [columns[k] for k in self.plan.inputs[name]]
+                if getattr(model, "to_device", False):
+                    args = [_to(a, self.device) for a in args]
+                outputs[name] = model(*args, *(outputs[d] for d in type(model).dependencies))
+            if self.plan.fields:
+                outputs["json"] = [fields for _, _, fields in items]
+            cols = {c: _as_column(self.registry.columns[c](outputs), c) for c in self.cfg.postprocess_columns}
+            feats = {f: _as_array(self.registry.features[f](outputs), f) for f in self.cfg.postprocess_features}
+        for j, name in enumerate(self.plan.fields):
+            cols[name] = [fields[j] for _, _, fields in items]
+        return cols, feats
+
+
+def _as_column(value, name: str) -> list:
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().reshape(-1).tolist()
+    return list(value)
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim != 2:
+        raise UserError(f"postprocess_features {name!r}: expected [batch, dim], got shape {arr.shape}")
+    return arr
+
+
+_PIPELINES: dict = {}
+
+
+def _pipeline(cfg: Config, order: list[str]) -> Pipeline:
+    """Models load on the first shard this process processes (never when all are done), then are reused."""
+    from mode.datacomp.d2m import Registry, torch_device
+
+    key = json.dumps(asdict(cfg), sort_keys=True, default=str)
+    if key not in _PIPELINES:
+        _PIPELINES.clear()
+        _PIPELINES[key] = Pipeline(cfg, Registry(cfg.custom_pypath), order, torch_device(cfg.device))
+    return _PIPELINES[key]
+
+
+def _names(cfg: Config, names: list[str]) -> list[str]:
+    if not cfg.use_datacomp_keys:
+        return list(names)
+    from mode.datacomp.d2m import DATACOMP_KEYS
+
+    return [DATACOMP_KEYS.get(n, n) for n in names]
+
+
+def _work(cfg: Config, order: list[str], path: str, shard_id: str) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pipe = _pipeline(cfg, order)
+    skipped: Counter = Counter()
+    rows: list[int] = []
+    cols: dict[str, list] = {c: [] for c in [*cfg.postprocess_columns, *cfg.additional_fields]}
+    feats: dict[str, list] = {f: [] for f in cfg.postprocess_features}
+    pending: list = []
+
+    def flush():
+        c, f = pipe.batch(pending)
+        rows.extend(i for i, _, _ in pending)
+        for k, v in c.items():
+            cols[k].extend(v)
+        for k, v in f.items():
+            feats[k].append(v)
+        pending.clear()
+
+    for item in _stream(path, pipe.plan, cfg.nworkers):
+        if item[0] == "skip":
+            skipped[item[1]] += 1
+            continue
+        pending.append(item)
+        if len(pending) >= cfg.batch_size:
+            flush()
+    if pending:
+        flush()
+    order_ = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")  # tar order, whatever the workers did
+    out = Path(cfg.output_metadata_dir)
+    col_names = _names(cfg, list(cols))
+    table = pa.table({n: [cols[c][i] for i in order_] for n, c in zip(col_names, cols)}) if cols else None
+    if table is not None:
+        with atomic_write(out / f"{shard_id}.parquet") as f:
+            pq.write_table(table, f)
+    if feats:
+        arrays = {n: (np.concatenate(feats[k])[order_] if feats[k] else np.zeros((0, 0), np.float32))
+                  for n, k in zip(_names(cfg, list(feats)), feats)}
+        with atomic_write(out / f"{shard_id}.npz") as f:
+            np.savez_compressed(f, **arrays)
+    return {"processed": len(rows) + sum(v for k, v in skipped.items() if not k.endswith("_tar")),
+            "kept": len(rows), "skipped": dict(skipped)}
+
+
+def run(cfg: Config, rank: int | None = None, world_size: int | None = None) -> dict:
+    from mode.datacomp.d2m import Registry, torch_device
+
+    registry = Registry(cfg.custom_pypath)
+    order = check_names(cfg, registry)
+    torch_device(cfg.device)  # a bad device is refused before anything runs
+    paths = [p for spec in cfg.input_tars for p in expand(spec)]
+    if not paths:
+        raise UserError(f"input_tars {cfg.input_tars}: no tar files")
+    out = Path(cfg.output_metadata_dir)
+    step_dir = out / ".mode-metadata"
+    params = {"models": cfg.models, "columns": cfg.postprocess_columns, "features": cfg.postprocess_features,
+              "fields": cfg.additional_fields, "use_datacomp_keys": cfg.use_datacomp_keys,
+              "custom": hashlib.sha256(Path(cfg.custom_pypath).read_bytes()).hexdigest()[:16]
+              if cfg.custom_pypath else None}
+    rank, world_size = rank_and_world(rank, world_size)
+    if cfg.reprocess:  # dataset2metadata's reprocess: this rank's shards again, whatever was made before
+        ids = shard_ids(paths)
+        for p in for_rank(paths, rank, world_size):
+            (step_dir / f"{ids[p]}.stats.json").unlink(missing_ok=True)
+    suffixes = ([".parquet"] if cfg.postprocess_columns or cfg.additional_fields else []) + \
+        ([".npz"] if cfg.postprocess_features else [])
+    return run_per_shard("metadata", step_dir, paths, partial(_work, cfg, order), params, rank=rank,
+                         world_size=world_size, outputs=lambda i: [out / f"{i}{s}" for s in suffixes])
+
+
+# --------------------------------------------------------------------------------------------- `mode metadata`
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yml", default=None, help="dataset2metadata's yml; the flags below override its keys")
+    for key in LISTS:
+        p.add_argument(f"--{key.replace('_', '-')}", default=None, metavar="A,B", help=f"{key} (comma list)")
+    p.add_argument("--input-tars", default=None, help="shards: a path, a brace pattern or '::'-joined paths")
+    p.add_argument("--output-metadata-dir", default=None, help="where <shard>.parquet and <shard>.npz go")
+    p.add_argument("--nworkers", type=int, default=None, help="decoding processes (dataset2metadata's nworkers)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per model call")
+    p.add_argument("--device", default=None, help="a CUDA index (dataset2metadata's), cpu or cuda:N")
+    p.add_argument("--custom-pypath", default=None, help="a Python file adding models/pre/postprocessors")
+    p.add_argument("--reprocess", action=argparse.BooleanOptionalAction, default=None,
+                   help="redo every shard (default: only those not done)")
+    p.add_argument("--use-datacomp-keys", action=argparse.BooleanOptionalAction, default=None,
+                   help="DataComp's column names (clip_b32_similarity_score, face_bboxes, b32_img, ...)")
+    rank_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = read_yml(args.yml) if args.yml else {}
+    where = args.yml or "the flags"
+    for key in (*REQUIRED, *OPTIONAL):
+        flag = getattr(args, key, None)
+        if flag is None:
+            continue
+        if key in LISTS:
+            flag = [x.strip() for x in flag.split(",") if x.strip()]
+        elif key == "device":
+            flag = int(flag) if flag.lstrip("-").isdigit() else flag
+        values[key] = flag
+    return make_config(values, where)
+
+
+def main(args: argparse.Namespace) -> None:
+    print_summary(run(config_from_args(args), args.rank, args.world_size))

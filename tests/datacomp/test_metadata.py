@@ -1,0 +1,241 @@
+"""`mode metadata`: dataset2metadata's ymls on the toy pool, with its models' real code on random small weights
+(tests/datacomp/d2m_tiny.py as custom_pypath), and its output read by `mode filter`."""
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mode.core.layout import Pool
+from mode.core.shards import iter_tar
+
+from ..conftest import PYTHON, run
+
+TINY = Path(__file__).with_name("d2m_tiny.py")
+
+# dataset2metadata's README ymls as written, but for input_tars, output_metadata_dir and custom_pypath
+BASIC = """models: # model directives, specifying the models to instantiate
+  - oai-clip-vit-b32
+postprocess_columns: # postprocessing directives
+  - oai-clip-vit-b32-score
+postprocess_features: # saved in an npz format
+  - oai-clip-vit-b32-image
+  - oai-clip-vit-b32-text
+additional_fields: # fields in a webdataset json to carry over into the metadata
+  - uid
+  - url
+  - caption
+  - original_width
+  - original_height
+  - sha256
+nworkers: 2
+batch_size: 512
+device: 0
+input_tars: "{tars}" # braceexpand suported, can also be s3 paths
+output_metadata_dir: "{out}" # can be arbitrary path
+custom_pypath: {custom} # if model, preprocessors, postprocessors not known, look in this python file for user provided custom implementation
+reprocess: True # if true will process from scratch, else will just process tars not already processed
+"""  # noqa: E501
+
+# datacomp.yml without faces-scrfd10g (not built yet), with use_datacomp_keys as DataComp's pool was made
+DATACOMP = """models:
+  - oai-clip-vit-b32
+  - oai-clip-vit-l14
+  - nsfw-detoxify
+  - nsfw-image-oai-clip-vit-l-14
+  - dedup-isc-ft-v107
+postprocess_columns:
+  - oai-clip-vit-b32-score
+  - oai-clip-vit-l14-score
+  - nsfw-detoxify-score
+  - nsfw-image-score
+  - dedup-isc-ft-v107-score
+postprocess_features:
+  - oai-clip-vit-b32-image
+  - oai-clip-vit-b32-text
+  - oai-clip-vit-l14-image
+  - oai-clip-vit-l14-text
+  - dedup-isc-ft-v107-image
+additional_fields:
+  - uid
+  - url
+  - caption
+  - original_width
+  - original_height
+  - sha256
+nworkers: 0
+batch_size: 64
+device: cpu
+input_tars: "{tars}"
+output_metadata_dir: "{out}"
+custom_pypath: {custom}
+reprocess: False
+use_datacomp_keys: True
+"""
+
+
+def _env(tmp_path):
+    return {"D2M_TINY_DIR": str(tmp_path / "weights")}
+
+
+def _yml(tmp_path, text, out, tars, name="d2m.yml"):
+    path = tmp_path / name
+    path.write_text(text.format(tars=tars, out=out, custom=TINY))
+    return path
+
+
+def _tars(toy_pool, n=None):
+    shards = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[:n]
+    if len(shards) == 1:
+        return shards, str(shards[0])
+    return shards, f"{shards[0].parent}/{{{','.join(p.stem for p in shards)}}}.tar"
+
+
+def _tar_rows(shard):
+    return [json.loads(m["json"]) for _, m in iter_tar(shard)]
+
+
+def test_basic_yml_as_written(toy_pool, tmp_path):
+    """README's basic.yml: CLIP B/32 score and features, json fields, one parquet + npz per shard in tar order;
+    its `device: 0` runs on the CPU here; the score is the dot product of the stored normalised features."""
+    shards, spec = _tars(toy_pool, 2)
+    out = tmp_path / "out"
+    res = run([PYTHON, "-m", "mode", "metadata", "--yml", str(_yml(tmp_path, BASIC, out, spec))],
+              env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "metadata: complete" in res.stdout
+    for shard in shards:
+        table = pq.read_table(out / f"{shard.stem}.parquet")
+        assert table.column_names == ["oai-clip-vit-b32-score", "uid", "url", "caption", "original_width",
+                                      "original_height", "sha256"]
+        rows = _tar_rows(shard)
+        assert table.column("uid").to_pylist() == [r["uid"] for r in rows]
+        assert table.column("original_width").to_pylist() == [r["original_width"] for r in rows]
+        feats = np.load(out / f"{shard.stem}.npz")
+        img, txt = feats["oai-clip-vit-b32-image"], feats["oai-clip-vit-b32-text"]
+        assert img.shape == txt.shape == (len(rows), 512) and img.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+        np.testing.assert_allclose(table.column("oai-clip-vit-b32-score").to_numpy(), (img * txt).sum(1),
+                                   atol=1e-5)
+
+
+def test_datacomp_yml_feeds_mode_filter(toy_pool, tmp_path):
+    """The DataComp models with use_datacomp_keys: DataComp's names, scores in range, an image copied into the
+    eval-set references scores ~1 on dedup, and `mode filter` runs on the output as on a DataComp pool."""
+    import torch
+
+    shards, spec = _tars(toy_pool, 2)
+    out = tmp_path / "out"
+    os.environ["D2M_TINY_DIR"] = str(tmp_path / "weights")
+    try:
+        import importlib.util
+
+        s = importlib.util.spec_from_file_location("tiny_here", TINY)
+        tiny = importlib.util.module_from_spec(s)
+        s.loader.exec_module(tiny)
+        from mode.datacomp.d2m import dedup_image
+
+        isc = tiny.TinyIsc("cpu")  # writes the random weights and references the job then reads
+        key, members = next(iter_tar(shards[1]))
+        from PIL import Image
+
+        with torch.inference_mode():
+            copy = isc.embed(dedup_image(Image.open(io.BytesIO(members["jpg"])).convert("RGB"))[None])
+        refs = torch.load(isc.references(), weights_only=True)
+        torch.save(torch.cat([refs, copy]), isc.references())
+    finally:
+        del os.environ["D2M_TINY_DIR"]
+    res = run([PYTHON, "-m", "mode", "metadata", "--yml", str(_yml(tmp_path, DATACOMP, out, spec))],
+              env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = pq.read_table(out / f"{shards[1].stem}.parquet")
+    assert table.column_names == ["clip_b32_similarity_score", "clip_l14_similarity_score", "nsfw-detoxify-score",
+                                  "nsfw-image-score", "dedup", "uid", "url", "text", "original_width",
+                                  "original_height", "sha256"]
+    feats = np.load(out / f"{shards[1].stem}.npz")
+    assert sorted(feats.files) == ["b32_img", "b32_txt", "dedup-isc-ft-v107-image", "l14_img", "l14_txt"]
+    assert feats["l14_img"].shape[1] == 768 and feats["dedup-isc-ft-v107-image"].shape[1] == 256
+    for name in ("nsfw-detoxify-score", "nsfw-image-score"):
+        values = table.column(name).to_numpy()
+        assert ((values >= 0) & (values <= 1)).all()
+    dedup = table.column("dedup").to_numpy()
+    assert dedup[0] == pytest.approx(1.0, abs=1e-4) and (dedup[1:] < 0.999).all()
+    np.testing.assert_allclose(table.column("clip_l14_similarity_score").to_numpy(),
+                               (feats["l14_img"] * feats["l14_txt"]).sum(1), atol=1e-5)
+    subset = tmp_path / "kept.npy"
+    res = run([PYTHON, "-m", "mode", "filter", "--name", "clip_score", "--arch", "l14", "--fraction", "0.5",
+               "--metadata-dir", str(out), "--save-path", str(subset)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = sum(pq.read_metadata(out / f"{s.stem}.parquet").num_rows for s in shards)
+    assert len(np.load(subset)) == rows // 2 + 1  # DataComp's fraction rule over every written row
+
+
+def test_resume_reprocess_and_bad_samples(toy_pool, tmp_path):
+    """A shard whose outputs are gone is the only one redone; `reprocess` redoes all; samples without an image,
+    caption or json field are counted by reason and left out; two decoding workers give the same rows."""
+    shards, _ = _tars(toy_pool, 2)
+    bad = tmp_path / "bad" / "00000009.tar"
+    bad.parent.mkdir()
+    with tarfile.open(shards[0]) as src, tarfile.open(bad, "w") as dst:
+        for i, member in enumerate(src.getmembers()[:30]):
+            data = src.extractfile(member).read()
+            if member.name.endswith(".jpg") and i < 3:
+                data = b"not an image"
+            if member.name.endswith(".txt") and 3 <= i < 6:
+                continue
+            if member.name.endswith(".json") and 6 <= i < 9:
+                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "sha256"}).encode()
+            info = tarfile.TarInfo(member.name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    base = [PYTHON, "-m", "mode", "metadata", "--models", "oai-clip-vit-b32", "--postprocess-columns",
+            "oai-clip-vit-b32-score", "--postprocess-features", "oai-clip-vit-b32-image", "--additional-fields",
+            "uid,sha256", "--batch-size", "16", "--device", "cpu", "--custom-pypath", str(TINY),
+            "--output-metadata-dir", str(out)]
+    spec = "::".join(str(p) for p in [*shards, bad])
+    res = run([*base, "--nworkers", "0", "--input-tars", spec], env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / ".mode-metadata" / "summary.json").read_text())
+    assert summary["skipped"] == {"bad_image": 1, "no_caption": 1, "missing_json_field": 1}
+    assert pq.read_metadata(out / "00000009.parquet").num_rows == 10 - 3
+    first = {p.name: p.read_bytes() for p in out.glob("0000000[01].*")}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("0000000[01].*")}
+    (out / "00000001.npz").unlink()
+    res = run([*base, "--nworkers", "2", "--input-tars", spec], env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("00000000.*")} == \
+        {k: v for k, v in mtimes.items() if k.startswith("00000000")}  # complete: not redone
+    assert {p.name: p.read_bytes() for p in out.glob("0000000[01].*")} == first  # 2 workers, same bytes
+    res = run([*base, "--nworkers", "0", "--input-tars", spec, "--reprocess"], env=_env(tmp_path))
+    assert res.returncode == 0
+    assert (out / "00000000.parquet").stat().st_mtime_ns != mtimes["00000000.parquet"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"tars_per_group": 4}, "unknown field 'tars_per_group'"),
+    ({"models": ["oai-clip-vit-b16"]}, "models: unknown name 'oai-clip-vit-b16'"),
+    ({"models": ["nsfw-image-oai-clip-vit-l-14"], "postprocess_columns": ["nsfw-image-score"]},
+     "'nsfw-image-oai-clip-vit-l-14' needs 'oai-clip-vit-l14': add it to models"),
+    ({"postprocess_columns": ["oai-clip-vit-l14-score"]}, "computed by model 'oai-clip-vit-l14'"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"output_metadata_dir": "s3://bucket/meta"}, "must be a local folder"),
+    ({"device": "tpu"}, "--device 'tpu'"),
+])
+def test_bad_yml_is_one_line(toy_pool, tmp_path, edit, message):
+    import yaml
+
+    _, spec = _tars(toy_pool, 1)
+    values = yaml.safe_load(BASIC.format(tars=spec, out=tmp_path / "out", custom=TINY))
+    values.pop("custom_pypath")
+    values.update(edit)
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(values))
+    res = run([PYTHON, "-m", "mode", "metadata", "--yml", str(path)], env=_env(tmp_path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+    assert message in res.stderr
