@@ -70,8 +70,9 @@ def load_weights(path: str | Path, what: str, allow: tuple = ()):
 
 def torch_device(device) -> str:
     """dataset2metadata's `device` (a CUDA index) or a torch device string; a CUDA index on a machine without
-    CUDA runs on the CPU (said once in the log)."""
+    CUDA runs on the CPU (said once in the log). Under torchrun, local rank r takes index + r."""
     import logging
+    import os
 
     import torch
 
@@ -82,7 +83,8 @@ def torch_device(device) -> str:
             if device >= 0:
                 logging.getLogger(__name__).warning(f"device {device}: no CUDA GPU here, running on the CPU")
             return "cpu"
-        device = f"cuda:{device}"
+        local = int(os.environ.get("LOCAL_RANK", 0))  # one process per GPU: each local rank the next one
+        device = f"cuda:{(device + local) % torch.cuda.device_count()}"
     from mode.core.device import pick_device
 
     return pick_device(str(device))
