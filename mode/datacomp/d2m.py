@@ -347,7 +347,39 @@ class IscDescriptor:
         return z, (z @ self.refs).max(dim=1).values
 
 
-MODELS = {cls.name: cls for cls in (OaiClipVitB32, OaiClipVitL14, NsfwImage, Detoxify, IscDescriptor)}
+class Scrfd10G:
+    """SCRFD-10G face boxes as dataset2metadata computes them (`mode.datacomp.scrfd`, checked bit for bit against
+    its code): on the white-padded 224 px square, score > 0.3 after NMS at 0.45, boxes [x1, y1, x2, y2] in [0, 1]
+    of the unpadded image; a list of boxes per sample (empty without faces)."""
+
+    name = "faces-scrfd10g"
+    raw_inputs = ["image"]
+    preprocessors = ["faces-aug"]
+    dependencies: list[str] = []
+    to_device = True
+
+    def weights(self) -> Path:
+        return d2m_asset("faces-scrfd10g")
+
+    def __init__(self, device):
+        from mode.datacomp.scrfd import build_scrfd10g
+
+        ckpt = load_weights(self.weights(), "SCRFD-10G")
+        try:
+            self.model = build_scrfd10g(ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt
+                                        else ckpt)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise UserError(f"{self.weights()}: not SCRFD-10G's weights ({str(e).splitlines()[0]})") from None
+        self.model.to(device)
+
+    def __call__(self, faces):
+        from mode.datacomp.scrfd import detect
+
+        images, paddings = faces
+        return detect(self.model, images, paddings.cpu())
+
+
+MODELS = {cls.name: cls for cls in (OaiClipVitB32, OaiClipVitL14, NsfwImage, Detoxify, IscDescriptor, Scrfd10G)}
 
 
 # ------------------------------------------------------------------------------------------ postprocessors

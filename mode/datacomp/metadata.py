@@ -365,7 +365,9 @@ def _work(cfg: Config, order: list[str], path: str, shard_id: str) -> dict:
     order_ = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")  # tar order, whatever the workers did
     out = Path(cfg.output_metadata_dir)
     col_names = _names(cfg, list(cols))
-    table = pa.table({n: [cols[c][i] for i in order_] for n, c in zip(col_names, cols)}) if cols else None
+    boxes = pa.list_(pa.list_(pa.float64()))  # typed even for a shard without faces
+    table = pa.table({n: pa.array([cols[c][i] for i in order_], type=boxes if c == "face-boxes" else None)
+                      for n, c in zip(col_names, cols)}) if cols else None
     if table is not None:
         with atomic_write(out / f"{shard_id}.parquet") as f:
             pq.write_table(table, f)

@@ -112,7 +112,23 @@ class TinyIsc(d2m.IscDescriptor):
         return path
 
 
-model_lookup = {cls.name: cls for cls in (TinyB32, TinyL14, TinyNsfw, TinyDetoxify, TinyIsc)}
+class TinyScrfd(d2m.Scrfd10G):
+    """The real SCRFD-10G architecture (it is small) with random weights whose score bias makes some faces."""
+
+    def weights(self):
+        from mode.datacomp.scrfd import build_scrfd10g
+
+        path = ROOT / "scrfd.pt"
+        if not path.exists():
+            torch.manual_seed(7)
+            model = build_scrfd10g()
+            state = model.state_dict()
+            state["bbox_head.stride_cls.0.bias"] = state["bbox_head.stride_cls.0.bias"] + 1.0  # some above 0.3
+            torch.save({"state_dict": state}, path)
+        return path
+
+
+model_lookup = {cls.name: cls for cls in (TinyB32, TinyL14, TinyNsfw, TinyDetoxify, TinyIsc, TinyScrfd)}
 preprocessor_lookup = {}
 postprocess_parquet_lookup = {}
 postprocess_feature_lookup = {}

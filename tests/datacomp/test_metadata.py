@@ -42,18 +42,20 @@ custom_pypath: {custom} # if model, preprocessors, postprocessors not known, loo
 reprocess: True # if true will process from scratch, else will just process tars not already processed
 """  # noqa: E501
 
-# datacomp.yml without faces-scrfd10g (not built yet), with use_datacomp_keys as DataComp's pool was made
+# README's datacomp.yml, with use_datacomp_keys added (as DataComp's pool was named) and a CPU device
 DATACOMP = """models:
   - oai-clip-vit-b32
   - oai-clip-vit-l14
   - nsfw-detoxify
   - nsfw-image-oai-clip-vit-l-14
+  - faces-scrfd10g
   - dedup-isc-ft-v107
 postprocess_columns:
   - oai-clip-vit-b32-score
   - oai-clip-vit-l14-score
   - nsfw-detoxify-score
   - nsfw-image-score
+  - face-boxes
   - dedup-isc-ft-v107-score
 postprocess_features:
   - oai-clip-vit-b32-image
@@ -129,7 +131,7 @@ def test_datacomp_yml_feeds_mode_filter(toy_pool, tmp_path):
     eval-set references scores ~1 on dedup, and `mode filter` runs on the output as on a DataComp pool."""
     import torch
 
-    shards, spec = _tars(toy_pool, 2)
+    shards, spec = _tars(toy_pool, 1)
     out = tmp_path / "out"
     os.environ["D2M_TINY_DIR"] = str(tmp_path / "weights")
     try:
@@ -141,7 +143,7 @@ def test_datacomp_yml_feeds_mode_filter(toy_pool, tmp_path):
         from mode.datacomp.d2m import dedup_image
 
         isc = tiny.TinyIsc("cpu")  # writes the random weights and references the job then reads
-        key, members = next(iter_tar(shards[1]))
+        key, members = next(iter_tar(shards[0]))
         from PIL import Image
 
         with torch.inference_mode():
@@ -153,18 +155,23 @@ def test_datacomp_yml_feeds_mode_filter(toy_pool, tmp_path):
     res = run([PYTHON, "-m", "mode", "metadata", "--yml", str(_yml(tmp_path, DATACOMP, out, spec))],
               env=_env(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
-    table = pq.read_table(out / f"{shards[1].stem}.parquet")
+    table = pq.read_table(out / f"{shards[0].stem}.parquet")
     assert table.column_names == ["clip_b32_similarity_score", "clip_l14_similarity_score", "nsfw-detoxify-score",
-                                  "nsfw-image-score", "dedup", "uid", "url", "text", "original_width",
+                                  "nsfw-image-score", "face_bboxes", "dedup", "uid", "url", "text", "original_width",
                                   "original_height", "sha256"]
-    feats = np.load(out / f"{shards[1].stem}.npz")
+    assert str(table.schema.field("face_bboxes").type) == "list<element: list<element: double>>"
+    boxes = [b for per_image in table.column("face_bboxes").to_pylist() for b in per_image]
+    assert boxes and all(len(b) == 4 and all(0 <= v <= 1 for v in b) for b in boxes)  # random weights: any shape
+    feats = np.load(out / f"{shards[0].stem}.npz")
     assert sorted(feats.files) == ["b32_img", "b32_txt", "dedup-isc-ft-v107-image", "l14_img", "l14_txt"]
     assert feats["l14_img"].shape[1] == 768 and feats["dedup-isc-ft-v107-image"].shape[1] == 256
     for name in ("nsfw-detoxify-score", "nsfw-image-score"):
         values = table.column(name).to_numpy()
         assert ((values >= 0) & (values <= 1)).all()
     dedup = table.column("dedup").to_numpy()
-    assert dedup[0] == pytest.approx(1.0, abs=1e-4) and (dedup[1:] < 0.999).all()
+    assert dedup[0] == pytest.approx(1.0, abs=1e-4)  # the image copied into the references
+    refs = torch.load(tmp_path / "weights" / "refs.pt", weights_only=True).numpy()
+    np.testing.assert_allclose(dedup, (feats["dedup-isc-ft-v107-image"] @ refs.T).max(1), atol=1e-5)
     np.testing.assert_allclose(table.column("clip_l14_similarity_score").to_numpy(),
                                (feats["l14_img"] * feats["l14_txt"]).sum(1), atol=1e-5)
     subset = tmp_path / "kept.npy"
