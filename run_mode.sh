@@ -62,8 +62,45 @@ prep_steps() {
   python -m mode prep --shards "$shards" --work-dir "$work" "${flags[@]}" "$@"
 }
 
+# A pool's metadata recomputed from its shards with dataset2metadata's datacomp.yml (DataComp's column names), then
+# two DataComp filters on it. The models' weights download on first use (see README); offline, CUSTOM=FILE names a
+# custom_pypath file with your own (tests/datacomp/d2m_tiny.py: random small models). YML=FILE uses your own yml;
+# DEVICE (0: the first GPU, cpu without one), BATCH (64), WORKERS (2).
+metadata() {
+  local pool="${1:?usage: $0 metadata POOL OUT}" out="${2:?usage: $0 metadata POOL OUT}"
+  local yml="${YML:-${out%/}.yml}"
+  if [ -z "${YML:-}" ]; then
+    mkdir -p "$(dirname "$yml")"
+    cat >"$yml" <<EOF
+models: [oai-clip-vit-b32, oai-clip-vit-l14, nsfw-detoxify, nsfw-image-oai-clip-vit-l-14, faces-scrfd10g,
+         dedup-isc-ft-v107]
+postprocess_columns: [oai-clip-vit-b32-score, oai-clip-vit-l14-score, nsfw-detoxify-score, nsfw-image-score,
+                      face-boxes, dedup-isc-ft-v107-score]
+postprocess_features: [oai-clip-vit-b32-image, oai-clip-vit-b32-text, oai-clip-vit-l14-image,
+                       oai-clip-vit-l14-text, dedup-isc-ft-v107-image]
+additional_fields: [uid, url, caption, original_width, original_height, sha256]
+nworkers: ${WORKERS:-2}
+batch_size: ${BATCH:-64}
+device: ${DEVICE:-0}
+input_tars: "$pool/shards"
+output_metadata_dir: "$out"
+custom_pypath: ${CUSTOM:-null}
+reprocess: false
+use_datacomp_keys: true
+EOF
+  fi
+  echo "== mode metadata --yml $yml -> $out"
+  python -m mode metadata --yml "$yml"
+  echo "== DataComp basic filter and CLIP L/14 score top 30% on it -> ${out%/}_basic.npy, ${out%/}_clip30.npy"
+  python -m mode filter --name basic_filter --metadata-dir "$out" --save-path "${out%/}_basic.npy" \
+    --fasttext-model packaged
+  python -m mode filter --name clip_score --arch l14 --fraction 0.3 --metadata-dir "$out" \
+    --save-path "${out%/}_clip30.npy"
+}
+
 case "${1:-}" in
   demo) shift; demo "$@" ;;
   prep-steps) shift; prep_steps "$@" ;;
-  *) echo "usage: $0 demo [OUT] | prep-steps SHARDS WORK_DIR [mode prep flags]" >&2; exit 2 ;;
+  metadata) shift; metadata "$@" ;;
+  *) echo "usage: $0 demo [OUT] | prep-steps SHARDS WORK_DIR [mode prep flags] | metadata POOL OUT" >&2; exit 2 ;;
 esac

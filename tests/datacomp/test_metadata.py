@@ -246,3 +246,31 @@ def test_bad_yml_is_one_line(toy_pool, tmp_path, edit, message):
     res = run([PYTHON, "-m", "mode", "metadata", "--yml", str(path)], env=_env(tmp_path))
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
     assert message in res.stderr
+
+
+def test_run_mode_metadata_recomputes_a_toy_pool_and_filters_it(tmp_path):
+    """`run_mode.sh metadata POOL OUT`: dataset2metadata's DataComp set over the pool's shards (random small models
+    offline), then DataComp's basic filter keeps exactly what it keeps on the pool's own metadata, for the samples
+    the shards hold."""
+    from mode.core.uids import pairs_to_hex
+    from mode.datacomp import filters
+    from mode.toy.pool import ensure_pool
+
+    from ..conftest import REPO
+
+    pool = tmp_path / "pool"
+    ensure_pool(str(pool), samples=200, shards=1, seed=3, eval_per_class=2)
+    out = tmp_path / "meta"
+    res = run(["bash", str(REPO / "run_mode.sh"), "metadata", str(pool), str(out)],
+              env={**_env(tmp_path), "CUSTOM": str(TINY), "DEVICE": "cpu"})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    table = pq.read_table(out / "00000000.parquet")
+    assert {"clip_b32_similarity_score", "clip_l14_similarity_score", "face_bboxes", "dedup", "text"} <= \
+        set(table.column_names)
+    in_tars = set(table.column("uid").to_pylist())
+    assert len(in_tars) == len(_tar_rows(Pool(pool).shards_dir / "00000000.tar"))
+    filters.run("basic_filter", str(Pool(pool).metadata_dir), str(tmp_path / "ref.npy"),
+                filters.FilterParams(fasttext_model="packaged"))
+    expected = set(pairs_to_hex(np.load(tmp_path / "ref.npy"))) & in_tars
+    assert set(pairs_to_hex(np.load(tmp_path / "meta_basic.npy"))) == expected
+    assert len(np.load(tmp_path / "meta_clip30.npy")) == int(len(in_tars) * 0.3) + 1
