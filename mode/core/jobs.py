@@ -94,6 +94,14 @@ def submit(ex, fns: Sequence[Callable], what: str) -> list:
         raise UserError(f"SLURM refused {what}: {reason[-1].strip()}") from None
 
 
+def submit_ranks(ex, module: str, argv: list[str], ranks: int, what: str) -> list:
+    """A per-shard `mode` step as one job array: task r runs it with `--rank r --world-size ranks`."""
+    fns = [StepJob(module, [*argv, "--rank", str(r), "--world-size", str(ranks)]) for r in range(ranks)]
+    for fn in fns[:1]:
+        fn.parse()  # a bad flag is refused here, before anything is submitted
+    return submit(ex, fns, what)
+
+
 def base_id(job_id: str) -> str:
     return str(job_id).split("_")[0]
 

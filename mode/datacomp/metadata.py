@@ -423,6 +423,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-datacomp-keys", action=argparse.BooleanOptionalAction, default=None,
                    help="DataComp's column names (clip_b32_similarity_score, face_bboxes, b32_img, ...)")
     rank_arguments(p)
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="slurm: a job array of --ranks tasks, each a process with its share of the shards")
+    p.add_argument("--ranks", type=int, default=1, help="slurm: array tasks (rank r takes every R-th shard)")
+    p.add_argument("--gpus-per-task", type=int, default=0, help="slurm: GPUs per task (0: CPU)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="slurm: CPUs per task (default nworkers + 1)")
+    p.add_argument("--time", type=int, default=240, help="slurm: time limit per task, minutes")
+    for flag in ("--partition", "--account", "--constraint"):
+        p.add_argument(flag, default=None, help=f"slurm: {flag[2:]}")
+    p.add_argument("--folder", default="logs/submitit", help="slurm: submitit's job folder")
+    p.add_argument("--wait", action="store_true", help="slurm: follow the tasks to their final states")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -440,5 +450,41 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return make_config(values, where)
 
 
+def submit(cfg: Config, args: argparse.Namespace) -> None:
+    """The run as a SLURM job array: the resolved settings go to `OUT/.mode-metadata/submitted.yml`, which every
+    task reads with its rank; a resubmission redoes only the shards not done."""
+    import yaml
+
+    from mode.core import jobs
+    from mode.datacomp.d2m import Registry
+
+    if args.ranks < 1 or args.gpus_per_task < 0:
+        raise UserError(f"--ranks {args.ranks} / --gpus-per-task {args.gpus_per_task}: expected >= 1 / >= 0")
+    check_names(cfg, Registry(cfg.custom_pypath))
+    paths = [p for spec in cfg.input_tars for p in expand(spec)]
+    spec = Path(cfg.output_metadata_dir) / ".mode-metadata" / "submitted.yml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(spec, "w") as f:
+        yaml.safe_dump(asdict(cfg), f, sort_keys=False)
+    ex = jobs.executor("slurm", args.folder, "mode_metadata", gpus_per_node=args.gpus_per_task,
+                       cpus_per_task=args.cpus_per_task or cfg.nworkers + 1, time_min=args.time,
+                       partition=args.partition, account=args.account, constraint=args.constraint)
+    group = jobs.submit_ranks(ex, "mode.datacomp.metadata", ["--yml", str(spec)], args.ranks, "the metadata jobs")
+    print(f"metadata: submitted job {jobs.base_id(group[0].job_id)} (array of {args.ranks}); logs in {args.folder}",
+          flush=True)
+    if args.wait:
+        step_dir = spec.parent
+        finals = jobs.follow({"metadata": group}, progress=lambda _: f"{len(list(step_dir.glob('*.stats.json')))}"
+                             f"/{len(paths)} shards done")
+        failed = jobs.report({"metadata": group}, finals)
+        if failed:
+            raise UserError(f"{len(failed)} metadata job(s) did not complete:\n  " + "\n  ".join(failed)
+                            + "\nsubmit the same command again to redo only the unfinished shards")
+
+
 def main(args: argparse.Namespace) -> None:
-    print_summary(run(config_from_args(args), args.rank, args.world_size))
+    cfg = config_from_args(args)
+    if args.executor == "slurm":
+        submit(cfg, args)
+        return
+    print_summary(run(cfg, args.rank, args.world_size))

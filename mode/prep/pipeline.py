@@ -86,9 +86,9 @@ def submit(steps: list[PlannedStep], args: argparse.Namespace) -> dict[str, list
                            time_min=args.time or 240, partition=args.partition, account=args.account,
                            constraint=args.constraint, array_parallelism=args.array_parallelism,
                            dependency=f"afterok:{after}" if after else None)
-        fns = [jobs.StepJob(step.module, [*step.argv, "--rank", str(r), "--world-size", str(ranks)])
-               for r in range(ranks)] if step.per_shard else [jobs.StepJob(step.module, step.argv)]
-        groups[step.name] = jobs.submit(ex, fns, f"the {step.name} job{'s' if len(fns) > 1 else ''}")
+        what = f"the {step.name} job{'s' if ranks > 1 else ''}"
+        groups[step.name] = jobs.submit_ranks(ex, step.module, step.argv, ranks, what) if step.per_shard else \
+            jobs.submit(ex, [jobs.StepJob(step.module, step.argv)], what)
         after = jobs.base_id(groups[step.name][0].job_id)
         what = f"array of {ranks} task{'s' if ranks > 1 else ''}" if step.per_shard else "one job"
         print(f"{step.name}: submitted job {after} ({what}"

@@ -212,3 +212,26 @@ def test_preempted_expert_requeues_and_resumes(toy_pool, toy_work, tmp_path):
     assert log.count("Found latest resume checkpoint at") == 2  # both restarts resumed rather than started over
     job_log = next((tmp_path / "jobs").glob(f"{job}_0_log.err")).read_text()
     assert "CalledProcessError" not in job_log  # only the job's own process acted on USR2: one requeue
+
+
+def test_metadata_as_a_job_array_equals_a_local_run(toy_pool, tmp_path):
+    """`mode metadata --executor slurm --ranks 2 --wait`: two tasks, each its share of the shards, the same files
+    as one local process."""
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parents[1] / "datacomp" / "d2m_tiny.py"
+    env = {"D2M_TINY_DIR": str(tmp_path / "weights")}
+    base = [PYTHON, "-m", "mode", "metadata", "--models", "oai-clip-vit-b32", "--postprocess-columns",
+            "oai-clip-vit-b32-score", "--postprocess-features", "oai-clip-vit-b32-image", "--additional-fields",
+            "uid", "--nworkers", "0", "--batch-size", "32", "--device", "cpu", "--custom-pypath", str(tiny),
+            "--input-tars", str(toy_pool / "shards"), "--use-datacomp-keys"]
+    local = run([*base, "--output-metadata-dir", str(tmp_path / "local")], env=env)
+    assert local.returncode == 0, local.stderr[-2000:]
+    res = run([*base, "--output-metadata-dir", str(tmp_path / "slurm"), "--executor", "slurm", "--ranks", "2",
+               "--time", "20", "--folder", str(tmp_path / "jobs"), "--wait"], env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert re.search(r"^metadata \(job \d+\): 2 completed; 4/4 shards done$", res.stdout, re.M), res.stdout
+    made = sorted(p.name for p in (tmp_path / "slurm").glob("0*"))
+    assert made == sorted(p.name for p in (tmp_path / "local").glob("0*")) and len(made) == 8
+    for name in made:
+        assert (tmp_path / "slurm" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
