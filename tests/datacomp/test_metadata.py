@@ -42,43 +42,43 @@ custom_pypath: {custom} # if model, preprocessors, postprocessors not known, loo
 reprocess: True # if true will process from scratch, else will just process tars not already processed
 """  # noqa: E501
 
-# README's datacomp.yml, with use_datacomp_keys added (as DataComp's pool was named) and a CPU device
-DATACOMP = """models:
+# README's datacomp.yml as written, with the line dataset2metadata's own test_local_datacomp_names.yml adds
+DATACOMP = """models: # model directives, specifying the models to instantiate
   - oai-clip-vit-b32
   - oai-clip-vit-l14
   - nsfw-detoxify
   - nsfw-image-oai-clip-vit-l-14
   - faces-scrfd10g
   - dedup-isc-ft-v107
-postprocess_columns:
+postprocess_columns: # postprocessing directives
   - oai-clip-vit-b32-score
   - oai-clip-vit-l14-score
   - nsfw-detoxify-score
   - nsfw-image-score
   - face-boxes
   - dedup-isc-ft-v107-score
-postprocess_features:
+postprocess_features: # saved in an npz format
   - oai-clip-vit-b32-image
   - oai-clip-vit-b32-text
   - oai-clip-vit-l14-image
   - oai-clip-vit-l14-text
   - dedup-isc-ft-v107-image
-additional_fields:
+additional_fields: # fields in a webdataset json to carry over into the metadata
   - uid
   - url
   - caption
   - original_width
   - original_height
   - sha256
-nworkers: 0
-batch_size: 64
-device: cpu
-input_tars: "{tars}"
-output_metadata_dir: "{out}"
-custom_pypath: {custom}
-reprocess: False
+nworkers: 2
+batch_size: 512
+device: 0
+input_tars: "{tars}" # braceexpand suported, can also be s3 paths
+output_metadata_dir: "{out}" # can be arbitrary path
+custom_pypath: {custom} # if model, preprocessors, postprocessors not known, look in this python file for user provided custom implementation
+reprocess: True # if true will process from scratch, else will just process tars not already processed
 use_datacomp_keys: True
-"""
+"""  # noqa: E501
 
 
 def _env(tmp_path):
@@ -180,6 +180,22 @@ def test_datacomp_yml_feeds_mode_filter(toy_pool, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = sum(pq.read_metadata(out / f"{s.stem}.parquet").num_rows for s in shards)
     assert len(np.load(subset)) == rows // 2 + 1  # DataComp's fraction rule over every written row
+    # image_based: DataComp's nearest-centroid filter over the written l14_img features
+    rng = np.random.default_rng(0)
+    cent = rng.standard_normal((8, 768)).astype(np.float32)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    np.save(tmp_path / "centroids.npy", cent)
+    nearest = (feats["l14_img"] @ cent.T).argmax(1)
+    target = int(np.bincount(nearest).argmax())
+    torch.save({"image_features": torch.from_numpy(cent[[target] * 3]).half()}, tmp_path / "in1k.pt")
+    res = run([PYTHON, "-m", "mode", "filter", "--name", "image_based", "--metadata-dir", str(out), "--save-path",
+               str(tmp_path / "image.npy"), "--centroids", str(tmp_path / "centroids.npy"), "--target-features",
+               str(tmp_path / "in1k.pt"), "--fasttext-model", "packaged"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    from mode.core.uids import pairs_to_hex
+
+    kept = set(pairs_to_hex(np.load(tmp_path / "image.npy")))
+    assert kept and kept <= {u for u, c in zip(table.column("uid").to_pylist(), nearest) if c == target}
 
 
 def test_resume_reprocess_and_bad_samples(toy_pool, tmp_path):
