@@ -443,8 +443,16 @@ class Registry:
         if not Path(path).is_file():
             raise UserError(f"custom_pypath: {path} is not a file")
         spec = importlib.util.spec_from_file_location(f"d2m_custom_{Path(path).stem}", path)
+        if spec is None:
+            raise UserError(f"custom_pypath: {path} is not a Python file")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except UserError:
+            raise
+        except Exception as e:  # the user's file: a syntax error or a failing import is theirs to fix, in one line
+            where = f" (line {e.lineno})" if isinstance(e, SyntaxError) else ""
+            raise UserError(f"custom_pypath {path}{where}: {type(e).__name__}: {e}") from None
         for attr, table in (("model_lookup", self.models), ("preprocessor_lookup", self.preprocessors),
                             ("postprocess_parquet_lookup", self.columns),
                             ("postprocess_feature_lookup", self.features)):

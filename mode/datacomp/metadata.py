@@ -271,9 +271,16 @@ class Pipeline:
         self.cfg, self.registry, self.device = cfg, registry, device
         self.plan = Plan(cfg, registry, order)
         self.models = {}
+        import urllib.error
+
         for name in order:
             log.info(f"metadata: loading {name} on {device}")
-            self.models[name] = registry.models[name](device)
+            try:
+                self.models[name] = registry.models[name](device)
+            except (OSError, RuntimeError, ValueError, urllib.error.URLError) as e:  # weights missing, offline, ...
+                text = str(e).strip().splitlines()
+                raise UserError(f"model {name!r} could not be loaded on {device}: {type(e).__name__}: "
+                                f"{text[0] if text else ''} (offline? see README: what needs a download)") from None
 
     def batch(self, items: list) -> tuple[dict, dict]:
         import torch

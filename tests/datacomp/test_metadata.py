@@ -290,3 +290,37 @@ def test_run_mode_metadata_recomputes_a_toy_pool_and_filters_it(tmp_path):
     expected = set(pairs_to_hex(np.load(tmp_path / "ref.npy"))) & in_tars
     assert set(pairs_to_hex(np.load(tmp_path / "meta_basic.npy"))) == expected
     assert len(np.load(tmp_path / "meta_clip30.npy")) == int(len(in_tars) * 0.3) + 1
+
+
+def test_hostile_inputs_are_one_line(toy_pool, tmp_path):
+    """A custom_pypath that does not import, a model whose weights cannot be had, a pickle that runs code: one
+    line each, nothing executed; an output folder inside the input shards is refused."""
+    import torch
+
+    from mode.core.errors import UserError
+    from mode.datacomp import d2m
+
+    shard = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[0]
+    base = [PYTHON, "-m", "mode", "metadata", "--models", "oai-clip-vit-b32", "--postprocess-columns",
+            "oai-clip-vit-b32-score", "--nworkers", "0", "--batch-size", "8", "--device", "cpu", "--input-tars",
+            str(shard), "--output-metadata-dir", str(tmp_path / "out")]
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    (tmp_path / "offline.py").write_text(
+        "from mode.datacomp import d2m\n\n\nclass NoWeights(d2m.OaiClipVitB32):\n    def __init__(self, device):\n"
+        "        raise OSError('weights not found at their URL')\n\n\n"
+        "model_lookup = {'oai-clip-vit-b32': NoWeights}\n")
+    for custom, said in (("syntax.py", "custom_pypath"), ("offline.py", "model 'oai-clip-vit-b32' could not be")):
+        res = run([*base, "--custom-pypath", str(tmp_path / custom)], env=_env(tmp_path))
+        last = res.stderr.strip().splitlines()[-1]  # (after the progress bar)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and said in last, res.stderr[-2000:]
+    res = run([*base[:-1], str(shard.parent / "meta"), "--custom-pypath", str(TINY)], env=_env(tmp_path))
+    assert res.returncode == 2 and "overlap" in res.stderr and not (shard.parent / "meta").exists()
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"norm.weight": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="not a loadable NSFW classifier checkpoint"):
+        d2m.load_weights(tmp_path / "evil.pt", "NSFW classifier")
+    assert not (tmp_path / "pwned").exists()
