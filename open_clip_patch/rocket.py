@@ -21,9 +21,13 @@ and SiamLIP's projector outputs are used as they come, as there).
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 LOG_SCALE_MAX = 4.6052  # ln 100: clip-rocket clamps both logit scales (in log space) to [0, ln 100] after a step
 
@@ -176,3 +180,63 @@ def clamp_logit_scales(*scales: torch.nn.Parameter) -> None:
     """After each optimizer step: log scales in [0, ln 100], so the scales stay within [1, 100]."""
     for s in scales:
         s.clamp_(0, LOG_SCALE_MAX)
+
+
+# ------------------------------------------------------------------------------------------------------ heads
+
+def l2l_mlp(in_dim: int, out_dim: int = 256, hidden: int = 4096) -> nn.Sequential:
+    """`--separate-proj`'s head for the augmented views (clip-rocket's `_build_mlp`): two 4096-wide Linear + BN +
+    ReLU layers, then a Linear to the embedding; biases everywhere, no final BN."""
+    return nn.Sequential(OrderedDict([
+        ("layer1", nn.Linear(in_dim, hidden)), ("bn1", nn.BatchNorm1d(hidden)), ("relu1", nn.ReLU(inplace=True)),
+        ("layer2", nn.Linear(hidden, hidden)), ("bn2", nn.BatchNorm1d(hidden)), ("relu2", nn.ReLU(inplace=True)),
+        ("layer3", nn.Linear(hidden, out_dim))]))
+
+
+def siamlip_projector(in_dim: int, hidden: int = 2048, out_dim: int = 128, last_bn: bool = True) -> nn.Sequential:
+    layers = [nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+              nn.Linear(hidden, out_dim, bias=False)]
+    if last_bn:  # unless --siamlip-no-last-bn
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def siamlip_predictor(dim: int = 128, hidden: int = 2048) -> nn.Sequential:
+    """128 -> 2048 -> 128, the last Linear with a bias."""
+    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim))
+
+
+def barlip_projector(in_dim: int, hidden: int = 3000, out_dim: int = 8192) -> nn.Sequential:
+    """3000 -> 3000 -> 8192, BN after every Linear (the last BN affine, standardising the features for C)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_dim), nn.BatchNorm1d(out_dim))
+
+
+OBJECTIVES = ("cl2l", "siamlip", "byolip", "barlip", "swalip")
+
+
+class RocketHeads(nn.Module):
+    """What clip-rocket adds to a CLIP model, on its towers' features before their projections: the augmented
+    views' heads and their logit scale (init log 10, as the local temperature 0.1), and the chosen objective's
+    projectors (SiamLIP/BYOLIP: one projector per tower and one predictor per direction; BarLIP: one projector
+    per tower). CL2L and SwALIP use the view heads only."""
+
+    def __init__(self, vision_width: int, text_width: int, embed_dim: int = 256, objective: str = "cl2l",
+                 siamlip_last_bn: bool = True):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        self.objective = objective
+        self.l2l_image_projector = l2l_mlp(vision_width, embed_dim)
+        self.l2l_text_projector = l2l_mlp(text_width, embed_dim)
+        self.l2l_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        if objective in ("siamlip", "byolip"):
+            self.image_projector_ssl = siamlip_projector(vision_width, last_bn=siamlip_last_bn)
+            self.text_projector_ssl = siamlip_projector(text_width, last_bn=siamlip_last_bn)
+            self.image_text_predictor = siamlip_predictor()
+            self.text_image_predictor = siamlip_predictor()
+        elif objective == "barlip":
+            self.image_projector_ssl = barlip_projector(vision_width)
+            self.text_projector_ssl = barlip_projector(text_width)

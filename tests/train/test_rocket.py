@@ -140,3 +140,17 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert torch.allclose((ranks[0]["swalip"] + ranks[1]["swalip"]) / 2, one["swalip"], atol=1e-5)
     for r in ranks:
         assert torch.allclose(r["barlip"], one["barlip"], atol=1e-6)
+
+
+def test_heads_shapes_and_parameters():
+    heads = rocket.RocketHeads(64, 32, embed_dim=16, objective="siamlip").eval()
+    x, t = torch.randn(4, 64), torch.randn(4, 32)
+    assert heads.l2l_image_projector(x).shape == (4, 16) and heads.l2l_text_projector(t).shape == (4, 16)
+    assert heads.l2l_logit_scale.exp().item() == pytest.approx(10.0)
+    assert heads.image_projector_ssl(x).shape == (4, 128)
+    assert heads.image_text_predictor(heads.image_projector_ssl(x)).shape == (4, 128)
+    assert [m.out_features for m in heads.l2l_image_projector if isinstance(m, torch.nn.Linear)] == [4096, 4096, 16]
+    bar = rocket.RocketHeads(64, 32, objective="barlip")
+    assert bar.text_projector_ssl[-1].num_features == 8192 and not hasattr(bar, "image_text_predictor")
+    with pytest.raises(ValueError, match="expected one of"):
+        rocket.RocketHeads(64, 32, objective="simclr")
