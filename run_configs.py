@@ -83,6 +83,22 @@ class Recipe:
     distill_logit_scale: tuple[float, ...] | None = None
     distill_teacher_dimension: tuple[int, ...] | None = None
     distill_average_after_softmax: bool = False
+    warmup_epochs: float | None = None
+    use_bn_sync: bool = False
+    rocket: str | None = None
+    num_augs: int | None = None
+    separate_proj: bool = False
+    l2l_hidden_dim: int | None = None
+    label_smoothing: float | None = None
+    loss_avg_or_sum: str | None = None
+    text_dropout_prob: float | None = None
+    text_augment: bool = False
+    clean_before_augment: bool = False
+    synonym_replacement_prob: float | None = None
+    barlip_proj_dim: int | None = None
+    barlip_hidden_dim: int | None = None
+    siamlip_proj_dim: int | None = None
+    siamlip_hidden_dim: int | None = None
 
     def to_argv(self) -> list[str]:
         """The recipe as command-line flags, in field order."""
@@ -240,6 +256,65 @@ class ToyTinyDR(ToyTiny):
     grad_clip_norm: float = 1.0
 
 
+@dataclass
+class CLIPRocket(ClusterRecipe):
+    """clip-rocket's ViT-B/16 CLIP:rocket recipe (repro_exps.txt, YFCC15M: 4 nodes x 8 GPUs x 128 = 4096; its
+    main.py's optimiser: AdamW lr 3e-3, betas .9/.98, eps 1e-8, wd 0.1, 1 warm-up epoch, 32 epochs, amp), on
+    DataComp-layout data. Its embedding is 256-wide (ViT-B-16-rocket); its loss gathers without gradient and
+    averages this rank's rows, which is open_clip's local loss without gather-with-grad."""
+
+    needs: ClassVar[tuple[tuple[str, ...], ...]] = (DATA_FLAGS,)
+    slurm: ClassVar[Slurm] = Slurm(nodes=4, gpus_per_node=8, cpus_per_task=10, time_min=4320)
+
+    model: str = "ViT-B-16-rocket"
+    dataset_resampled: bool = False
+    local_loss: bool = False
+    gather_with_grad: bool = False
+    global_batch_size: int = 4096
+    lr: float = 3e-3
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    wd: float = 0.1
+    warmup_epochs: float = 1.0
+    epochs: int = 32
+    workers: int = 10
+    grad_checkpointing: bool = True
+    save_frequency: int = 1
+    log_every_n_steps: int = 25
+    use_bn_sync: bool = True
+    rocket: str = "cl2l"
+    num_augs: int = 2
+    separate_proj: bool = True
+    label_smoothing: float = 0.1
+    loss_avg_or_sum: str = "sum"
+    text_dropout_prob: float = 0.0
+    text_augment: bool = True
+    clean_before_augment: bool = True
+
+
+@dataclass
+class ToyTinyRocket(ToyTiny):
+    """CLIP:rocket on the toy pool, on CPU: the real recipe's flags, narrower view heads (256, not 4096) and no
+    synonym replacement (WordNet is a download; pass --synonym-replacement-prob 0.4 --wordnet-dir DIR)."""
+
+    rocket: str = "cl2l"
+    num_augs: int = 2
+    separate_proj: bool = True
+    l2l_hidden_dim: int = 256
+    label_smoothing: float = 0.1
+    loss_avg_or_sum: str = "sum"
+    text_augment: bool = True
+    clean_before_augment: bool = True
+    synonym_replacement_prob: float = 0.0
+    barlip_proj_dim: int = 512
+    barlip_hidden_dim: int = 256
+    siamlip_proj_dim: int = 64
+    siamlip_hidden_dim: int = 256
+    epochs: int = 3
+    log_every_n_steps: int = 5
+
+
 _DR = {"dataset_reinforcement": True, "distill_logit_scale": (100.0,), "distill_teacher_dimension": (768, 768),
        "distill_average_after_softmax": True}
 
@@ -267,6 +342,12 @@ RECIPES = {
     "b32_mode": MoDEExpert,
     "b16_mode": lambda: MoDEExpert(model="ViT-B-16-quickgelu", grad_checkpointing=True),
     "l14_mode": lambda: MoDEExpertL14(model="ViT-L-14-quickgelu", lr=4e-4, grad_checkpointing=True),
+    "cliprocket_b16": lambda: CLIPRocket(name="cliprocket_b16"),
+    "cliprocket_b16_siamlip": lambda: CLIPRocket(name="cliprocket_b16_siamlip", rocket="siamlip"),
+    "cliprocket_b16_byolip": lambda: CLIPRocket(name="cliprocket_b16_byolip", rocket="byolip"),
+    "cliprocket_b16_barlip": lambda: CLIPRocket(name="cliprocket_b16_barlip", rocket="barlip"),
+    "cliprocket_b16_swalip": lambda: CLIPRocket(name="cliprocket_b16_swalip", rocket="swalip", label_smoothing=0.0),
+    "toy_tiny_rocket": ToyTinyRocket,
 }
 
 

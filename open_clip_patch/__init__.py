@@ -20,6 +20,11 @@ What apply() changes, and nothing else:
   reinforced stages (`open_clip_patch.dr_data`), `create_loss` returns `DRClipLoss` (`open_clip_patch.loss`)
   and `train_one_epoch` gets a loader and model that carry synthetic captions and teacher embeddings
   (`open_clip_patch.dr_train`); without the flag all three are the stock functions, called as is.
+- with `--rocket OBJ` (clip-rocket), `get_wds_dataset` makes each training sample's image and caption views
+  (`open_clip_patch.rocket_data`), `create_model_and_transforms` adds the rocket heads to the model
+  (`open_clip_patch.rocket_model`), `create_loss` returns `RocketLoss` and `train_one_epoch` gets an optimizer
+  hook for the views' logit-scale clamp and BYOLIP's momentum update (`open_clip_patch.rocket_train`); without
+  the flag all four are the stock functions, called as is.
 - the tiny model configs in `open_clip_patch/model_configs/` are registered with open_clip.
 - `torch.nn.parallel.DistributedDataParallel`, which open_clip_train calls with `device_ids=[device]` even
   when the device is the CPU (torch refuses that), drops CPU device ids, so `torchrun` on CPU (gloo) trains.
@@ -75,7 +80,18 @@ def apply() -> None:
     import open_clip_train.zero_shot as oc_zero_shot
     import torch
 
-    from open_clip_patch import data, dr_data, dr_train, init_from, params, preflight, seeded, zero_shot
+    from open_clip_patch import (
+        data,
+        dr_data,
+        dr_train,
+        init_from,
+        params,
+        preflight,
+        rocket_data,
+        rocket_train,
+        seeded,
+        zero_shot,
+    )
 
     if not set(model_names()) <= set(open_clip.list_models()):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -84,9 +100,13 @@ def apply() -> None:
     oc_main.parse_args = _wrap_parse_args(oc_main.parse_args, params)
     oc_zero_shot.accuracy = zero_shot.accuracy
     get_wds = seeded.wrap_get_wds_dataset(oc_data.get_wds_dataset, oc_data)
-    oc_data.get_wds_dataset = dr_data.wrap_get_wds_dataset(data.wrap_get_wds_dataset(get_wds, oc_data), oc_data)
-    oc_main.create_loss = init_from.wrap_create_loss(dr_train.wrap_create_loss(oc_main.create_loss))
-    oc_main.train_one_epoch = dr_train.wrap_train_one_epoch(oc_main.train_one_epoch)
+    get_wds = dr_data.wrap_get_wds_dataset(data.wrap_get_wds_dataset(get_wds, oc_data), oc_data)
+    oc_data.get_wds_dataset = rocket_data.wrap_get_wds_dataset(get_wds, oc_data)
+    oc_main.create_loss = init_from.wrap_create_loss(
+        rocket_train.wrap_create_loss(dr_train.wrap_create_loss(oc_main.create_loss)))
+    oc_main.train_one_epoch = rocket_train.wrap_train_one_epoch(dr_train.wrap_train_one_epoch(oc_main.train_one_epoch))
+    oc_main.create_model_and_transforms = rocket_train.wrap_create_model_and_transforms(
+        oc_main.create_model_and_transforms)
     oc_main.get_latest_checkpoint = init_from.wrap_get_latest_checkpoint(oc_main.get_latest_checkpoint)
     oc_main.pt_load = init_from.wrap_pt_load(oc_main.pt_load)
     oc_main.get_data = preflight.wrap_get_data(oc_main.get_data)

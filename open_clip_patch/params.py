@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -47,6 +48,8 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples-seen", type=int, default=None, metavar="N",
                    help="Total training samples (DataComp's fixed budget); --train-num-samples becomes "
                         "N // --epochs, so each epoch is one checkpoint of the budget.")
+    g.add_argument("--warmup-epochs", type=float, default=None, metavar="E",
+                   help="Warm-up length in epochs (clip-rocket's flag): --warmup becomes E x the steps of an epoch.")
     g.add_argument("--mode-work-dir", default=None, metavar="W",
                    help="Train a MoDE expert: the clustering work dir (mode assign / route outputs); '' = none.")
     g.add_argument("--expert", type=int, default=None, metavar="K", help="The expert (coarse cluster) to train.")
@@ -68,7 +71,54 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from-model-only", action="store_true",
                    help="Take only the model weights from --init-from (fresh optimizer, epoch 0).")
     _dr_flags(p.add_argument_group("DataCompDR reinforcements (flags named as ml-mobileclip's patch names them)"))
+    _rocket_flags(p.add_argument_group("clip-rocket (flags named as its main.py names them)"))
     return p
+
+
+def _rocket_flags(g) -> None:
+    from open_clip_patch.rocket import OBJECTIVES
+
+    g.add_argument("--rocket", choices=OBJECTIVES, default=None,
+                   help="Train with clip-rocket's views and objective: cl2l (CLIP:rocket), or CL2L plus siamlip, "
+                        "byolip (SiamLIP with a momentum target), barlip or swalip.")
+    g.add_argument("--num-augs", type=int, default=2, metavar="A", help="Augmented image and caption views.")
+    g.add_argument("--separate-proj", action="store_true",
+                   help="The views get their own MLP heads and logit scale (else the CLIP's projections).")
+    g.add_argument("--l2l-hidden-dim", type=int, default=4096, metavar="D",
+                   help="Width of the views' MLP heads (clip-rocket fixes it at 4096; small models train faster "
+                        "with less).")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing of the views' InfoNCE.")
+    g.add_argument("--loss-avg-or-sum", choices=("avg", "sum"), default="avg",
+                   help="Average the two directions (avg) or add them (sum).")
+    g.add_argument("--text-dropout-prob", type=float, default=0.0,
+                   help="Dropout on the text tower's residual stream at each block, augmented captions only.")
+    g.add_argument("--text-augment", action="store_true", help="One EDA operation per augmented caption.")
+    g.add_argument("--clean-before-augment", action="store_true",
+                   help="ftfy + whitespace + lower case before the caption augmentations.")
+    for name, default, what in (("no-text-augment", 0.0, "no operation"),
+                                ("remove-stopwords", 0.8, "stop-word removal (every caption view)"),
+                                ("synonym-replacement", 0.4, "synonym replacement"),
+                                ("random-swap", 0.4, "a swap of two words"),
+                                ("random-deletion", 0.2, "random deletion")):
+        g.add_argument(f"--{name}-prob", type=float, default=default,
+                       help=f"Chance (EDA: weight) of {what}.")
+    g.add_argument("--wordnet-dir", default=None, metavar="DIR",
+                   help="WordNet 3.0 dict folder for synonym replacement (default: NLTK's installed WordNet).")
+    g.add_argument("--weak-min-scale", type=float, default=0.5, help="Global view's smallest crop scale.")
+    g.add_argument("--multicrop-max-scale", type=float, default=1.0, help="Augmented views' largest crop scale.")
+    g.add_argument("--blur-prob", type=float, default=0.5, help="Augmented views' Gaussian blur chance.")
+    g.add_argument("--grayscale-prob", type=float, default=0.2, help="Augmented views' grayscale chance.")
+    g.add_argument("--momentum-tau", type=float, default=0.99, help="BYOLIP's momentum.")
+    g.add_argument("--barlip-lamb", type=float, default=5e-3, help="BarLIP's off-diagonal weight.")
+    g.add_argument("--barlip-scale-loss", type=float, default=0.025, help="BarLIP's loss scale.")
+    g.add_argument("--barlip-proj-dim", type=int, default=8192)
+    g.add_argument("--barlip-hidden-dim", type=int, default=3000)
+    g.add_argument("--siamlip-proj-dim", type=int, default=128)
+    g.add_argument("--siamlip-hidden-dim", type=int, default=2048)
+    g.add_argument("--siamlip-no-last-bn", action="store_true", help="No BN after SiamLIP's projectors.")
+    g.add_argument("--swalip-weight", type=float, default=0.2, help="SwALIP's weight beside CL2L.")
+    g.add_argument("--sk-iters", type=int, default=3, help="SwALIP's Sinkhorn-Knopp iterations.")
+    g.add_argument("--target-epsilon", type=float, default=0.05, help="SwALIP's Sinkhorn epsilon.")
 
 
 def _dr_flags(g) -> None:
@@ -120,6 +170,7 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_data(args, argv)
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
+    _resolve_warmup_epochs(args)
     from open_clip_train.distributed import world_info_from_env
 
     preflight.check(args, world_info_from_env()[2])
@@ -128,7 +179,54 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop-epoch {args.stop_epoch}: expected an epoch in 1..--epochs ({args.epochs})")
     _resolve_dr(args)
+    _resolve_rocket(args, argv)
     return args
+
+
+_ROCKET_ONLY = ("num_augs", "separate_proj", "l2l_hidden_dim", "label_smoothing", "loss_avg_or_sum",
+                "text_dropout_prob", "text_augment", "clean_before_augment", "no_text_augment_prob",
+                "remove_stopwords_prob", "synonym_replacement_prob", "random_swap_prob", "random_deletion_prob",
+                "wordnet_dir", "weak_min_scale", "multicrop_max_scale", "blur_prob", "grayscale_prob", "momentum_tau",
+                "barlip_lamb", "barlip_scale_loss", "barlip_proj_dim", "barlip_hidden_dim", "siamlip_proj_dim",
+                "siamlip_hidden_dim", "siamlip_no_last_bn", "swalip_weight", "sk_iters", "target_epsilon")
+
+
+def _resolve_rocket(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if not args.rocket:
+        given = [f for f in ("--" + k.replace("_", "-") for k in _ROCKET_ONLY) if last_of(argv, (f,))]
+        if given:
+            raise UserError(f"{given[0]} needs --rocket OBJECTIVE")
+        return
+    if args.dataset_reinforcement:
+        raise UserError("--rocket and --dataset-reinforcement are separate recipes; pick one")
+    if getattr(args, "distill_model", None):
+        raise UserError("--rocket does not distill: drop --distill-model")
+    if args.accum_freq != 1:
+        raise UserError("--rocket supports --accum-freq 1 only")
+    if args.dataset_type not in ("webdataset", "auto"):
+        raise UserError("--rocket makes its views in the webdataset loader: train on webdataset shards")
+    if args.num_augs < 0 or (args.num_augs == 0 and args.rocket != "cl2l"):
+        raise UserError(f"--num-augs {args.num_augs}: expected >= 1 (0 only with --rocket cl2l)")
+    if args.rocket == "swalip":
+        if args.num_augs != 2:
+            raise UserError("--rocket swalip swaps the two augmented views' targets: needs --num-augs 2")
+        if args.label_smoothing != 0:
+            raise UserError("--rocket swalip needs --label-smoothing 0 (clip-rocket's SwALIP has none)")
+    probs = ("label_smoothing", "text_dropout_prob", "remove_stopwords_prob", "weak_min_scale",
+             "multicrop_max_scale", "blur_prob", "grayscale_prob", "momentum_tau")
+    for k in probs:
+        if not 0 <= getattr(args, k) <= 1:
+            raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)}: expected a value in [0, 1]")
+    weights = (args.no_text_augment_prob, args.synonym_replacement_prob, args.random_swap_prob,
+               args.random_deletion_prob)
+    if args.text_augment and (min(weights) < 0 or sum(weights) <= 0):
+        raise UserError("--text-augment: the four operation weights must be >= 0 with a positive sum")
+    if not args.weak_min_scale < 1 or not 0.08 < args.multicrop_max_scale:
+        raise UserError("--weak-min-scale must be below 1 and --multicrop-max-scale above 0.08")
+    if args.text_augment and args.synonym_replacement_prob > 0:
+        from mode.datacomp.filters import wordnet
+
+        wordnet(args.wordnet_dir, needed_by="--text-augment's synonym replacement")  # at parse time, not in a worker
 
 
 def _lock_run(args: argparse.Namespace) -> None:
@@ -245,6 +343,19 @@ def _resolve_samples(args: argparse.Namespace, argv: Sequence[str]) -> None:
     if args.samples_seen < args.epochs:
         raise UserError(f"--samples-seen {args.samples_seen} is fewer than --epochs {args.epochs}")
     args.train_num_samples = args.samples_seen // args.epochs
+
+
+def _resolve_warmup_epochs(args: argparse.Namespace) -> None:
+    if args.warmup_epochs is None:
+        return
+    if args.warmup_epochs < 0:
+        raise UserError(f"--warmup-epochs {args.warmup_epochs}: expected >= 0")
+    if not args.train_num_samples:
+        raise UserError("--warmup-epochs needs the epoch's size: pass --train-num-samples (or data with sizes)")
+    from open_clip_train.distributed import world_info_from_env
+
+    global_batch = args.batch_size * world_info_from_env()[2] * args.accum_freq
+    args.warmup = math.ceil(args.warmup_epochs * math.ceil(args.train_num_samples / global_batch))
 
 
 def _resolve_batch(args: argparse.Namespace, argv: Sequence[str]) -> None:

@@ -219,24 +219,71 @@ OBJECTIVES = ("cl2l", "siamlip", "byolip", "barlip", "swalip")
 
 class RocketHeads(nn.Module):
     """What clip-rocket adds to a CLIP model, on its towers' features before their projections: the augmented
-    views' heads and their logit scale (init log 10, as the local temperature 0.1), and the chosen objective's
-    projectors (SiamLIP/BYOLIP: one projector per tower and one predictor per direction; BarLIP: one projector
-    per tower). CL2L and SwALIP use the view heads only."""
+    views' heads and their logit scale (init log 10, as the local temperature 0.1; without `separate_proj` the
+    views use the CLIP's own projections and scale, as clip-rocket without --separate-proj), and the chosen
+    objective's projectors (SiamLIP/BYOLIP: one projector per tower and one predictor per direction; BarLIP: one
+    projector per tower). CL2L and SwALIP use the view heads only."""
 
     def __init__(self, vision_width: int, text_width: int, embed_dim: int = 256, objective: str = "cl2l",
-                 siamlip_last_bn: bool = True):
+                 separate_proj: bool = True, l2l_hidden_dim: int = 4096, siamlip_last_bn: bool = True,
+                 barlip_proj_dim: int = 8192, barlip_hidden_dim: int = 3000, siamlip_proj_dim: int = 128,
+                 siamlip_hidden_dim: int = 2048):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
-        self.objective = objective
-        self.l2l_image_projector = l2l_mlp(vision_width, embed_dim)
-        self.l2l_text_projector = l2l_mlp(text_width, embed_dim)
-        self.l2l_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.objective, self.separate_proj = objective, bool(separate_proj)
+        if separate_proj:
+            self.l2l_image_projector = l2l_mlp(vision_width, embed_dim, l2l_hidden_dim)
+            self.l2l_text_projector = l2l_mlp(text_width, embed_dim, l2l_hidden_dim)
+            self.l2l_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         if objective in ("siamlip", "byolip"):
-            self.image_projector_ssl = siamlip_projector(vision_width, last_bn=siamlip_last_bn)
-            self.text_projector_ssl = siamlip_projector(text_width, last_bn=siamlip_last_bn)
-            self.image_text_predictor = siamlip_predictor()
-            self.text_image_predictor = siamlip_predictor()
+            self.image_projector_ssl = siamlip_projector(vision_width, siamlip_hidden_dim, siamlip_proj_dim,
+                                                         last_bn=siamlip_last_bn)
+            self.text_projector_ssl = siamlip_projector(text_width, siamlip_hidden_dim, siamlip_proj_dim,
+                                                        last_bn=siamlip_last_bn)
+            self.image_text_predictor = siamlip_predictor(siamlip_proj_dim, siamlip_hidden_dim)
+            self.text_image_predictor = siamlip_predictor(siamlip_proj_dim, siamlip_hidden_dim)
         elif objective == "barlip":
-            self.image_projector_ssl = barlip_projector(vision_width)
-            self.text_projector_ssl = barlip_projector(text_width)
+            self.image_projector_ssl = barlip_projector(vision_width, barlip_hidden_dim, barlip_proj_dim)
+            self.text_projector_ssl = barlip_projector(text_width, barlip_hidden_dim, barlip_proj_dim)
+
+
+class RocketLoss(nn.Module):
+    """The loss open_clip_train gets with `--rocket OBJ`: CL2L, plus the objective's term (SiamLIP and BYOLIP
+    with weight 1, BarLIP with its own scale inside, SwALIP with `swalip_weight`), as clip-rocket's losses add
+    them. Called with the model's rocket output; returns {"contrastive_loss": CL2L, "<obj>_loss": term}, which
+    open_clip_train sums and logs."""
+
+    def __init__(self, objective: str = "cl2l", label_smoothing: float = 0.0, avg_or_sum: str = "avg",
+                 barlip_lamb: float = 5e-3, barlip_scale_loss: float = 0.025, swalip_weight: float = 0.2,
+                 sk_iters: int = 3, target_epsilon: float = 0.05):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        if avg_or_sum not in ("avg", "sum"):
+            raise ValueError(f"loss_avg_or_sum {avg_or_sum!r}: expected avg or sum")
+        self.objective, self.label_smoothing, self.avg_or_sum = objective, label_smoothing, avg_or_sum
+        self.barlip = (barlip_lamb, barlip_scale_loss)
+        self.swalip_weight, self.sk_iters, self.target_epsilon = swalip_weight, sk_iters, target_epsilon
+
+    @classmethod
+    def from_args(cls, args) -> "RocketLoss":
+        return cls(args.rocket, args.label_smoothing, args.loss_avg_or_sum, args.barlip_lamb,
+                   args.barlip_scale_loss, args.swalip_weight, args.sk_iters, args.target_epsilon)
+
+    def forward(self, image_features, text_features, logit_scale, h_images, h_texts, h_logit_scale,
+                output_dict: bool = False, **out):
+        losses = {"contrastive_loss": cl2l_loss(image_features, text_features, h_images, h_texts, logit_scale,
+                                                h_logit_scale, self.label_smoothing, self.avg_or_sum)}
+        if self.objective in ("siamlip", "byolip"):
+            sfx = "_momentum" if self.objective == "byolip" else ""
+            losses[f"{self.objective}_loss"] = siamlip_loss(
+                out["p_image"], out["p_text"], out["v_image" + sfx], out["v_text" + sfx], out["p_images"],
+                out["p_texts"], out["v_images" + sfx], out["v_texts" + sfx])
+        elif self.objective == "barlip":
+            losses["barlip_loss"] = barlip_loss(out["v_image"], out["v_text"], out["v_images"], out["v_texts"],
+                                                *self.barlip)
+        elif self.objective == "swalip":
+            losses["swalip_loss"] = self.swalip_weight * swalip_loss(h_images, h_texts, h_logit_scale,
+                                                                     self.target_epsilon, self.sk_iters)
+        return losses if output_dict else tuple(losses.values())

