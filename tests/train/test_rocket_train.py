@@ -165,7 +165,8 @@ def _train(toy_pool, logs, name, *extra, samples=1280, epochs=3):
 def test_each_objective_trains_on_the_toy_pool(objective, toy_pool, tmp_path, wordnet_dir):
     extra = ["--label-smoothing", "0"] if objective == "swalip" else []
     res = run(_train(toy_pool, tmp_path, objective, "--rocket", objective, "--synonym-replacement-prob", "0.4",
-                     "--wordnet-dir", wordnet_dir, "--text-dropout-prob", "0.1", *extra), cwd=tmp_path)
+                     "--wordnet-dir", wordnet_dir, "--text-dropout-prob", "0.1", "--warmup", "5", *extra,
+                     samples=768), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     log = tmp_path / objective / "out.log"
     total = epoch_losses(log, "loss")
