@@ -201,3 +201,51 @@ def after_step(model: nn.Module, tau: float) -> None:
         assert len(mom) == len(online)
         for p, pm in zip(online, mom):
             pm.mul_(tau).add_(p.detach(), alpha=1 - tau)
+
+
+class ZHModel(nn.Module):
+    """A CLIP trained with --rocket, seen through its views' heads for zero-shot evaluation (clip-rocket's
+    `predict_zeroshot`): branch `h` embeds with the heads alone; `zhW` returns [sqrt(W) z, sqrt(1 - W) h] (each part
+    unit norm), whose dot products are W x the z cosine + (1 - W) x the h cosine; `branches` tells the zero-shot
+    classifier to renormalise each part of the class embeddings alone."""
+
+    def __init__(self, clip: nn.Module, heads: rocket.RocketHeads, z_weight: float | None):
+        super().__init__()
+        self.clip, self.heads, self.z_weight = clip, heads, z_weight
+        d = _embed_dim(clip)
+        self.branches = None if z_weight is None else [(0, d, z_weight), (d, 2 * d, 1 - z_weight)]
+
+    @classmethod
+    def from_state(cls, clip: nn.Module, state: dict, branch: str) -> "ZHModel":
+        """`state`: the checkpoint's `rocket.*` tensors without the prefix; `branch`: h or zhW."""
+        l2l = {k: v for k, v in state.items() if k.startswith("l2l_")}
+        if "l2l_image_projector.layer1.weight" not in l2l:
+            raise UserError(f"branch {branch}: the checkpoint's views used the CLIP's own projections (trained "
+                            "without --separate-proj), so h equals z; evaluate branch z")
+        hidden = int(l2l["l2l_image_projector.layer1.weight"].shape[0])
+        heads = rocket.RocketHeads(vision_width(clip), text_width(clip), _embed_dim(clip), "cl2l",
+                                   l2l_hidden_dim=hidden)
+        try:
+            heads.load_state_dict(l2l)
+        except RuntimeError as e:
+            raise UserError(f"branch {branch}: the checkpoint's view heads do not fit this model "
+                            f"({str(e).splitlines()[0]})") from None
+        param = next(clip.parameters())
+        return cls(clip, heads.to(param.device), None if branch == "h" else float(branch[2:]))
+
+    def _join(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        h = F.normalize(h, dim=-1)
+        if self.z_weight is None:
+            return h
+        w = self.z_weight
+        return torch.cat([w ** 0.5 * F.normalize(z, dim=-1), (1 - w) ** 0.5 * h], dim=-1)
+
+    def encode_image(self, image, normalize: bool = True):
+        f, z = image_features(self.clip, image)
+        h = self.heads.l2l_image_projector(f)
+        return self._join(z, h)
+
+    def encode_text(self, text, normalize: bool = True):
+        f, z = text_features(self.clip, text)
+        h = self.heads.l2l_text_projector(f)
+        return self._join(z, h)

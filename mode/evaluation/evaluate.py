@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,19 +39,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """`LABEL=MODEL:CHECKPOINT`, MODEL a recipe of run_configs.py or an open_clip model name."""
+    """`LABEL=MODEL:CHECKPOINT[:BRANCH]`, MODEL a recipe of run_configs.py or an open_clip model name; BRANCH, for a
+    clip-rocket checkpoint, `z` (the CLIP's embeddings, the default), `h` (the augmented views' heads) or `zhW`
+    (clip-rocket's ensemble: W x z similarity + (1 - W) x h similarity, e.g. zh0.5)."""
 
     label: str
     model: str
     checkpoint: str | None
+    branch: str = "z"
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         label, sep, rest = text.partition("=")
         if not sep or not label:
-            raise UserError(f"--model {text!r}: expected LABEL=RECIPE_OR_MODEL[:CHECKPOINT]")
+            raise UserError(f"--model {text!r}: expected LABEL=RECIPE_OR_MODEL[:CHECKPOINT[:BRANCH]]")
         model, _, ckpt = rest.partition(":")
-        return cls(label, model, ckpt or None)
+        branch = "z"
+        head, colon, tail = ckpt.rpartition(":")
+        if colon and re.fullmatch(r"z|h|zh[0-9.]+", tail):
+            ckpt, branch = head, tail
+            if branch.startswith("zh") and not _is_weight(branch[2:]):
+                raise UserError(f"--model {text!r}: {branch}: expected zhW with W in [0, 1], e.g. zh0.5")
+        return cls(label, model, ckpt or None, branch)
 
     def open_clip_name(self) -> str:
         import run_configs
@@ -60,8 +70,18 @@ class ModelSpec:
         return self.model
 
 
+def _is_weight(text: str) -> bool:
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False
+
+
 def load_model(spec: ModelSpec, device: str):
-    """(model in eval mode, its validation preprocessing, its tokenizer)."""
+    """(model in eval mode, its validation preprocessing, its tokenizer).
+
+    A checkpoint trained with `--rocket` holds the heads too (`rocket.*`, and BYOLIP's `rocket_momentum.*`): the
+    CLIP loads from its own keys, and the views' heads join it when the spec's branch asks for them."""
     import open_clip
     import torch
 
@@ -72,6 +92,7 @@ def load_model(spec: ModelSpec, device: str):
     if name not in open_clip.list_models():
         raise UserError(f"--model {spec.label}: {name!r} is neither a recipe nor an open_clip model")
     model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+    heads = {}
     if spec.checkpoint:
         try:
             ckpt = torch.load(spec.checkpoint, map_location="cpu", weights_only=True)  # never runs pickled code
@@ -80,11 +101,20 @@ def load_model(spec: ModelSpec, device: str):
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UserError(f"--model {spec.label}: {spec.checkpoint} holds no state_dict of tensors")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        heads = {k.removeprefix("rocket."): v for k, v in state.items() if k.startswith("rocket.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("rocket.", "rocket_momentum."))}
         try:
-            model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise UserError(f"--model {spec.label}: {spec.checkpoint} is not a {name} checkpoint "
                             f"({first_line(e)})") from None
+    if spec.branch != "z":
+        if not heads:
+            raise UserError(f"--model {spec.label}: branch {spec.branch} needs a checkpoint trained with --rocket")
+        from open_clip_patch.rocket_model import ZHModel
+
+        model = ZHModel.from_state(model, heads, spec.branch).to(device)
     return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
@@ -103,6 +133,9 @@ def _classifier(model, tokenizer, task: T.Task, device: str) -> np.ndarray:
     prompts = [p for c in task.classnames for p in task.prompts(c)]
     emb = _text_features(model, tokenizer, prompts, device).reshape(len(task.classnames), len(task.templates), -1)
     emb = emb.mean(axis=1)
+    branches = getattr(model, "branches", None)  # clip-rocket's z/h ensemble: each branch renormalised alone
+    if branches:
+        return np.concatenate([np.sqrt(w) * normalise(emb[:, a:b]) for a, b, w in branches], axis=1).T
     return normalise(emb).T
 
 
@@ -265,7 +298,8 @@ def fingerprint(spec: ModelSpec) -> dict:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise UserError(f"--model {spec.label}: cannot read {spec.checkpoint}: {e.strerror}") from None
-    return {"model": spec.open_clip_name(), "checkpoint_sha256": digest}
+    out = {"model": spec.open_clip_name(), "checkpoint_sha256": digest}
+    return out if spec.branch == "z" else {**out, "branch": spec.branch}
 
 
 def _forget_stale(label_dir: Path, digest: str) -> None:
@@ -338,8 +372,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the tasks: DataComp's download_evalsets.py folder (wds_*_test, hf_cache) or task folders")
     p.add_argument("--out", "--output_dir", "--output-dir", dest="out", required=True,
                    help="output dir: <out>/<label>/<task>.npz and eval_results.jsonl")
-    p.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE:CKPT",
-                   help="a model to evaluate (repeat); RECIPE a run_configs recipe or an open_clip model name")
+    p.add_argument("--model", action="append", required=True, metavar="LABEL=RECIPE:CKPT[:BRANCH]",
+                   help="a model to evaluate (repeat); RECIPE a run_configs recipe or an open_clip model name; "
+                        "BRANCH for --rocket checkpoints: z (default), h, or zhW (W z + (1 - W) h, e.g. zh0.5)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", "--batch_size", type=positive_int, default=64)
 

@@ -29,11 +29,14 @@ def test_apply_is_idempotent_and_wraps_stock_once():
     assert "ViT-Toy-8" in open_clip.list_models()
     # the rest of the training loop is open_clip_train's own
     assert oc_main.get_data.__wrapped__ is oc_data.get_data  # reports repeats and coverage first
-    assert oc_main.train_one_epoch.__wrapped__ is oc_train.train_one_epoch  # stock, unless reinforced
-    # stock, unless reinforced (inner layer) or stopped early with --stop-epoch (outer layer)
-    assert oc_main.create_loss.__wrapped__.__wrapped__ is open_clip.create_loss
-    # wrapped once for reinforcements, once for experts and once for the seeded sample shuffle
-    assert oc_data.get_wds_dataset.__wrapped__.__wrapped__.__wrapped__.__module__ == "open_clip_train.data"
+    # stock, unless reinforced (inner layer) or --rocket (outer layer)
+    assert oc_main.train_one_epoch.__wrapped__.__wrapped__ is oc_train.train_one_epoch
+    # stock, unless reinforced (inner layer), --rocket, or stopped early with --stop-epoch (outer layer)
+    assert oc_main.create_loss.__wrapped__.__wrapped__.__wrapped__ is open_clip.create_loss
+    assert oc_main.create_model_and_transforms.__wrapped__ is open_clip.create_model_and_transforms  # --rocket
+    # wrapped once for rocket views, reinforcements, experts and the seeded sample shuffle
+    assert oc_data.get_wds_dataset.__wrapped__.__wrapped__.__wrapped__.__wrapped__.__module__ == \
+        "open_clip_train.data"
     assert oc_main.pt_load.__wrapped__.__module__ == "open_clip_train.file_utils"
 
 

@@ -230,3 +230,40 @@ def test_real_rocket_recipe_takes_a_step_on_cpu(toy_pool, tmp_path, wordnet_dir)
     out = res.stdout + res.stderr
     assert "Contrastive_loss:" in out and "--rocket cl2l: 2 augmented views" in out
     assert "warmup: 2\n" in out  # 1 warm-up epoch of 2 steps
+
+
+def test_mode_evaluate_loads_rocket_checkpoints_and_ensembles_z_and_h(toy_model, toy_pool, tmp_path):
+    """A --rocket checkpoint: branch z = the CLIP alone (what the checkpoint's CLIP keys give), h = the views'
+    heads, zh0.5 = clip-rocket's ensemble, half of each cosine."""
+    import copy
+
+    import numpy as np
+
+    from mode.core.layout import Pool
+    from mode.evaluation import evaluate
+
+    base, _, _ = toy_model
+    torch.manual_seed(1)
+    model = rocket_model.attach(copy.deepcopy(base), "byolip", l2l_hidden_dim=32, siamlip_proj_dim=16,
+                                siamlip_hidden_dim=32)
+    with torch.no_grad():  # running statistics as training leaves them, so that eval-mode BN matters
+        for m in model.rocket.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2)
+    state = model.state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 1}, tmp_path / "rocket.pt")
+    plain = {k: v for k, v in state.items() if not k.startswith("rocket")}
+    torch.save({"state_dict": plain, "epoch": 1}, tmp_path / "plain.pt")
+    specs = [evaluate.ModelSpec.parse(s) for s in (
+        f"z=ViT-Toy-8:{tmp_path / 'rocket.pt'}", f"h=ViT-Toy-8:{tmp_path / 'rocket.pt'}:h",
+        f"zh=ViT-Toy-8:{tmp_path / 'rocket.pt'}:zh0.5", f"plain=ViT-Toy-8:{tmp_path / 'plain.pt'}")]
+    assert [s.branch for s in specs] == ["z", "h", "zh0.5", "z"]
+    evaluate.run(specs, str(Pool(toy_pool).eval_tasks_dir), str(tmp_path / "eval"), device="cpu")
+    got = {s.label: np.load(tmp_path / "eval" / s.label / "toy_shapes.npz")["logits"] for s in specs}
+    assert np.array_equal(got["z"], got["plain"])
+    assert not np.allclose(got["h"], got["z"], atol=1e-3)
+    assert np.allclose(got["zh"], 0.5 * got["z"] + 0.5 * got["h"], atol=1e-5)
+    with pytest.raises(UserError, match="zhW with W in"):
+        evaluate.ModelSpec.parse(f"x=ViT-Toy-8:{tmp_path / 'rocket.pt'}:zh2")
+    with pytest.raises(UserError, match="needs a checkpoint trained with --rocket"):
+        evaluate.load_model(evaluate.ModelSpec.parse(f"x=ViT-Toy-8:{tmp_path / 'plain.pt'}:h"), "cpu")
