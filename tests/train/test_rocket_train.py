@@ -267,3 +267,18 @@ def test_mode_evaluate_loads_rocket_checkpoints_and_ensembles_z_and_h(toy_model,
         evaluate.ModelSpec.parse(f"x=ViT-Toy-8:{tmp_path / 'rocket.pt'}:zh2")
     with pytest.raises(UserError, match="needs a checkpoint trained with --rocket"):
         evaluate.load_model(evaluate.ModelSpec.parse(f"x=ViT-Toy-8:{tmp_path / 'plain.pt'}:h"), "cpu")
+
+
+def test_torchrun_two_cpu_processes_train_byolip(toy_pool, tmp_path):
+    """DDP over the rocket model (heads, momentum copy without gradients) and the gathered losses, on gloo."""
+    from pathlib import Path
+
+    torchrun = Path(PYTHON).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [PYTHON, "-m", "torch.distributed.run"]
+    res = run([*launcher, "--standalone", "--nproc_per_node", "2", "--",
+               *_train(toy_pool, tmp_path, "ddp", "--rocket", "byolip", samples=512, epochs=2)[1:]], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "world_size: 2\n" in (tmp_path / "ddp" / "params.txt").read_text()
+    assert set(epoch_losses(tmp_path / "ddp" / "out.log", "byolip_loss")) == {1, 2}
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
+    assert "module.rocket_momentum.visual.proj" in state  # saved from the DDP-wrapped model, as stock saves
