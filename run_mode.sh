@@ -40,6 +40,9 @@ demo() {
   echo "== ensemble (hard top-1 routing by the same scores) -> $out/report_top1"
   python -m mode ensemble --work-dir "$out/work" --tasks "$out/pool/eval_tasks" --eval-out "$out/eval" \
     --experts "$(IFS=,; echo "${labels[*]}")" --dense dense --weighting top1 --report "$out/report_top1"
+  echo "== cluster browser (experts, fine clusters, thumbnails, why each task was routed) -> $out/site"
+  python -m mode inspect --work-dir "$out/work" --shards "$out/filtered" --out "$out/site" \
+    --subset "$out/basic.npy" --tasks "$out/pool/eval_tasks" --eval-out "$out/eval" --report "$out/report"
 }
 
 # MoDE prep: captions -> embed -> cluster -> assign -> route, through `mode prep` (locally in order; with

@@ -49,6 +49,8 @@ STEPS = (
          "TASKS, checkpoints", "EVAL/<label>/{<task>.npz,eval_results.jsonl}"),
     Step("ensemble", "mode.evaluation.ensemble", "weight experts per task from class names vs cluster centroids; "
          "report", "W/clusters, EVAL", "REPORT/{ensemble.csv,weights.json,...}"),
+    Step("inspect", "mode.evaluation.inspect_site", "a static site to browse experts, fine clusters, thumbnails and "
+         "task routing", "W, shards [, REPORT]", "SITE/{index.html,expert_<k>.html,thumbs/}"),
     Step("submit", "mode.datacomp.submit", "DataComp submission bundle; uploaded to your HF repo unless --dry-run",
          "SUBSET.npy, eval_results.jsonl", "BUNDLE/"),
     Step("losses", "mode.train.trainlog", "per-epoch mean losses (contrastive, distill, total) from an out.log",

@@ -15,8 +15,8 @@ gets the rocket maps instead of the stock ones (everything else is stock, as wit
   `--random-deletion-prob`): identity, one WordNet synonym replacement, one swap of two words, deletion of each
   word with p 0.1. An operation that leaves nothing keeps the text it was given (as clip-rocket's tokenizer).
 
-Offline: the stop words are NLTK's English list, shipped with the plugin (`stopwords_en.txt`); words are split
-by NLTK's Treebank-style word tokenizer, which needs no downloaded data (clip-rocket's `word_tokenize` also
+Offline: the stop words are NLTK's English list, shipped with the package (`mode/core/stopwords_en.txt`); words
+are split by NLTK's Treebank-style word tokenizer, which needs no downloaded data (clip-rocket's `word_tokenize` also
 splits sentences first with Punkt, which would need a download; captions are mostly one sentence); WordNet is
 read from `--wordnet-dir` or NLTK's installed data (`mode.datacomp.filters.wordnet`), only with
 `--text-augment` and a synonym weight above 0.
@@ -29,16 +29,10 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
-STOPWORDS_FILE = Path(__file__).parent / "stopwords_en.txt"
-
-
-@lru_cache(maxsize=1)
-def stopwords() -> frozenset[str]:
-    return frozenset(w for w in STOPWORDS_FILE.read_text().split() if w)
+from mode.core.text import stopwords
 
 
 @lru_cache(maxsize=1)
