@@ -35,9 +35,10 @@ def vision_width(model) -> int:
     v = model.visual
     if isinstance(v, VisionTransformer) and v.proj is not None and not v.output_tokens:
         return int(v.proj.shape[0])
-    if isinstance(v, TimmModel):
+    if isinstance(v, TimmModel) and getattr(v.trunk, "num_classes", 0) == 0:  # pooled trunk, then open_clip's head
         return int(v.trunk.num_features)
-    raise UserError(f"--rocket: image tower {type(v).__name__} is not supported (open_clip ViT or timm towers)")
+    raise UserError(f"--rocket: image tower {type(v).__name__} is not supported (open_clip's ViT, or a timm tower "
+                    "with open_clip's own projection head)")
 
 
 def text_width(model) -> int:
@@ -53,11 +54,8 @@ def image_features(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     from open_clip.timm_model import TimmModel
 
     v = model.visual
-    if isinstance(v, TimmModel):
-        feats = v.trunk(images)
-        return feats, v.head(feats)
-    pooled, _ = v._pool(v.transformer(v._embeds(images)))
-    return pooled, pooled @ v.proj
+    feats = v.trunk(images) if isinstance(v, TimmModel) else v._pool(v.transformer(v._embeds(images)))[0]
+    return feats, project_image(model, feats)
 
 
 def text_features(model, text: torch.Tensor, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +78,7 @@ def text_features(model, text: torch.Tensor, dropout: float = 0.0) -> tuple[torc
         x = model.transformer(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)
     feats = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    proj = model.text_projection
-    return feats, proj(feats) if isinstance(proj, nn.Linear) else feats @ proj
+    return feats, project_text(model, feats)
 
 
 class RocketForward:
@@ -113,8 +110,8 @@ class RocketForward:
             out["h_texts"] = [heads.l2l_text_projector(f) for f in f_txts]
             out["h_logit_scale"] = heads.l2l_logit_scale.exp()
         else:  # clip-rocket without --separate-proj: the CLIP's own projections and scale
-            out["h_images"] = [image_features_project(self, f) for f in f_imgs]
-            out["h_texts"] = [text_features_project(self, f) for f in f_txts]
+            out["h_images"] = [project_image(self, f) for f in f_imgs]
+            out["h_texts"] = [project_text(self, f) for f in f_txts]
             out["h_logit_scale"] = out["logit_scale"]
         if heads.objective in ("siamlip", "byolip", "barlip"):
             out["v_image"], out["v_text"] = heads.image_projector_ssl(f_img), heads.text_projector_ssl(f_txt)
@@ -127,23 +124,15 @@ class RocketForward:
             out["p_texts"] = [heads.text_image_predictor(v) for v in out["v_texts"]]
         return out
 
-    def encode_h(self, image=None, text=None):
-        """The view heads' embeddings of plain (global) inputs, for the z/h zero-shot ensemble."""
-        heads = self.rocket
-        if image is not None:
-            f, _ = image_features(self, image)
-            return heads.l2l_image_projector(f) if heads.separate_proj else image_features_project(self, f)
-        f, _ = text_features(self, text)
-        return heads.l2l_text_projector(f) if heads.separate_proj else text_features_project(self, f)
 
-
-def image_features_project(model, feats):
+def project_image(model, feats: torch.Tensor) -> torch.Tensor:
+    """open_clip's image projection of tower features (timm: its head)."""
     from open_clip.timm_model import TimmModel
 
     return model.visual.head(feats) if isinstance(model.visual, TimmModel) else feats @ model.visual.proj
 
 
-def text_features_project(model, feats):
+def project_text(model, feats: torch.Tensor) -> torch.Tensor:
     proj = model.text_projection
     return proj(feats) if isinstance(proj, nn.Linear) else feats @ proj
 

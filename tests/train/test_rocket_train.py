@@ -84,11 +84,23 @@ def test_attached_model_forward_loss_and_step(toy_model):
         assert torch.allclose(pm, 0.99 * b + 0.01 * p, atol=1e-6)
 
 
-def test_unsupported_towers_are_one_line(toy_model):
+def test_timm_towers_and_unsupported_towers(toy_model):
     model, _, _ = toy_model
     with pytest.raises(UserError, match="built-in text tower"):
         rocket_model.attach(open_clip.create_model("ViT-Toy-8", force_custom_text=True), "cl2l")
     assert not hasattr(model, "rocket")
+    text = {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}
+    timm = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "image_size": 160}
+    # a timm trunk with open_clip's projection head: the heads read the pooled trunk features
+    clip = open_clip.model.CLIP(32, {**timm, "timm_pool": "", "timm_proj": "linear"}, text).eval()
+    images = torch.randn(2, 3, 160, 160)
+    feats, z = rocket_model.image_features(clip, images)
+    assert feats.shape == (2, 64) and torch.allclose(z, clip.encode_image(images), atol=1e-5)
+    rocket_model.attach(clip, "cl2l", l2l_hidden_dim=16)
+    assert clip.rocket.l2l_image_projector.layer1.in_features == 64
+    # a timm classifier head used as the projection: no features before it to read
+    with pytest.raises(UserError, match="timm tower with open_clip's own projection head"):
+        rocket_model.attach(open_clip.model.CLIP(32, {**timm, "timm_pool": "avg", "timm_proj": ""}, text), "cl2l")
 
 
 def test_stopwords_and_eda(wordnet_dir):
