@@ -2,8 +2,10 @@
 
 - `check` (parse time, before any process group or loader starts): webdataset training without
   `--dataset-resampled` needs a shard per loader worker (open_clip asserts `shards >= workers x world size`
-  deep in its loader, and a short pool otherwise hangs some workers); fewer is a one-line error saying what
-  to change. It also records how many distinct samples the data holds, when its shards say so.
+  deep in its loader, and a short pool otherwise hangs some workers) and, on average, a full batch per loader
+  worker (a small expert otherwise hangs its first epoch: the loader drops partial batches and open_clip's
+  epoch restarts an empty stream forever); either is a one-line error saying what to change. It also records
+  how many distinct samples the data holds, when its shards say so.
 - `report` (once logging is set up, with the epoch training starts at): how often each sample repeats when
   `--train-num-samples` exceeds the data (a filtered subset smaller than one epoch is upsampled silently by
   webdataset), and on a resumed run how many samples were drawn so far and about how many distinct ones.
@@ -48,6 +50,14 @@ def check(args: argparse.Namespace, world_size: int) -> None:
         from mode.core.shards import total_samples
 
         args.mode_distinct_samples = total_samples(paths)
+    distinct, workers = args.mode_distinct_samples, max(1, args.workers) * world_size
+    if paths is not None and not args.dataset_resampled and distinct is not None and \
+            distinct < args.batch_size * workers:
+        raise UserError(
+            f"the data holds {distinct} samples, fewer than one batch of {args.batch_size} for each of the {workers} "
+            "loader worker(s): a worker that cannot fill a batch yields none, and open_clip's epoch then waits "
+            "forever. Pass a smaller --batch-size or --global-batch-size, fewer --workers, or --dataset-resampled "
+            "(as the MoDE recipes do)")
 
 
 def expected_distinct(drawn: int, distinct: int, per_epoch: int, resampled: bool) -> int:

@@ -538,3 +538,18 @@ def test_slurm_experts_wait_for_the_seed_job(toy_pool, toy_work, tmp_path, monke
     for n in range(101, 105):
         script = (tmp_path / f"script_{n}.sh").read_text()
         assert "#SBATCH --dependency=afterok:100" in script and "#SBATCH --kill-on-invalid-dep=yes" in script
+
+
+def test_an_expert_smaller_than_a_batch_is_refused_without_resampling(toy_pool, toy_work):
+    """Without --dataset-resampled, a loader worker that cannot fill one batch yields none and open_clip's epoch
+    waits forever (found with a 24-pair toy expert): refused in one line, before any process starts."""
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    argv = ["--mode-work-dir", str(toy_work), "--expert", "0", "--data-dir", str(toy_pool), "--workers", "1"]
+    args = oc_main.parse_args([*argv, "--batch-size", "2"])
+    n = args.mode_distinct_samples
+    assert 2 <= n < 600
+    with pytest.raises(UserError, match=f"the data holds {n} samples, fewer than one batch of {n + 1}"):
+        oc_main.parse_args([*argv, "--batch-size", str(n + 1)])
+    assert oc_main.parse_args([*argv, "--batch-size", str(n + 1), "--dataset-resampled"]).batch_size == n + 1

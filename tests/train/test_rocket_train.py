@@ -14,6 +14,7 @@ import torch
 import open_clip_patch
 import run_configs
 from mode.core.errors import UserError
+from mode.core.layout import Pool
 from mode.train.trainlog import epoch_losses
 from open_clip_patch import rocket, rocket_data, rocket_model
 
@@ -294,3 +295,18 @@ def test_torchrun_two_cpu_processes_train_byolip(toy_pool, tmp_path):
     assert set(epoch_losses(tmp_path / "ddp" / "out.log", "byolip_loss")) == {1, 2}
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
     assert "module.rocket_momentum.visual.proj" in state  # saved from the DDP-wrapped model, as stock saves
+
+
+def test_mode_experts_train_with_the_rocket_objective(toy_pool, toy_work, tmp_path):
+    """MoDE's protocol with clip-rocket's objective: the seed run and an expert forked from it, heads included."""
+    logs = tmp_path / "logs"
+    res = run([PYTHON, "-m", "mode", "train-experts", "toy_tiny_rocket", "--experts", "0", "--seed-epochs", "1",
+               "--folder", str(tmp_path / "submitit"), "--", "--mode-work-dir", str(toy_work), "--data-dir",
+               str(Pool(toy_pool).shards_dir), "--epochs", "2", "--train-num-samples", "256", "--workers", "1",
+               "--dataset-resampled", "--logs", str(logs)], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = logs / "toy_tiny_rocket_n3m8"
+    seed = torch.load(run_dir / "seed" / "checkpoints" / "epoch_1.pt", weights_only=True)["state_dict"]
+    expert = torch.load(run_dir / "expert_0" / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
+    assert seed.keys() == expert.keys() and any(k.startswith("rocket.") for k in expert)
+    assert "seed/checkpoints/epoch_1.pt' (epoch 1)" in (run_dir / "expert_0" / "out.log").read_text()
