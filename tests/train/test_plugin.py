@@ -163,7 +163,8 @@ def test_expert_training_refuses_an_incomplete_assignment(toy_pool, toy_work, tm
     from mode.train.launch import plan_jobs
 
     work = WorkDir(shutil.copytree(toy_work, tmp_path / "work"))
-    flags = ["--data-dir", str(toy_pool), "--mode-work-dir", str(work.root), "--expert", "0", "--workers", "1"]
+    flags = ["--data-dir", str(toy_pool), "--mode-work-dir", str(work.root), "--expert", "0", "--workers", "1",
+             "--dataset-resampled"]
     assert _parse(flags).train_num_samples > 0
     first = sorted(work.assign_dir.glob("*.stats.json"))[0]
     first.unlink()  # one rank has not finished
