@@ -58,9 +58,15 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
         raise UserError(f"--repo-type {sub.repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
     samples = [Path(p) for p in sub.samples.split("::") if p]
     for p in samples:
-        if not p.exists():
+        if not p.is_file():
             raise UserError(f"--samples: {p} does not exist")
-        load_subset(str(p))  # u8,u8 and sorted, or a one-line error
+        if sub.track == "filtering" or p.suffix == ".npy":
+            load_subset(str(p))  # u8,u8 and sorted, or a one-line error
+        # byod: DataComp also takes the data from outside the pool as it is (e.g. a .parquet of it), uploaded as is
+    names = [p.name for p in samples]
+    if len(set(names)) != len(names):
+        raise UserError(f"--samples: two files named {next(n for n in names if names.count(n) > 1)}; "
+                        "they would overwrite each other in samples/")
     if not Path(sub.results).exists():
         raise UserError(f"--results: {sub.results} does not exist (run `mode evaluate` or DataComp's evaluate.py)")
     results = _read_results(Path(sub.results))
@@ -179,7 +185,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-name", "--method_name", required=True, help="shown on the leaderboard")
     p.add_argument("--author", required=True, help="shown on the leaderboard")
     p.add_argument("--email", required=True, help="for contact; never uploaded, not shown")
-    p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined")
+    p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined; byod "
+                                                    "may add its other data files (e.g. a .parquet), uploaded as is")
     p.add_argument("--results", required=True, help="eval_results.jsonl")
     p.add_argument("--hf-repo", default=None, help="your Hugging Face repo, USER/NAME")
     p.add_argument("--hf_username", "--hf-username", default=None, help="or DataComp's way: user ...")

@@ -95,8 +95,9 @@ def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") 
     from mode.prep.embed import encode
 
     names = list(task.classnames) if task.kind == "classification" else ["a photo"]
-    prompts = [p for c in names for p in task.prompts(c)]
-    emb = encode(prompts, encoder, pooling=pooling).reshape(len(names), len(task.templates), -1).mean(axis=1)
+    templates = task.templates or ("{c}",)  # retrieval and WinoGAViL have none: the name itself
+    prompts = [t.format(c=c) for c in names for t in templates]
+    emb = encode(prompts, encoder, pooling=pooling).reshape(len(names), len(templates), -1).mean(axis=1)
     return normalise(emb)
 
 
@@ -154,9 +155,7 @@ def write_report(report: Path, rows: list[dict], weights: dict, results: list[di
     import io
 
     columns = list(rows[0])
-    average = {"task": "average", "num_classes": ""}
-    for c in columns[2:]:
-        average[c] = float(np.mean([r[c] for r in rows]))
+    average = average_row(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
@@ -168,6 +167,16 @@ def write_report(report: Path, rows: list[dict], weights: dict, results: list[di
     with atomic_write(report / "eval_results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in results)
     _plots(report, rows, weights, experts)
+
+
+def average_row(rows: list[dict]) -> dict:
+    """Each column's mean over the tasks that have a main metric (DataComp's FairFace and UTKFace have none and
+    are left out of its average, as here); None where no task has one."""
+    average = {"task": "average", "num_classes": ""}
+    for c in list(rows[0])[2:]:
+        scored = [r[c] for r in rows if r[c] is not None]
+        average[c] = float(np.mean(scored)) if scored else None
+    return average
 
 
 def _plots(report: Path, rows: list[dict], weights: dict, experts: list[str]) -> None:
@@ -190,7 +199,7 @@ def _plots(report: Path, rows: list[dict], weights: dict, experts: list[str]) ->
     fig, ax = plt.subplots(figsize=(2 + 1.5 * len(rows), 4))
     width = 0.8 / len(series)
     for i, s in enumerate(series):
-        ax.bar(np.arange(len(rows)) + i * width, [r[s] for r in rows], width, label=s)
+        ax.bar(np.arange(len(rows)) + i * width, [np.nan if r[s] is None else r[s] for r in rows], width, label=s)
     ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, task_names)
     ax.set_ylabel("main metric")
     ax.legend(fontsize=8)
@@ -221,9 +230,12 @@ def main(args: argparse.Namespace) -> None:
 def format_table(rows: list[dict]) -> str:
     """A fixed-width table of the report rows, with an average row."""
     cols = list(rows[0])
-    avg = {"task": "average", "num_classes": ""} | {c: sum(r[c] for r in rows) / len(rows) for c in cols[2:]}
-    cells = [[str(c) for c in cols]] + [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
-                                        for r in [*rows, avg]]
+    avg = average_row(rows)
+
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+    cells = [[str(c) for c in cols]] + [[cell(r[c]) for c in cols] for r in [*rows, avg]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
                      for row in cells)

@@ -196,6 +196,12 @@ def _hf_tasks(root: Path) -> list[Task]:
     return found
 
 
+def _lines(path: Path) -> tuple[str, ...]:
+    """A class-name or template file's lines as clip_benchmark 1.4.0 (DataComp's pin) reads them: stripped, blank
+    lines dropped (so a blank class name is not a class there, nor here)."""
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
 def load_task(path: str | Path, key: str | None = None) -> Task:
     """Read a task directory's metadata; the kind comes from its first sample (cls or txt)."""
     layout = EvalTask(Path(path))
@@ -205,9 +211,8 @@ def load_task(path: str | Path, key: str | None = None) -> Task:
     first = next(iter(task_samples(layout.root)), (None, {}))[1]
     kind = "multilabel" if key in MULTILABEL else \
         "retrieval" if "txt" in first and "cls" not in first else "classification"
-    classnames = tuple(layout.classnames.read_text().splitlines()) if layout.classnames.exists() else ()
-    templates = tuple(t for t in layout.templates.read_text().splitlines() if t) if layout.templates.exists() \
-        else ("a photo of a {c}.",)
+    classnames = _lines(layout.classnames) if layout.classnames.exists() else ()
+    templates = _lines(layout.templates) if layout.templates.exists() else ("a photo of a {c}.",)
     if kind == "classification" and not classnames:
         raise UserError(f"{path}: a classification task needs classnames.txt")
     return Task(key, layout.root, kind, classnames, templates)

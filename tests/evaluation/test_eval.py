@@ -70,6 +70,19 @@ def test_toy_tasks_load(toy_pool):
         T.load_task(toy_pool)
 
 
+def test_class_and_template_lines_read_as_datacomps_clip_benchmark(toy_pool, tmp_path):
+    """clip_benchmark 1.4.0 (DataComp's pin) strips each line and drops blank ones, class names included."""
+    import shutil
+
+    task = tmp_path / "toy_shapes"
+    shutil.copytree(Pool(toy_pool).eval_tasks_dir / "toy_shapes", task)
+    (task / "classnames.txt").write_text("very nearby \n nearby\n\nfar\n")
+    (task / "zeroshot_classification_templates.txt").write_text("a photo of {c}. \n\n  {c} shapes.\n")
+    loaded = T.load_task(task)
+    assert loaded.classnames == ("very nearby", "nearby", "far")
+    assert loaded.templates == ("a photo of {c}.", "{c} shapes.") and loaded.prompts("far")[1] == "far shapes."
+
+
 def test_mode_weighting_by_hand():
     # 2 coarse clusters; fine centroids 0,1 -> coarse 0, fine 2 -> coarse 1 (unit vectors in 3-d)
     fine = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
@@ -206,6 +219,32 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
                    "--hf-repo", "me/sub", "--bundle", str(tmp_path / "b3"), "--dry-run"])
         assert res.returncode == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not (tmp_path / "b3").exists()
+
+
+def test_submit_byod_takes_other_data_files_as_they_are(tmp_path):
+    """DataComp's BYOD track: `ids.npy::custom_data.parquet`; the parquet is bundled byte for byte, while the
+    filtering track still takes only uid subsets, and two files of one name are refused."""
+    from mode.core.uids import hex_to_pairs, save_subset
+    from mode.datacomp import submit
+
+    save_subset(str(tmp_path / "ids.npy"), hex_to_pairs(["ab" * 16, "cd" * 16]))
+    extra = tmp_path / "custom_data.parquet"
+    extra.write_bytes(b"PAR1 not checked PAR1")
+    results = tmp_path / "eval_results.jsonl"
+    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k", "metrics": {"main_metric": .5}}))
+
+    def sub(track, samples):
+        return submit.Submission(scale="small", track=track, method_name="m", author="a", email="e",
+                                 samples=samples, results=str(results), hf_repo="me/sub")
+
+    root = submit.build_bundle(sub("byod", f"{tmp_path / 'ids.npy'}::{extra}"), str(tmp_path / "bundle"))
+    assert (root / "small_scale" / "samples" / "custom_data.parquet").read_bytes() == extra.read_bytes()
+    with pytest.raises(UserError, match="custom_data.parquet"):
+        submit.build_bundle(sub("filtering", f"{tmp_path / 'ids.npy'}::{extra}"), str(tmp_path / "b2"))
+    (tmp_path / "d").mkdir()
+    save_subset(str(tmp_path / "d" / "ids.npy"), hex_to_pairs(["ef" * 16]))
+    with pytest.raises(UserError, match="two files named ids.npy"):
+        submit.build_bundle(sub("byod", f"{tmp_path / 'ids.npy'}::{tmp_path / 'd' / 'ids.npy'}"), str(tmp_path / "b3"))
 
 
 def test_submit_uploads_as_datacomp_to_a_fake_hub(tmp_path, monkeypatch, capsys):

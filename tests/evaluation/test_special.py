@@ -3,6 +3,7 @@ computations, and end to end on fixture tasks laid out as DataComp's download_ev
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def _npy(row):
     return buf.getvalue()
 
 
-def test_special_tasks_end_to_end(tmp_path):
+def test_special_tasks_end_to_end(tmp_path, clean_work):
     rng = np.random.default_rng(0)
     root = tmp_path / "evalsets"
     ten = [f"class {i}" for i in range(10)]
@@ -136,9 +137,29 @@ def test_special_tasks_end_to_end(tmp_path):
         assert metrics["acc1"] == float(np.mean(data["logits"].argmax(1) == data["targets"]))
     aggregate = json.loads((out / "m" / "aggregate.json").read_text())
     assert aggregate["tasks"] == 5 and "Average" in aggregate and "VTAB" not in aggregate
+    rows = _ensemble_of_copies(clean_work, root, out, tmp_path / "report")
+    assert rows["fairness/fairface"]["ensemble"] is None and rows["fairness/fairface"]["expert_max"] is None
+    scored = [r["ensemble"] for k, r in rows.items() if k not in ("fairness/fairface", "average")]
+    assert len(scored) == 5 and rows["average"]["ensemble"] == pytest.approx(np.mean(scored))
 
 
-def test_huggingface_tasks_flickr_and_winogavil(tmp_path):
+def _ensemble_of_copies(work: Path, tasks: Path, out: Path, report: Path) -> dict:
+    """`mode ensemble` over three experts that are the one model `m` evaluated (links to its folder): every
+    task's ensemble equals m's main metric; returns the report's rows by task, the average row included."""
+    from mode.evaluation import ensemble
+
+    for k in range(3):
+        (out / f"e{k}").symlink_to(out / "m")
+    table = ensemble.run(str(work), str(tasks), str(out), ["e0", "e1", "e2"], str(report), "mode")
+    lines = (report / "ensemble.csv").read_text().splitlines()
+    assert lines[-1].startswith("average,") and len(lines) == len(table["rows"]) + 2
+    assert "average" in ensemble.format_table(table["rows"]).splitlines()[-1]
+    for r in table["rows"]:
+        assert r["ensemble"] == r["e0"] == r["uniform"] and sum(table["weights"][r["task"]]) == pytest.approx(1)
+    return {r["task"]: r for r in [*table["rows"], ensemble.average_row(table["rows"])]}
+
+
+def test_huggingface_tasks_flickr_and_winogavil(tmp_path, clean_work):
     """DataComp reads Flickr, MSCOCO and WinoGAViL with `datasets`: here from save_to_disk folders named by key;
     the metrics recomputed from the saved scores by hand rules."""
     datasets = pytest.importorskip("datasets")
@@ -180,3 +201,5 @@ def test_huggingface_tasks_flickr_and_winogavil(tmp_path):
     assert wg["metadata"].tolist() == [5, 10] and wg["targets"].tolist() == [1, 1, 0, 0, 0] + [1] * 3 + [0] * 7
     want = S.winogavil_metrics([wg["logits"][:5], wg["logits"][5:]], [wg["targets"][:5], wg["targets"][5:]])
     assert got["WinoGAViL"]["main_metric"] == want["jaccard_score_10-12"] == got["WinoGAViL"]["jaccard_score_10"]
+    rows = _ensemble_of_copies(clean_work, root, out, tmp_path / "report")  # no templates: the names themselves
+    assert rows["misc/winogavil"]["ensemble"] == got["WinoGAViL"]["main_metric"]
