@@ -78,6 +78,7 @@ def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # the image members of a pool sample, in preference order
 RESHARD_MARKER = ".mode-reshard"  # `mode reshard` writes it first and meta.json last
 
 

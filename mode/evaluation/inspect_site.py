@@ -43,11 +43,10 @@ from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.lock import holding
 from mode.core.runner import read_complete_summary
-from mode.core.shards import atomic_write, expand, iter_tar, natural_key, overlaps, shard_ids
+from mode.core.shards import IMAGE_EXTS, atomic_write, expand, iter_tar, natural_key, overlaps, shard_ids
 from mode.core.text import content_words
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass

@@ -116,6 +116,31 @@ def test_filter_errors(toy_pool, tmp_path):
         with pytest.raises(UserError, match="--fraction"):
             filters.run("clip_score", str(Pool(toy_pool).metadata_dir), str(tmp_path / "x.npy"),
                         FP(fraction=bad))
+    # DataComp's check_args: a flag the filter does not use is refused, never silently ignored
+    meta = str(Pool(toy_pool).metadata_dir)
+    for name, params, match in (("no_filter", FP(threshold=0.3), "--threshold is only used by the clip_score"),
+                                ("image_based", FP(fraction=0.3), "--fraction is only used"),
+                                ("basic_filter", FP(arch="b32"), "--arch is only used"),
+                                ("laion2b", FP(arch="b32"), "laion2b takes no"),
+                                ("clip_score", FP(threshold=0.2), "needs --arch b32 or l14"),
+                                ("text_based", FP(image_based_scale="small"), "--image_based_scale is only")):
+        with pytest.raises(UserError, match=match):
+            filters.run(name, meta, str(tmp_path / "x.npy"), params)
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_score_threshold_compares_in_the_columns_float32_and_save_path_gets_npy(tmp_path):
+    """pandas compares DataComp's float32 scores in float32: float32(0.22) < 0.22 is kept at --threshold 0.22.
+    --save-path without .npy gets it, as np.save (DataComp's writer) adds it."""
+
+    uids = [f"{i:032x}" for i in range(4)]
+    scores = np.array([0.22, 0.2200001, 0.2199999, 0.5], np.float32)
+    (tmp_path / "meta").mkdir()
+    pq.write_table(pa.table({"uid": uids, "clip_b32_similarity_score": scores}), tmp_path / "meta" / "0.parquet")
+    filters.run("clip_score", str(tmp_path / "meta"), str(tmp_path / "kept"), FP(arch="b32", threshold=0.22))
+    assert sorted(pairs_to_hex(np.load(tmp_path / "kept.npy"))) == [uids[0], uids[1], uids[3]]
+    assert (tmp_path / "kept.npy.json").exists() and not (tmp_path / "kept").exists()
+    assert filters.score_at_least(scores.astype(np.float64), 0.22).tolist() == [False, True, False, True]
 
 
 def test_reshard_writes_exactly_the_subset_with_multiplicities(toy_pool, tmp_path, rows):
@@ -187,6 +212,18 @@ def test_text_based_keeps_english_captions_naming_an_entity(toy_pool, tmp_path, 
         checked += 1
         assert (r["uid"] in kept) == (r["toy_text_domain"] == "shapes"), r["text"]
     assert checked > 500 and 0 < len(kept) < len(rows) / 2
+
+
+def test_first_synset_as_datacomps_nltk_381_finds_it(wordnet_dir):
+    """nltk 3.8.1 (DataComp's pin) applies the suffix rules until a form is in WordNet; 3.9+ applies them once.
+    Where 3.9+ finds a synset the two agree; where it finds none, 3.8.1's deeper forms decide."""
+    wn = filters.wordnet(wordnet_dir)
+    for word in ("dogs", "women", "running", "better", "geese", "Boxes", "bluest", "car", "quickly"):
+        assert filters.first_synset_offset(wn, word) == wn.synsets(word)[0].offset(), word
+    deeper = {"womens": "woman", "dogss": "dog", "shirtss": "shirt"}  # 3.9+: no synset for these
+    for word, lemma in deeper.items():
+        assert filters.first_synset_offset(wn, word) == wn.synsets(lemma)[0].offset(), word
+    assert filters.first_synset_offset(wn, "xqzv") is None and filters.first_synset_offset(wn, "qxvbss") is None
 
 
 def test_text_based_without_wordnet_is_a_clear_error(monkeypatch, tmp_path):

@@ -47,6 +47,43 @@ def test_datacomp_flags_slice_and_dry_run(toy_pool, everything, tmp_path, capsys
         reshard.run(str(toy_pool), str(tmp_path / "o2"), str(everything), first_shard=9)
 
 
+def test_shards_are_chosen_by_id_and_need_their_stats_as_datacomp_reads_them(toy_pool, everything, tmp_path):
+    """Shards 0, 1, 3 and 4, 2 never downloaded and 4 killed mid-download (no _stats.json): --first-shard and -n
+    are ids (DataComp's range(first, first + n) of {:08d}.tar), and 4 is left out, counted."""
+    import shutil
+
+    src = expand(str(toy_pool))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    source = dict(zip((0, 1, 3, 4), src))  # the toy's four shards under those ids
+    for i, path in source.items():
+        shutil.copy(path, pool / f"{i:08d}.tar")
+        if i != 4:
+            shutil.copy(path.removesuffix(".tar") + "_stats.json", pool / f"{i:08d}_stats.json")
+    uids = {i: [json.loads(m["json"])["uid"] for _, m in iter_tar(source[i])] for i in (0, 1, 3)}
+    for n, (first, count, want) in enumerate(((1, 2, [1]), (3, 1, [3]), (0, None, [0, 1, 3]))):
+        s = reshard.run(str(pool), str(tmp_path / f"o{n}"), str(everything), first_shard=first, num_shards=count)
+        assert _uids(tmp_path / f"o{n}") == [u for i in want for u in uids[i]]
+        assert s["input_shards"] == len(want) and s["input_shards_without_stats"] == (want == [0, 1, 3])
+    with pytest.raises(UserError, match="--first-shard 2 -n 1: no input shard has such an id"):
+        reshard.run(str(pool), str(tmp_path / "o9"), str(everything), first_shard=2, num_shards=1)
+
+
+def test_output_shards_are_cut_at_the_byte_limit_as_shardwriter_cuts_them(toy_pool, everything, tmp_path):
+    """DataComp's ShardWriter keeps its default 3 GB maxsize: a shard closes once it holds that many bytes,
+    whichever comes first with --shard-size; streamed (1 worker) and packed (2 workers) cut alike."""
+    limit = 40_000
+    outs = [tmp_path / "one", tmp_path / "two"]
+    for out, workers in zip(outs, (1, 2)):
+        reshard.run(str(toy_pool), str(out), str(everything), shard_size=1000, workers=workers, max_shard_bytes=limit)
+    one, two = (sorted(o.glob("*.tar")) for o in outs)
+    assert len(one) > 2 and [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    for p in one:
+        sizes = [reshard.tar_bytes(m) for _, m in iter_tar(p)]
+        assert sum(sizes[:-1]) < limit and (p == one[-1] or sum(sizes) >= limit)
+    assert _uids(outs[0]) == _uids(toy_pool)
+
+
 def test_seeded_shuffle(toy_pool, everything, tmp_path):
     runs = {}
     for name, bufsize, seed in (("plain", 0, 0), ("a", 100, 0), ("b", 100, 0), ("c", 100, 1)):
