@@ -33,10 +33,8 @@ from dr import sample as drs
 from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
-from mode.core.shards import expand, iter_tar, tar_writer, write_tar_stats
+from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_writer, write_tar_stats
 from mode.core.step import positive_int, print_summary, rank_arguments
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -165,8 +163,9 @@ def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
     skipped: Counter = Counter()
     name = f"{shard_id}.tar"  # distinct even where two joined pools share a file name
     written = 0
-    torch.manual_seed(cfg.seed)  # the transforms draw from torch's generator: seeded per shard
-    rng = np.random.default_rng([cfg.seed, int.from_bytes(shard_id.encode()[-8:], "little")])
+    shard_seed = [cfg.seed, int.from_bytes(shard_id.encode()[-8:], "little")]
+    torch.manual_seed(int(np.random.SeedSequence(shard_seed).generate_state(1, np.uint64)[0] >> 1))  # the transforms
+    rng = np.random.default_rng(shard_seed)  # draw from torch's generator, the captions from this: both per shard
     with tar_writer(Path(out_dir) / name) as sink:
         for key, members in iter_tar(path, skipped):
             ext = next((e for e in IMAGE_EXTS if e in members), None)

@@ -7,16 +7,20 @@ shard holds, for every key present in both, the members of both (in key order of
 
 Checks: a key in only one of the two shards, or whose merged sample lacks a DataCompDR member (synthetic
 captions, augmentation parameters, embeddings), is counted and left out (not one reinforced sample is an
-error: the wrong folder was given); a member present in both with different bytes is an error for that shard
-(the shards do not belong together); after writing, the output is read back and every member compared with
-its source, byte for byte. Each output shard gets `<shard>_stats.json`; the step runner keeps its records in
-`<out>/_dr_join/` (a killed join redoes only unfinished pairs), and `<out>/dr_join.json` sums the counts.
+error: the wrong folder was given); a caption or image present in both with different bytes, or `.json`
+members with different uids, are an error for that shard (the shards do not belong together; the two `.json`
+objects are otherwise merged); `.json` members with different image sha256s (the URL's image changed since
+DataCompDR was made, so its embeddings describe another image) are counted as `image_changed` and left out.
+After writing, the output is read back and every member compared with its source, byte for byte. Each output
+shard gets `<shard>_stats.json`; the step runner keeps its records in `<out>/_dr_join/` (a killed join redoes
+only unfinished pairs), and `<out>/dr_join.json` sums the counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -24,7 +28,7 @@ from pathlib import Path
 from dr import sample as drs
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
-from mode.core.shards import expand, iter_tar, tar_stats, tar_writer, write_json, write_tar_stats
+from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_stats, tar_writer, write_json, write_tar_stats
 from mode.core.step import positive_int, rank_arguments
 
 
@@ -38,6 +42,44 @@ def _reinforced(members: dict[str, bytes]) -> bool:
             and any(ext in members for ext in drs.EMBEDDING_FORMATS))
 
 
+class ImageChanged(Exception):
+    """The two `.json` members name different image hashes: the image shard's download is not the image the
+    reinforcements were computed on (the URL's content changed), so the sample is counted and left out."""
+
+
+def merge_sample(base: dict[str, bytes], extra: dict[str, bytes], where: str) -> dict[str, bytes]:
+    """One key's members of both shards. The caption and image must be the same bytes (else the shards do not
+    belong together). DataCompDR's `.json` ({uid, sha256}) and the image shard's (img2dataset's fields) are merged
+    into one object: their uids must agree, and different sha256s raise ImageChanged; any other member in both is
+    the reinforcements' copy, as the card's untar-both-then-tar leaves it."""
+    merged = dict(base)
+    for ext, data in extra.items():
+        if ext not in merged or merged[ext] == data:
+            merged[ext] = data
+        elif ext == "json":
+            merged[ext] = _merge_json(merged[ext], data, where)
+        elif ext == "txt" or ext in IMAGE_EXTS:
+            raise UserError(f"{where} has different {ext!r} members; these shards do not belong together")
+        else:
+            merged[ext] = data
+    return merged
+
+
+def _merge_json(base: bytes, extra: bytes, where: str) -> bytes:
+    try:
+        a, b = json.loads(base), json.loads(extra)
+    except ValueError:
+        a = b = None
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return extra
+    if "uid" in a and "uid" in b and a["uid"] != b["uid"]:
+        raise UserError(f"{where} has a different 'uid' in its .json members ({a['uid']!r} vs {b['uid']!r}); "
+                        "these shards do not belong together")
+    if a.get("sha256") and b.get("sha256") and a["sha256"] != b["sha256"]:
+        raise ImageChanged
+    return json.dumps({**a, **b}).encode()
+
+
 def join_pair(base: str, reinforcements: str, out: str) -> dict:
     """Merge one shard pair into `out` and verify it; returns the shard's counts."""
     errors: Counter = Counter()
@@ -49,11 +91,11 @@ def join_pair(base: str, reinforcements: str, out: str) -> dict:
             if key not in extra:
                 counts["only_in_base"] += 1
                 continue
-            clash = [e for e in members.keys() & extra[key].keys() if members[e] != extra[key][e]]
-            if clash:
-                raise UserError(f"{base} and {reinforcements}: sample {key} has different {clash[0]!r} members; "
-                                "these shards do not belong together")
-            merged = {**members, **extra.pop(key)}
+            try:
+                merged = merge_sample(members, extra.pop(key), f"{base} and {reinforcements}: sample {key}")
+            except ImageChanged:
+                counts["image_changed"] += 1
+                continue
             if not _reinforced(merged):
                 counts["no_reinforcement"] += 1
                 continue
@@ -96,7 +138,8 @@ def run(base: str, reinforcements: str, out: str, workers: int = 1, rank: int | 
 def _join_work(dr_paths: dict, out: str, path: str, shard_id: str) -> dict:
     name = Path(path).name
     c = join_pair(path, dr_paths[name], str(Path(out) / name))
-    skipped = {k: v for k, v in c.items() if k in ("only_in_base", "no_reinforcement") or k.startswith("bad_tar_")}
+    skipped = {k: v for k, v in c.items()
+               if k in ("only_in_base", "no_reinforcement", "image_changed") or k.startswith("bad_tar_")}
     return {"processed": c.get("joined", 0) + sum(skipped.values()), "kept": c.get("joined", 0), "skipped": skipped,
             **c}
 
@@ -115,4 +158,5 @@ def main(args: argparse.Namespace) -> None:
     s = run(args.shards, args.reinforcements, args.out, args.workers, args.rank, args.world_size)
     print(f"dr-join: {s.get('joined', 0)} samples in {s['shards']} shards -> {args.out} "
           f"({s.get('only_in_base', 0)} only in the shards, {s.get('only_in_reinforcements', 0)} only in the "
-          f"reinforcements, {s.get('no_reinforcement', 0)} without DataCompDR members)")
+          f"reinforcements, {s.get('no_reinforcement', 0)} without DataCompDR members, "
+          f"{s.get('image_changed', 0)} whose image hash differs from DataCompDR's)")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +63,10 @@ REQUIRED = object()  # marks an option without a default
 
 class AugmentationConfigError(UserError, ValueError):
     """A malformed augmentation config, or a config name that names no file."""
+
+
+OUTSIDE = [0]  # stored crop boxes replayed partly outside their image, in this process
+log = logging.getLogger(__name__)
 
 
 class BadAugmentation(ValueError):
@@ -134,9 +139,13 @@ class RandomResizedCrop:
 
     def run(self, img: Image.Image, box: list[int]) -> Image.Image:
         i, j, h, w = box
-        if i + h > img.height or j + w > img.width:
-            raise BadAugmentation(f"{self.name}: box {box} lies outside the {img.width}x{img.height} image "
-                                  "(the stored parameters belong to an image of another size)")
+        if i + h > img.height or j + w > img.width:  # zero-padded by resized_crop, as ml-mobileclip replays it
+            OUTSIDE[0] += 1
+            if OUTSIDE[0] == 1:
+                log.warning(f"{self.name}: stored box {box} reaches outside the {img.width}x{img.height} image; "
+                            "replayed with zero padding, as ml-mobileclip does. DataCompDR's boxes are in the "
+                            "original image's pixels: a resized download (e.g. img2dataset's 512 px) replays "
+                            "other regions than the teachers saw. Later ones are counted in dr.transforms.OUTSIDE")
         return F.resized_crop(img, i, j, h, w, self.size, self.interpolation, antialias=self.antialias)
 
     def encode(self, box: list[int]) -> list[int]:

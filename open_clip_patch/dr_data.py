@@ -66,20 +66,25 @@ class Reinforced:
         return self._rng
 
     def __call__(self, sample: dict) -> dict:
+        from dr.transforms import BadAugmentation
+
         try:
             r = drs.reinforcement_from_sample(sample, self.dim)
+            if self.sequential:
+                epoch = self.shared_epoch.get_value()
+                p = drs.pick(r, aug_idx=epoch, syn_idx=epoch)
+            else:
+                p = drs.pick(r, self.rng())
+            try:
+                image = self.transforms.replay(sample["image"].convert("RGB"), p.param_aug)
+            except BadAugmentation as e:  # an entry that does not fit the config: counted like the others
+                raise drs.BadReinforcement("bad_paug", str(e)) from None
         except drs.BadReinforcement as e:
             self.skipped[e.reason] += 1
             if self.skipped[e.reason] == 1:
                 log.warning(f"skipping samples with bad reinforcements ({e.reason}: {e.detail}; first: "
                             f"{sample.get('__key__')}); later ones are counted, not logged")
             raise
-        if self.sequential:
-            epoch = self.shared_epoch.get_value()
-            p = drs.pick(r, aug_idx=epoch, syn_idx=epoch)
-        else:
-            p = drs.pick(r, self.rng())
-        image = self.transforms.replay(sample["image"].convert("RGB"), p.param_aug)
         text, text_emb = sample["text"], p.text_emb
         if self.mix:
             if self.rng().random() < self.mix_ratio:

@@ -250,6 +250,8 @@ def _resolve_dr(args: argparse.Namespace) -> None:
         return
     if getattr(args, "distill_model", None):
         raise UserError("--dataset-reinforcement distills from the stored teacher embeddings; drop --distill-model")
+    if getattr(args, "siglip", False):  # ml-mobileclip's loss is the softmax CLIP loss: never a silent swap
+        raise UserError("--dataset-reinforcement trains with the CLIP loss plus distillation; drop --siglip")
     if args.accum_freq != 1:
         raise UserError("--dataset-reinforcement supports --accum-freq 1 only")
     if not 0 <= args.dataset_reinforcement_mix_synthetic_ratio <= 1:

@@ -27,9 +27,14 @@ def dr_shards(toy_pool, tmp_path):
     expected = {}
     for path in expand(str(Pool(toy_pool).shards_dir)):
         samples = list(iter_tar(path))
-        extra = [(k, _reinforcements(k, rng)) for k, _ in samples[1:]] + [("stray000", _reinforcements("x", rng))]
+        # DataCompDR's samples carry their own .json ({uid, sha256}); the image shard's has more fields
+        extra = [(k, {**_reinforcements(k, rng), "json": json.dumps({"uid": json.loads(m["json"])["uid"],
+                                                                     "sha256": json.loads(m["json"])["sha256"],
+                                                                     "from": "dr"}).encode()})
+                 for k, m in samples[1:]] + [("stray000", _reinforcements("x", rng))]
         write_tar(out / path.rsplit("/", 1)[1], extra)
-        expected.update({k: {**m, **dict(extra)[k]} for k, m in samples[1:]})
+        expected.update({k: {**m, **dict(extra)[k], "json": json.dumps({**json.loads(m["json"]), "from": "dr"})
+                             .encode()} for k, m in samples[1:]})
     return out, expected
 
 
@@ -57,6 +62,15 @@ def test_join_refuses_shards_that_do_not_belong_together(toy_pool, tmp_path):
     write_tar(bad, [(key, {"txt": b"another caption", "syn.json": drs.encode_syn(["x"])})])
     with pytest.raises(UserError, match="different 'txt'"):
         join.run(path, str(bad), str(tmp_path / "out"))
+    other_uid = json.dumps({**json.loads(members["json"]), "uid": "f" * 32}).encode()
+    write_tar(bad, [(key, {"json": other_uid, "syn.json": drs.encode_syn(["x"])})])
+    with pytest.raises(UserError, match="different 'uid' in its .json"):
+        join.run(path, str(bad), str(tmp_path / "out1"))
+    # another image hash: the URL's image changed since the reinforcements were made; counted and left out
+    changed = json.dumps({**json.loads(members["json"]), "sha256": "0" * 64}).encode()
+    write_tar(bad, [(key, {"json": changed, **_reinforcements(key, np.random.default_rng(0))})])
+    summary = join.run(path, str(bad), str(tmp_path / "out3"))
+    assert summary["image_changed"] == 1 and summary.get("joined", 0) == 0
     with pytest.raises(UserError, match="no shard names in common"):
         join.run(path, expand(str(Pool(toy_pool).shards_dir))[1], str(tmp_path / "out2"))
 

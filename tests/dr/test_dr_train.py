@@ -45,6 +45,10 @@ def test_generated_reinforcements_replay_to_their_teacher_embeddings(dr_pool):
             np.testing.assert_allclose(emb, r.image_emb[i], atol=1e-5)
         text = teachers[0].texts([members["txt"].decode(), *r.syn_text]).numpy()
         np.testing.assert_allclose(text, r.text_emb, atol=1e-5)
+    # each shard draws its own augmentations (one torch seed for all once made every shard replay one stream)
+    firsts = [[drs.reinforcement_from_sample(m, dim=64).param_aug for _, m in list(iter_tar(p))[:3]]
+              for p in expand(str(dr_pool))[:2]]
+    assert firsts[0] != firsts[1]
 
 
 def test_reinforcements_only_then_join_equals_full_generation(toy_pool, dr_pool, tmp_path):
@@ -80,10 +84,11 @@ def test_reinforced_loader_batches_and_skips_bad_samples(dr_pool, tmp_path, capl
     samples = list(iter_tar(expand(str(dr_pool))[0]))
     samples[3][1]["npz"] = b"not an npz"  # counted and skipped, not fatal
     del samples[5][1]["syn.json"]
+    samples[7][1]["paug.json"] = drs.encode_paug([[[0, 0, 8, 8], [[99, 0.1], [1, 0.1]]]] * 3)  # no op 99
     write_tar(tmp_path / "00000000.tar", samples)
     (tmp_path / "sizes.json").write_text(json.dumps({"00000000.tar": len(samples)}))
     good = {tuple(drs.reinforcement_from_sample(m, 64).text_emb[0].round(4)) for i, (_, m) in enumerate(samples)
-            if i not in (3, 5)}
+            if i not in (3, 5, 7)}
     seen, n = set(), 0
     for batch in _loader(tmp_path / "00000000.tar", "--train-num-samples", str(len(samples))).dataloader:
         image, text, image_emb, text_emb, syn, syn_emb = batch
@@ -93,10 +98,11 @@ def test_reinforced_loader_batches_and_skips_bad_samples(dr_pool, tmp_path, capl
         seen |= {tuple(row) for row in text_emb.numpy().round(4)}
         n += len(image)
     # open_clip rolls over to whole batches (ceil(147 / 16) of them); its batcher drops the first pass's last
-    # partial batch (145 % 16 samples), which the roll-over may not bring back. The bad two are never seen.
+    # partial batch (144 % 16 samples), which the roll-over may not bring back. The bad three are never seen.
     assert n == 16 * -(-len(samples) // 16)
     assert seen <= good and len(seen) >= len(good) - len(good) % 16
     assert "bad_embeddings" in caplog.text and "missing_member: syn.json" in caplog.text
+    assert "bad_paug: rand_augment op 0" in caplog.text
 
     mixed = next(iter(_loader(tmp_path / "00000000.tar", "--train-num-samples", "16",
                               "--dataset-reinforcement-mix-synthetic",

@@ -171,12 +171,26 @@ def test_input_modes_and_model_overrides():
     ([[0, 0, 10, 10], [[1, 0.1], ["ShearX", 0.1]]], "rand_augment op 1"),
     ([[0, 0, 10, 10], [[1, float("nan")], [2, 0.1]]], "rand_augment op 0"),
     ([[0, 0, 10, 10], [[1, True], [2, 0.1]]], "rand_augment op 0"),
-    ([[150, 0, 50, 10], None], "outside the 320x180 image"),
 ])
 def test_bad_entries_raise_value_error(entry, match):
     aug = drt.from_config(drt.load_config("dr_augment_12m"))
     with pytest.raises(ValueError, match=match):
         aug.replay(IMAGES[0], entry)
+
+
+def test_a_box_outside_the_image_is_zero_padded_as_ml_mobileclip_replays_it(caplog):
+    """DataCompDR's boxes are in original pixels; on a smaller image resized_crop pads with zeros (the
+    reference's behaviour), warned once and counted."""
+    aug = drt.from_config(drt.load_config("dr_augment_12m"))
+    before = drt.OUTSIDE[0]
+    with caplog.at_level("WARNING"):
+        out = aug.replay(IMAGES[0], [[150, 0, 50, 10], None])
+        aug.replay(IMAGES[0], [[150, 0, 50, 10], None])
+    want = F.normalize(F.to_tensor(F.resized_crop(IMAGES[0].convert("RGB"), 150, 0, 50, 10, [224, 224],
+                                                  T.InterpolationMode.BICUBIC, antialias=True)), *aug.normalize)
+    assert torch.equal(out, want) and drt.OUTSIDE[0] == before + 2
+    assert (out[:, 150:] == want[:, -1:, -1:]).all()  # the padded rows: black, normalised
+    assert sum("outside the 320x180 image" in r.message for r in caplog.records) <= 1
 
 
 def test_bad_flip_entry_and_input():

@@ -148,6 +148,7 @@ def test_reinforcement_flags_are_checked():
                         ([*dr, "--distill-logit-scale", "1", "2", "3", "--distill-teacher-dimension", "4", "4"],
                          "3 values for 2 teachers"),
                         ([*dr, "--distill-logit-scale", "100", "--accum-freq", "2"], "--accum-freq 1"),
+                        ([*dr, "--distill-logit-scale", "100", "--siglip"], "drop --siglip"),
                         (["--dataset-reinforcement", "--distill-logit-scale", "100"], "needs --dataset-re")):
         with pytest.raises(UserError, match=match):
             _parse(argv)
