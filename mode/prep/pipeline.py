@@ -20,13 +20,13 @@ from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.step import positive_int
 
-# MoDE's own choices (run_mode.sh's PRESET=mode): SimCSE's pooler output, balanced Euclidean k-means at both levels
-# on 5% of the shards, out-of-cluster pairs added as r x the other clusters' pairs.
+# MoDE's own choices (run_mode.sh's PRESET=mode): raw captions, SimCSE's pooler output, balanced Euclidean k-means
+# at both levels on 5% of the shards, out-of-cluster pairs added as r x the other clusters' pairs.
 PRESETS = {
     "fast": {"encoder": None, "pooling": "model", "metric": "cosine", "sample_shards": None, "balance": False,
-             "ooc_mode": "share"},
+             "ooc_mode": "share", "cleaning": "open_clip"},
     "mode": {"encoder": "princeton-nlp/sup-simcse-bert-base-uncased", "pooling": "pooler", "metric": "euclidean",
-             "sample_shards": 0.05, "balance": True, "ooc_mode": "additive"},
+             "sample_shards": 0.05, "balance": True, "ooc_mode": "additive", "cleaning": "none"},
 }
 
 
@@ -51,7 +51,7 @@ def plan(args: argparse.Namespace) -> list[PlannedStep]:
                *(["--sample-shards", str(chosen["sample_shards"])] if chosen["sample_shards"] else []),
                *(["--balance"] if chosen["balance"] else [])]
     return [
-        PlannedStep("captions", "mode.prep.captions", [*common, *workers], True),
+        PlannedStep("captions", "mode.prep.captions", [*common, *workers, "--cleaning", chosen["cleaning"]], True),
         PlannedStep("embed", "mode.prep.embed", embed, True, gpus=args.embed_gpus),
         PlannedStep("cluster", "mode.prep.cluster", cluster, False),
         PlannedStep("assign", "mode.prep.assign", [*common, *workers], True),
@@ -118,12 +118,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", required=True, metavar="W", help="this clustering run's work dir")
     p.add_argument("--preset", choices=sorted(PRESETS), default="fast",
                    help="fast (default): the packaged MiniLM, spherical k-means on a row sample; mode: MoDE's "
-                        "choices (SimCSE pooler output, balanced Euclidean k-means on 5%% of the shards, additive "
-                        "out-of-cluster pairs). Flags given below win over the preset")
+                        "choices (raw captions, SimCSE pooler output, balanced Euclidean k-means on 5%% of the "
+                        "shards, additive out-of-cluster pairs). Flags given below win over the preset")
     p.add_argument("--fine", type=positive_int, default=1024, help="fine clusters")
     p.add_argument("--coarse", type=positive_int, default=4, help="coarse clusters = experts")
     p.add_argument("--ooc-ratio", type=float, default=0.02, help="out-of-cluster pairs per expert (route)")
     p.add_argument("--workers", type=positive_int, default=2, help="processes per rank (captions, assign, route)")
+    p.add_argument("--cleaning", choices=("open_clip", "none"), default=None,
+                   help="captions' cleaning (default: the preset's; MoDE's is none)")
     p.add_argument("--encoder", default=None, help="embed's sentence-transformers model (default: the preset's)")
     p.add_argument("--pooling", choices=("model", "pooler"), default=None, help="embed's pooling (the preset's)")
     p.add_argument("--metric", choices=("cosine", "euclidean"), default=None, help="cluster's metric (the preset's)")

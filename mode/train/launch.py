@@ -60,15 +60,15 @@ def _set_distributed_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(20000 + int(str(env.job_id).split("_")[0][-4:] or 0) % 20000))
 
 
-def clustering_shape(work_dir: str) -> tuple[int, int]:
-    """(coarse, fine) cluster counts of a work dir's assignment."""
+def clustering_shape(work_dir: str) -> tuple[int, int, int]:
+    """(coarse, fine) cluster counts of a work dir's assignment, and the pairs it assigned."""
     from mode.core.runner import read_complete_summary
 
     assign_dir = WorkDir(Path(work_dir)).assign_dir
     if not WorkDir.summary(assign_dir).exists():
         raise UserError(f"no assignment in {work_dir}: run `./run_mode.sh prep-steps SHARDS {work_dir}` first")
     counts = read_complete_summary(assign_dir, "assign", "train-experts")["counts"]  # all shards assigned
-    return len(counts["coarse"]), len(counts["fine"])
+    return len(counts["coarse"]), len(counts["fine"]), int(sum(counts["coarse"]))
 
 
 def parse_experts(spec: str, n_experts: int) -> list[int]:
@@ -108,26 +108,29 @@ def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
     plugin_args, rest = split_argv(run_configs.get_recipe(recipe).to_argv() + list(extra))
     if plugin_args.mode_work_dir is None:
         raise UserError(f"config {recipe!r} has no clustering: pass --mode-work-dir W")
-    n_coarse, n_fine = clustering_shape(plugin_args.mode_work_dir)
+    n_coarse, n_fine, n_pairs = clustering_shape(plugin_args.mode_work_dir)
     stock = parse_args(rest)
+    # MoDE: the seed run and every expert have one epoch size (its recipes' 400M samples), so a fork keeps the
+    # seed's steps per epoch and its place in the LR schedule; a recipe without one takes the clustered pool's size
+    epoch = stock.train_num_samples or n_pairs
     base = f"{recipe}_n{n_coarse}m{n_fine}"
     fork, plan = [], []
     seed_epochs = _seed_epochs(recipe, seed_epochs, plugin_args, stock.epochs)
     if seed_epochs:
         seed_name = f"{base}/seed"
         seed_ckpt = os.path.abspath(os.path.join(stock.logs, seed_name, "checkpoints", f"epoch_{seed_epochs}.pt"))
-        plan.append(PlannedJob(seed_name, TrainJob(recipe, [*extra, *_dense_flags(stock.train_num_samples, 1),
+        plan.append(PlannedJob(seed_name, TrainJob(recipe, [*extra, *_dense_flags(epoch, 1),
                                                             "--stop-epoch", str(seed_epochs), "--name", seed_name,
                                                             "--resume", "latest"]), reuse_if=seed_ckpt))
         fork = ["--init-from", seed_ckpt]
     after = plan[0].name if plan else None
     for k in parse_experts(experts, n_coarse):
         name = f"{base}/expert_{k}"
-        plan.append(PlannedJob(name, TrainJob(recipe, [*extra, "--expert", str(k), "--name", name, "--resume",
-                                                       "latest", *fork]), after))
+        plan.append(PlannedJob(name, TrainJob(recipe, [*extra, "--expert", str(k), "--train-num-samples", str(epoch),
+                                                       "--name", name, "--resume", "latest", *fork]), after))
     if dense:
         name = f"{base}/dense"
-        plan.append(PlannedJob(name, TrainJob(recipe, [*extra, *_dense_flags(stock.train_num_samples, n_coarse),
+        plan.append(PlannedJob(name, TrainJob(recipe, [*extra, *_dense_flags(epoch, n_coarse),
                                                        "--name", name, "--resume", "latest", *fork]), after))
     return plan
 
@@ -146,13 +149,9 @@ def _seed_epochs(recipe: str, asked: int | None, plugin_args, epochs: int) -> in
     return e or 0
 
 
-def _dense_flags(per_expert: int | None, n_experts: int) -> list[str]:
-    """The whole pool, with the compute of `n_experts` experts: n_experts x an expert's samples per epoch (with
-    no fixed size, an expert's epoch is its cluster and the dense epoch the whole pool: about the same)."""
-    flags = ["--mode-work-dir", ""]  # empty: no expert, the whole pool
-    if per_expert is not None:
-        flags += ["--train-num-samples", str(per_expert * n_experts)]
-    return flags
+def _dense_flags(per_expert: int, n_experts: int) -> list[str]:
+    """The whole pool, with the compute of `n_experts` experts: n_experts x an expert's samples per epoch."""
+    return ["--mode-work-dir", "", "--train-num-samples", str(per_expert * n_experts)]  # empty: the whole pool
 
 
 def make_executor(executor: str, folder: str, name: str, slurm: dict, dependency: str | None = None):

@@ -439,3 +439,23 @@ def test_captions_are_cleaned_as_open_clips_tokenizer_cleans():
     res = subprocess.run([sys.executable, "-c", "import sys, mode.prep.captions; print('torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_cleaning_none_keeps_the_caption_as_mode_embeds_it(tmp_path):
+    """MoDE embeds the raw caption string (PRESET=mode: --cleaning none); blank ones are still skipped."""
+    from collections import Counter
+
+    from mode.core.shards import write_tar
+    from mode.prep.pipeline import PRESETS
+
+    raw = "Salt &amp; Pepper Shakers &#8211; Set of 2 "
+    write_tar(tmp_path / "0.tar", [(f"{i}", {"txt": t.encode(), "json": json.dumps({"uid": f"{i:032x}"}).encode()})
+                                   for i, t in enumerate([raw, "  \n", "caf\u00c3\u00a9"])])
+    skipped = Counter()
+    got = [c for _, _, c in captions.shard_captions(str(tmp_path / "0.tar"), skipped, "none")]
+    assert got == [raw, "caf\u00c3\u00a9"] and skipped == {"no_caption": 1}
+    assert [c for _, _, c in captions.shard_captions(str(tmp_path / "0.tar"), Counter())] == \
+        ["Salt & Pepper Shakers \u2013 Set of 2", "caf\u00e9"]
+    assert PRESETS["mode"]["cleaning"] == "none" and PRESETS["fast"]["cleaning"] == "open_clip"
+    with pytest.raises(UserError, match="--cleaning 'ftfy'"):
+        captions.run(str(tmp_path / "0.tar"), str(tmp_path / "w"), 0, 1, cleaning="ftfy")

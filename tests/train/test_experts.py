@@ -174,6 +174,13 @@ def test_plan_jobs_names_experts_and_dense(toy_work, toy_pool):
     dense = jobs[-1].job.argv
     assert dense[dense.index("--train-num-samples") + 1] == str(3 * 400_000_000)
     assert dense[dense.index("--mode-work-dir", len(extra)) + 1] == ""
+    # a recipe without a fixed epoch (the toy's): seed and experts alike take the clustered pool's size, as
+    # MoDE's runs share 400M, so a fork keeps the seed's steps per epoch (and its place in the LR schedule)
+    n_pairs = launch.clustering_shape(str(toy_work))[2]
+    toy = launch.plan_jobs("toy_tiny_mode", "0,1", ["--mode-work-dir", str(toy_work), "--toy-pool", str(toy_pool)],
+                           seed_epochs=1, dense=True)
+    sizes = [int(j.job.argv[len(j.job.argv) - 1 - j.job.argv[::-1].index("--train-num-samples") + 1]) for j in toy]
+    assert sizes == [n_pairs, n_pairs, n_pairs, 3 * n_pairs]
     own = launch.plan_jobs("b32_mode", "0", [*extra, "--init-from", "x.pt"])
     assert [j.name for j in own] == ["b32_mode_n3m8/expert_0"] and own[0].after is None
     assert [j.name for j in launch.plan_jobs("b32_mode", "1", extra, seed_epochs=0)] == ["b32_mode_n3m8/expert_1"]
@@ -303,7 +310,9 @@ def test_dense_argv_parses(toy_work, toy_pool):
 
     args = oc_main.parse_args(run_configs.build_argv(job.recipe, job.argv))
     assert args.mode_work_dir is None and args.expert is None
-    assert args.train_num_samples == sum(1 for p in expand(str(toy_pool)) for _ in iter_tar(p))
+    n_coarse, _, n_pairs = launch.clustering_shape(str(toy_work))
+    assert n_pairs <= sum(1 for p in expand(str(toy_pool)) for _ in iter_tar(p))
+    assert args.train_num_samples == n_coarse * n_pairs  # the experts' compute: K epochs of the pool's size
     assert isinstance(args, Namespace)
 
 
