@@ -428,6 +428,10 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
         raise UserError(f"no .parquet files in {metadata_dir}")
     check_flags(name, params)
     save_path = subset_path(save_path)
+    parent = Path(save_path).resolve().parent
+    if Path(metadata_dir).resolve() in (parent, *parent.parents):
+        raise UserError(f"--save-path {save_path} lies in --metadata-dir {metadata_dir}, whose files it could "
+                        "replace: save the subset elsewhere")
     start = time.perf_counter()
     if FILTERS[name].needs_score:
         if params.threshold is None:

@@ -95,6 +95,9 @@ def make_config(values: dict, where: str = "the yml") -> Config:
     out = values["output_metadata_dir"]
     if not isinstance(out, str) or "://" in out:
         raise UserError(f"{where}: output_metadata_dir must be a local folder, got {out!r}")
+    for key in ("reprocess", "use_datacomp_keys"):
+        if values.get(key) is not None and not isinstance(values[key], bool):
+            raise UserError(f"{where}: {key} must be true or false, got {values[key]!r}")
     if values.get("tars_per_wds"):
         log.info("tars_per_wds: ignored, every shard is written as its own parquet/npz pair")
     return Config(models=values["models"], input_tars=tars, output_metadata_dir=out, nworkers=values["nworkers"],
@@ -398,6 +401,9 @@ def run(cfg: Config, rank: int | None = None, world_size: int | None = None) -> 
         raise UserError(f"input_tars {cfg.input_tars}: no tar files")
     out = Path(cfg.output_metadata_dir)
     step_dir = out / ".mode-metadata"
+    if not step_dir.is_dir() and (any(out.glob("*.parquet")) or any(out.glob("*.npz"))):
+        raise UserError(f"output_metadata_dir {out} holds metadata `mode metadata` did not write (a pool's own?): "
+                        "it would be overwritten; choose an empty folder")
     params = {"models": cfg.models, "columns": cfg.postprocess_columns, "features": cfg.postprocess_features,
               "fields": cfg.additional_fields, "use_datacomp_keys": cfg.use_datacomp_keys,
               "custom": hashlib.sha256(Path(cfg.custom_pypath).read_bytes()).hexdigest()[:16]

@@ -21,9 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mode.core.errors import UserError
-from mode.core.shards import write_json
+from mode.core.lock import holding
+from mode.core.shards import overlaps, write_json
 from mode.core.step import positive_int
 from mode.core.uids import load_subset
+from open_clip_patch.init_from import is_complete_checkpoint
 
 TRACKS = ("filtering", "byod")
 REPO_TYPES = ("model", "dataset")
@@ -70,8 +72,11 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
     if not Path(sub.results).exists():
         raise UserError(f"--results: {sub.results} does not exist (run `mode evaluate` or DataComp's evaluate.py)")
     results = _read_results(Path(sub.results))
-    if sub.checkpoint and not Path(sub.checkpoint).exists():
+    if sub.checkpoint and not Path(sub.checkpoint).is_file():
         raise UserError(f"--checkpoint: {sub.checkpoint} does not exist")
+    if sub.checkpoint and not is_complete_checkpoint(sub.checkpoint):
+        raise UserError(f"--checkpoint: {sub.checkpoint} is not a complete torch checkpoint (truncated, or another "
+                        "kind of file)")
     return samples, results
 
 
@@ -119,15 +124,21 @@ def build_bundle(sub: Submission, bundle: str) -> Path:
     samples, results = _check(sub)
     root = Path(bundle)
     prefix = root / f"{sub.scale}_scale"
-    if prefix.exists():
-        shutil.rmtree(prefix)  # a bundle is rewritten whole: no file of an earlier run is uploaded by mistake
-    (prefix / "samples").mkdir(parents=True)
-    shutil.copyfile(sub.results, prefix / "results.jsonl")
-    for p in samples:
-        shutil.copyfile(p, prefix / "samples" / p.name)
-    if sub.checkpoint:
-        shutil.copyfile(sub.checkpoint, prefix / "checkpoint.pt")
-    write_json(root / "submission.json", record(sub, results, samples))
+    for given in [*samples, Path(sub.results), *([Path(sub.checkpoint)] if sub.checkpoint else [])]:
+        if overlaps(given, prefix) or overlaps(given, root / "submission.json"):
+            raise UserError(f"{given} lies inside the bundle {root}, which is rewritten whole: copy it out first "
+                            "or pass another --bundle")
+    root.mkdir(parents=True, exist_ok=True)
+    with holding(root, "submit", "`mode submit` into this bundle"):
+        if prefix.exists():
+            shutil.rmtree(prefix)  # a bundle is rewritten whole: no file of an earlier run is uploaded by mistake
+        (prefix / "samples").mkdir(parents=True)
+        shutil.copyfile(sub.results, prefix / "results.jsonl")
+        for p in samples:
+            shutil.copyfile(p, prefix / "samples" / p.name)
+        if sub.checkpoint:
+            shutil.copyfile(sub.checkpoint, prefix / "checkpoint.pt")
+        write_json(root / "submission.json", record(sub, results, samples))
     return root
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from mode.core.compute import normalise
 from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
-from mode.core.shards import atomic_write, write_json
+from mode.core.shards import atomic_write, overlaps, write_json
 from mode.evaluation import tasks as T
 from mode.evaluation.evaluate import task_metrics
 
@@ -104,6 +104,13 @@ def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") 
 def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], report: str, weighting: str = "mode",
         dense: str | None = None) -> dict:
     """Weights, ensemble logits and metrics for every task; writes the report. Returns the per-task table."""
+    labels = [Path(eval_out) / label for label in [*experts, *([dense] if dense else [])]]
+    if Path(report).resolve() == Path(eval_out).resolve():
+        labels.append(Path(eval_out))
+    for other, what in ((work_dir, "--work-dir"), (tasks_root, "--tasks"), *((d, "the evaluation") for d in labels)):
+        if overlaps(report, other):
+            raise UserError(f"--report {report} overlaps {what} {other}, whose files it would replace (an "
+                            "evaluation's eval_results.jsonl, say): choose another folder")
     wd = WorkDir(Path(work_dir))
     meta = json.loads(wd.features_meta.read_text()) if wd.features_meta.exists() else None
     if meta is None or not wd.fine_centroids.exists():

@@ -127,6 +127,13 @@ def test_filter_errors(toy_pool, tmp_path):
         with pytest.raises(UserError, match=match):
             filters.run(name, meta, str(tmp_path / "x.npy"), params)
     assert not (tmp_path / "x.npy").exists()
+    meta_copy = tmp_path / "meta"  # a --save-path in the metadata folder once replaced a parquet with the subset
+    meta_copy.mkdir()
+    first = sorted(Pool(toy_pool).metadata_dir.glob("*.parquet"))[0]
+    (meta_copy / first.name).write_bytes(first.read_bytes())
+    with pytest.raises(UserError, match="lies in --metadata-dir"):
+        filters.run("no_filter", str(meta_copy), str(meta_copy / first.name), FP())
+    assert (meta_copy / first.name).read_bytes() == first.read_bytes()
 
 
 def test_score_threshold_compares_in_the_columns_float32_and_save_path_gets_npy(tmp_path):

@@ -249,6 +249,8 @@ def test_resume_reprocess_and_bad_samples(toy_pool, tmp_path):
     ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"output_metadata_dir": "s3://bucket/meta"}, "must be a local folder"),
     ({"device": "tpu"}, "--device 'tpu'"),
+    ({"reprocess": "false"}, "reprocess must be true or false, got 'false'"),  # once read as true
+    ({"use_datacomp_keys": "no"}, "use_datacomp_keys must be true or false"),
 ])
 def test_bad_yml_is_one_line(toy_pool, tmp_path, edit, message):
     import yaml
@@ -315,6 +317,12 @@ def test_hostile_inputs_are_one_line(toy_pool, tmp_path):
         assert res.returncode == 2 and "Traceback" not in res.stderr and said in last, res.stderr[-2000:]
     res = run([*base[:-1], str(shard.parent / "meta"), "--custom-pypath", str(TINY)], env=_env(tmp_path))
     assert res.returncode == 2 and "overlap" in res.stderr and not (shard.parent / "meta").exists()
+    theirs = tmp_path / "pool_metadata"  # a pool's own metadata folder: its files are not ours to replace
+    theirs.mkdir()
+    (theirs / f"{shard.stem}.parquet").write_bytes(b"the pool's metadata")
+    res = run([*base[:-1], str(theirs), "--custom-pypath", str(TINY)], env=_env(tmp_path))
+    assert res.returncode == 2 and "did not write" in res.stderr, res.stderr[-2000:]
+    assert (theirs / f"{shard.stem}.parquet").read_bytes() == b"the pool's metadata"
 
     class Evil:
         def __reduce__(self):

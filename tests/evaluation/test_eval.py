@@ -170,6 +170,10 @@ def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
     assert (report / "weights.png").stat().st_size > 0 and (report / "scores.png").stat().st_size > 0
     with pytest.raises(UserError, match="run `mode evaluate` first"):
         ensemble.run(str(clean_work), str(tasks), str(out), ["e0", "e1", "missing"], str(report))
+    for inside in (out / "e0", out, clean_work / "clusters"):  # once overwrote e0's eval_results.jsonl
+        with pytest.raises(UserError, match="overlaps"):
+            ensemble.run(str(clean_work), str(tasks), str(out), ["e0", "e1", "e2"], str(inside))
+    assert json.loads((out / "e0" / "eval_results.jsonl").read_text().splitlines()[0])["key"] == "toy_glyphs"
 
 
 def test_submit_dry_run_bundle(tmp_path, monkeypatch):
@@ -224,6 +228,8 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
 def test_submit_byod_takes_other_data_files_as_they_are(tmp_path):
     """DataComp's BYOD track: `ids.npy::custom_data.parquet`; the parquet is bundled byte for byte, while the
     filtering track still takes only uid subsets, and two files of one name are refused."""
+    from dataclasses import replace
+
     from mode.core.uids import hex_to_pairs, save_subset
     from mode.datacomp import submit
 
@@ -245,6 +251,16 @@ def test_submit_byod_takes_other_data_files_as_they_are(tmp_path):
     save_subset(str(tmp_path / "d" / "ids.npy"), hex_to_pairs(["ef" * 16]))
     with pytest.raises(UserError, match="two files named ids.npy"):
         submit.build_bundle(sub("byod", f"{tmp_path / 'ids.npy'}::{tmp_path / 'd' / 'ids.npy'}"), str(tmp_path / "b3"))
+    # resubmitting from the bundle's own copies once deleted them before reading them: refused, nothing lost
+    inside = root / "small_scale" / "samples" / "ids.npy"
+    with pytest.raises(UserError, match="inside the bundle"):
+        submit.build_bundle(sub("byod", str(inside)), str(root))
+    assert inside.read_bytes() == (tmp_path / "ids.npy").read_bytes()
+    for junk in (b"", b"checkpoint? no", (tmp_path / "ids.npy").read_bytes()):
+        (tmp_path / "c.pt").write_bytes(junk)
+        with pytest.raises(UserError, match="not a complete torch checkpoint"):
+            submit.build_bundle(replace(sub("byod", str(tmp_path / "ids.npy")), checkpoint=str(tmp_path / "c.pt")),
+                                str(tmp_path / "b4"))
 
 
 def test_submit_uploads_as_datacomp_to_a_fake_hub(tmp_path, monkeypatch, capsys):
