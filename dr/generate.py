@@ -34,7 +34,7 @@ from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
 from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_writer, write_tar_stats
-from mode.core.step import positive_int, print_summary, rank_arguments
+from mode.core.step import positive_int, print_summary, rank_arguments, seed_int
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=drs.EMBEDDING_FORMATS, default="npz", help="npz float32 or pth.gz bfloat16")
     p.add_argument("--only-reinforcements", action="store_true",
                    help="write only the reinforcement members (DataCompDR's layout; then `mode dr-join`)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="cpu")
     rank_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1)

@@ -101,3 +101,64 @@ def test_corrupt_work_dir_files_are_one_line(toy_pool, toy_work, tmp_path, capsy
     wd.fine_centroids.write_bytes(b"junk")
     shutil.rmtree(wd.assign_dir)
     _fails(capsys, ["assign", "--shards", shards, "--work-dir", wd.root], str(wd.clusters_dir), "clustering")
+
+
+def test_second_review_findings_are_one_line(toy_pool, toy_work, tmp_path, capsys):
+    """Found by a hostile-user review: each was a traceback (or, for the label, a write outside --out)."""
+    import json
+
+    shards = str(toy_pool / "shards")
+    for step in (["toy", tmp_path / "t"], ["cluster", "--shards", shards, "--work-dir", tmp_path / "w"],
+                 ["route", "--shards", shards, "--work-dir", tmp_path / "w"]):
+        _fails(capsys, [*step, "--seed", "-1"], "--seed", "not a seed")
+    _fails(capsys, ["cluster", "--shards", shards, "--work-dir", tmp_path / "w", "--seed", str(2 ** 70)], "not a seed")
+    _fails(capsys, ["prep", "--shards", shards, "--work-dir", tmp_path / "p", "--ooc-ratio", "2"], "--ooc-ratio")
+    assert not (tmp_path / "p").exists()  # refused before captions ran
+
+    wd = WorkDir(shutil.copytree(toy_work, tmp_path / "nan"))  # damaged features: NaN rows, or other widths
+    first = sorted(wd.features_dir.glob("*.npy"))[0]
+    np.save(first, np.full(np.load(first).shape, np.nan, np.float16))
+    shutil.rmtree(wd.clusters_dir)
+    _fails(capsys, ["cluster", "--shards", shards, "--work-dir", wd.root, "--fine", "8", "--coarse", "3",
+                    "--sample-fraction", "1"], "NaN or inf")
+    np.save(first, np.zeros((len(np.load(first)), 7), np.float16))
+    _fails(capsys, ["cluster", "--shards", shards, "--work-dir", wd.root, "--fine", "8", "--coarse", "3"],
+           "columns", "another encoder")
+
+    tasks = tmp_path / "tasks"  # damaged evaluation tasks
+    shutil.copytree(toy_pool / "eval_tasks" / "toy_shapes", tasks / "toy_shapes")
+    model = ["--model", "m=toy_tiny"]
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", "--model", "../../x=toy_tiny"],
+           "names a folder under --out")
+    templates = tasks / "toy_shapes" / "zeroshot_classification_templates.txt"
+    templates.write_text("a {c} photo of {} {0}\n")
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "not a format string")
+    templates.write_text("\n")
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "no templates")
+    templates.write_text("a photo of a {c}.\n")
+    (tasks / "toy_shapes" / "test" / "nshards.txt").write_text("abc")
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "number of test shards")
+    (tasks / "toy_shapes" / "test" / "nshards.txt").write_text("2")
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "1.tar is missing")
+    (tasks / "toy_shapes" / "test" / "nshards.txt").write_text("1")
+    tar = tasks / "toy_shapes" / "test" / "0.tar"
+    whole = tar.read_bytes()
+    tar.write_bytes(whole[:5000])
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "0.tar is truncated")
+    tar.write_bytes(whole)
+    assert main(["evaluate", "--tasks", str(tasks), "--out", str(tmp_path / "ev"), *model]) == 0
+    first_logits = np.load(tmp_path / "ev" / "m" / "toy_shapes.npz")["logits"]
+    (tasks / "toy_shapes" / "classnames.txt").write_text("circle\nsquare\n")  # the task changed: not reused
+    assert main(["evaluate", "--tasks", str(tasks), "--out", str(tmp_path / "ev"), *model]) == 0
+    assert np.load(tmp_path / "ev" / "m" / "toy_shapes.npz")["logits"].shape == (len(first_logits), 2)
+    record = json.loads((tmp_path / "ev" / "m" / "toy_shapes.stats.json").read_text())
+    assert record["labels_outside_classnames"] > 0  # classes 2.. have no name now: scored wrong, and said
+
+    shutil.copytree(tmp_path / "ev" / "m", tmp_path / "ev" / "n")  # ensemble over logits of other shapes
+    np.savez(tmp_path / "ev" / "n" / "toy_shapes.npz", logits=first_logits[:, :1], targets=np.zeros(len(first_logits)))
+    shutil.copytree(tmp_path / "ev" / "m", tmp_path / "ev" / "o")
+    _fails(capsys, ["ensemble", "--work-dir", toy_work, "--tasks", tasks, "--eval-out", tmp_path / "ev", "--experts",
+                    "m,n,o", "--report", tmp_path / "rep"], "differ in shape or order")
+    np.savez(tmp_path / "ev" / "n" / "toy_shapes.npz", other=np.zeros(2))
+    _fails(capsys, ["ensemble", "--work-dir", toy_work, "--tasks", tasks, "--eval-out", tmp_path / "ev", "--experts",
+                    "m,n,o", "--report", tmp_path / "rep"], "no logits and targets")

@@ -13,7 +13,7 @@ import fcntl
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,3 +61,38 @@ def hold_for_process(folder: str | os.PathLike, name: str, what: str) -> None:
     key = str(Path(folder).resolve() / name)
     if key not in _held:
         _held[key] = acquire(folder, name, what)
+
+
+@contextmanager
+def params_claim(folder: str | os.PathLike, digest: str, what: str,
+                 on_change: Callable[[], None] | None = None) -> Iterator[None]:
+    """Run the body while no run with other parameters uses `folder` (a step's outputs), however the runs split
+    it into ranks. Each run holds a shared flock on `<folder>/.lock-users` for its whole life; the parameters
+    (`digest`) go in `<folder>/.params`. Setting other parameters needs that lock exclusively, so it fails while a
+    run of the old ones is alive (a UserError), and `on_change` (e.g. refuse, or drop outputs of the old ones)
+    runs only then. A brief exclusive flock on `<folder>/.lock-params` makes each check-and-set whole, so ranks
+    of one run starting together all find the parameters the first one wrote."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    params = Path(folder) / ".params"
+    users = os.open(Path(folder) / ".lock-users", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with holding(folder, "params", what, wait=True):
+            if params.exists() and params.read_text() == digest:
+                fcntl.flock(users, fcntl.LOCK_SH)
+            else:
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                        raise
+                    raise UserError(f"another {what} with other parameters is running on {folder}; wait for it "
+                                    "or stop it") from None
+                if on_change:
+                    on_change()
+                tmp = params.with_name(f".params.{os.getpid()}")
+                tmp.write_text(digest)
+                os.replace(tmp, params)
+                fcntl.flock(users, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(users)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
-from mode.core.lock import holding
+from mode.core.lock import holding, params_claim
 from mode.core.parallel import process_pool
 from mode.core.shards import atomic_write, for_rank, overlaps, rank_and_world, shard_ids, write_json
 
@@ -84,10 +84,12 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     ids = shard_ids(shard_paths)
     digest = params_hash(params)
     step_dir.mkdir(parents=True, exist_ok=True)
-    _check_params(step_dir, ids.values(), digest)
-    with holding(step_dir, f"{step}-rank{rank}-of{world_size}", f"`mode {step}` (rank {rank} of {world_size})"):
-        _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs)
-    return write_summary(step, step_dir, ids.values(), params, digest)
+    # a run with other parameters may not share the step's outputs while this one is alive, whatever the ranks
+    with params_claim(step_dir, digest, f"`mode {step}`", on_change=partial(_check_params, step_dir, ids.values(),
+                                                                            digest)):
+        with holding(step_dir, f"{step}-rank{rank}-of{world_size}", f"`mode {step}` (rank {rank} of {world_size})"):
+            _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs)
+        return write_summary(step, step_dir, ids.values(), params, digest)
 
 
 def _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs) -> None:

@@ -69,7 +69,10 @@ def expand(spec: str) -> list[str]:
     if not paths:
         raise UserError(f"no shards found in {spec!r} (expected a directory of .tar files, a brace pattern "
                         "or .tar paths, joined by '::')")
-    return list(dict.fromkeys(paths))
+    unique = {}  # one shard named two ways (relative and absolute, or through a link) is one shard
+    for p in paths:
+        unique.setdefault(os.path.realpath(p), p)
+    return list(unique.values())
 
 
 def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:

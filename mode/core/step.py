@@ -23,6 +23,17 @@ class Step:
     writes: str
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a seed, 0 <= seed < 2**31 (numpy's generators refuse negatives, faiss takes an int32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2 ** 31:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed in 0..2147483647")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (workers, batch sizes, counts); argparse prints the one-line error."""
     try:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from mode.core.compute import nearest
 from mode.core.errors import UserError, reading
+from mode.core.lock import params_claim
 from mode.core.runner import params_hash, run_per_shard
 from mode.core.shards import atomic_write, rank_and_world, shard_ids, write_json
 from mode.core.step import positive_int, rank_arguments
@@ -379,7 +380,12 @@ def threshold_for_fraction(paths: list[Path], key: str, fraction: float) -> floa
             with pq.ParquetFile(p) as f:
                 parts.append(f.read(columns=[key]).column(key).to_numpy())
     values = np.concatenate(parts)
+    if not len(values):
+        raise UserError(f"--fraction: the metadata has no rows to rank by {key}")
     return float(-np.sort(-values)[min(int(len(values) * fraction), len(values) - 1)])
+
+
+_UID = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict]:
@@ -390,6 +396,8 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
             table = f.read(columns=columns)
         cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy())
                 for c in columns}
+    if "text" in cols:  # a null caption is no caption: no caption rule keeps it (as pandas' NaN in DataComp's)
+        cols["text"] = [t if isinstance(t, str) else "" for t in cols["text"]]
     if spec.needs_npz:
         npz = Path(path).with_suffix(".npz")
         if not npz.is_file():
@@ -399,6 +407,10 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
         if len(cols["l14_img"]) != len(cols["uid"]):
             raise UserError(f"{npz}: {len(cols['l14_img'])} feature rows for {len(cols['uid'])} parquet rows")
     mask, info = spec.fn(cols, params)
+    bad = np.array([not (isinstance(u, str) and _UID.fullmatch(u)) for u in cols["uid"]], bool)
+    if bad.any():  # not DataComp's 32 hex digits: counted, never in a subset
+        mask = mask & ~bad
+        info = {**info, "bad_uid": int(bad.sum())}
     kept = [u for u, m in zip(cols["uid"], mask) if m]
     return hex_to_pairs(kept), {"rows": len(mask), "kept": int(mask.sum()), **info}
 
@@ -409,7 +421,8 @@ def _apply_part(name: str, params: FilterParams, parts_dir: str, path: str, part
     with atomic_write(Path(parts_dir) / f"{part_id}.npy") as f:
         np.save(f, uids)
     lang = info.get("language_id")
-    return {"processed": info["rows"], "kept": info["kept"], "skipped": {},
+    return {"processed": info["rows"], "kept": info["kept"],
+            "skipped": {"bad_uid": info["bad_uid"]} if info.get("bad_uid") else {},
             **({"language_id": {lang: 1}} if lang else {})}
 
 
@@ -443,23 +456,28 @@ def run(name: str, metadata_dir: str, save_path: str, params: FilterParams, work
     recorded = asdict(params) | {"target_centroid_ids": None if params.target_centroid_ids is None
                                  else len(params.target_centroid_ids)}
     parts_dir, inputs = Path(f"{save_path}.parts"), [str(p) for p in paths]
-    _forget_other_parts(parts_dir, {"filter": name, **recorded})
-    work = partial(_apply_part, name, params, str(parts_dir))
-    s = run_per_shard("filter", parts_dir, inputs, work, {"filter": name, **recorded}, rank=rank,
-                      world_size=world_size, workers=workers, outputs=lambda i: [parts_dir / f"{i}.npy"], apart=False)
-    summary = {"filter": name, "params": recorded, "metadata_files": len(paths), "rows": s["processed"],
-               "kept": s["kept"], "language_id": sorted(s.get("language_id", {})) or None,
-               "language_model": lid_model_name(params.fasttext_model),
-               "complete": s["complete"], "files_done": s["shards_done"]}
-    if not s["complete"]:
-        return summary  # another rank finishes the set and writes the subset
-    ids = shard_ids(inputs)
-    uids = [np.load(parts_dir / f"{ids[p]}.npy") for p in inputs]
-    save_subset(save_path, np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE))
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(f"{save_path}.json", {k: v for k, v in summary.items() if k not in ("complete", "files_done")})
-    if rank_and_world(rank, world_size)[1] == 1:
-        shutil.rmtree(parts_dir)
+    step_params = {"filter": name, **recorded}
+    # one filter at a time per --save-path (its ranks together): another filter's parts are dropped only once
+    # no run of it is alive, and the subset is written while no other filter can replace the parts
+    with params_claim(parts_dir, params_hash(step_params), "`mode filter` to this --save-path",
+                      on_change=partial(_forget_other_parts, parts_dir, step_params)):
+        work = partial(_apply_part, name, params, str(parts_dir))
+        s = run_per_shard("filter", parts_dir, inputs, work, step_params, rank=rank, world_size=world_size,
+                          workers=workers, outputs=lambda i: [parts_dir / f"{i}.npy"], apart=False)
+        summary = {"filter": name, "params": recorded, "metadata_files": len(paths), "rows": s["processed"],
+                   "kept": s["kept"], "language_id": sorted(s.get("language_id", {})) or None,
+                   "language_model": lid_model_name(params.fasttext_model),
+                   **({"skipped": s["skipped"]} if s.get("skipped") else {}),
+                   "complete": s["complete"], "files_done": s["shards_done"]}
+        if not s["complete"]:
+            return summary  # another rank finishes the set and writes the subset
+        ids = shard_ids(inputs)
+        uids = [np.load(parts_dir / f"{ids[p]}.npy") for p in inputs]
+        save_subset(save_path, np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE))
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(f"{save_path}.json", {k: v for k, v in summary.items() if k not in ("complete", "files_done")})
+        if rank_and_world(rank, world_size)[1] == 1:
+            shutil.rmtree(parts_dir)
     return summary
 
 

@@ -205,12 +205,36 @@ class Plan:
             if not isinstance(meta, dict) or any(k not in meta for k in self.fields):
                 raise BadSample("missing_json_field")
             fields = [meta[k] for k in self.fields]
+            if not all(_storable(v) for v in fields):  # a list, an object or a lone surrogate: no parquet cell
+                raise BadSample("bad_json_field")
             raws["json"] = fields
         try:
             return [pre(raws[raw]) for (raw, _), pre in zip(self.directives, self.preprocessors)], fields
         except (OSError, ValueError) as e:
             log.debug(f"preprocessing failed: {e}")
             raise BadSample("preprocess_failed") from None
+
+
+def _column(path: str, name: str, values: list, type_=None):
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=type_)
+    except (pa.ArrowTypeError, pa.ArrowInvalid, OverflowError):
+        kinds = sorted({type(v).__name__ for v in values if v is not None})
+        raise UserError(f"{path}: the json field {name!r} holds values of several types ({', '.join(kinds)}) in "
+                        "one shard; a parquet column takes one") from None
+
+
+def _storable(value) -> bool:
+    """A json field value a parquet column takes: a number, a bool, null, or a string that encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def _prepared(path: str, plan: Plan, worker: int = 0, workers: int = 1):
@@ -376,7 +400,7 @@ def _work(cfg: Config, order: list[str], path: str, shard_id: str) -> dict:
     out = Path(cfg.output_metadata_dir)
     col_names = _names(cfg, list(cols))
     boxes = pa.list_(pa.list_(pa.float64()))  # typed even for a shard without faces
-    table = pa.table({n: pa.array([cols[c][i] for i in order_], type=boxes if c == "face-boxes" else None)
+    table = pa.table({n: _column(path, n, [cols[c][i] for i in order_], boxes if c == "face-boxes" else None)
                       for n, c in zip(col_names, cols)}) if cols else None
     if table is not None:
         with atomic_write(out / f"{shard_id}.parquet") as f:

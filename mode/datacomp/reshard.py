@@ -48,7 +48,7 @@ from mode.core.shards import (
     write_tar,
     write_tar_stats,
 )
-from mode.core.step import positive_int
+from mode.core.step import positive_int, seed_int
 from mode.core.uids import NoUid, UidSet, hex_to_pairs, load_subset, sample_uid
 
 SHARD_FORMAT = "{:08d}.tar"
@@ -480,7 +480,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=positive_int, default=10000, help="samples per output shard (at most)")
     p.add_argument("--shuffle-bufsize", type=int, default=0,
                    help="shuffle the output with a buffer of this many samples (0: input order)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle-bufsize's shuffle")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of --shuffle-bufsize's shuffle")
     p.add_argument("--apply-blur", action="store_true",
                    help="blur the faces listed in the metadata's face_bboxes and re-encode those images as WebP")
     p.add_argument("--inject-blur-metadata", action="store_true", help="add face_bboxes to the samples' json")
@@ -498,6 +498,10 @@ def main(args: argparse.Namespace) -> None:
             args.num_shards, args.shuffle_bufsize, args.seed, args.apply_blur, args.inject_blur_metadata,
             args.blur_metadata_map, args.metadata_dir, args.reencode_webp_quality, args.dry_run)
     blurred = f", {s['blurred']} with faces blurred" if s.get("blurred") else ""
+    left_out = {**s.get("skipped", {}), **({"input_shards_without_stats": s["input_shards_without_stats"]}
+                                          if s.get("input_shards_without_stats") else {})}
+    if left_out:  # a truncated or unreadable input shard is counted, and said, not only recorded
+        print("reshard: left out " + ", ".join(f"{k} {v}" for k, v in sorted(left_out.items())))
     if s.get("dry_run"):
         print(f"reshard --dry-run: {s['samples']} samples would be written in {s['output_shard_count']} shards "
               f"({s['processed']} read{blurred}); nothing written")

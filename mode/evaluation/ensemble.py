@@ -123,6 +123,11 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
     out, rows, weights, results = Path(eval_out), [], {}, []
     for task in T.find_tasks(tasks_root):
         loaded = [_load(out, e, task) for e in experts]
+        for label, x in zip(experts[1:], loaded[1:]):  # experts combined sample by sample: one test set
+            if x["logits"].shape != loaded[0]["logits"].shape or not np.array_equal(x["targets"],
+                                                                                   loaded[0]["targets"]):
+                raise UserError(f"{task.key}: {label}'s logits or targets differ in shape or order from "
+                                f"{experts[0]}'s: evaluate all of them on the same tasks (one `mode evaluate`)")
         class_emb = class_embeddings(task, meta["encoder"], meta.get("pooling", "model"))
         w = expert_weights(weighting, class_emb, fine, f2c, coarse)
         targets, md = loaded[0]["targets"], loaded[0].get("metadata")  # md: the special evaluations' metadata
@@ -152,7 +157,10 @@ def _load(out: Path, label: str, task: T.Task):
         raise UserError(f"no evaluation of {label!r} on {task.key} in {out}: run `mode evaluate` first")
     with reading(path, "logits .npz"):
         data = np.load(path)
-        return {k: data[k] for k in data.files}
+        got = {k: data[k] for k in data.files}
+    if "logits" not in got or "targets" not in got:
+        raise UserError(f"{path}: no logits and targets in it (not written by `mode evaluate`): evaluate again")
+    return got
 
 
 def write_report(report: Path, rows: list[dict], weights: dict, results: list[dict], weighting: str,

@@ -53,6 +53,9 @@ class ModelSpec:
         label, sep, rest = text.partition("=")
         if not sep or not label:
             raise UserError(f"--model {text!r}: expected LABEL=RECIPE_OR_MODEL[:CHECKPOINT[:BRANCH]]")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", label):  # a folder under --out, never outside it
+            raise UserError(f"--model {text!r}: the label {label!r} names a folder under --out: use letters, digits "
+                            "and _ . + - (not starting with . or -)")
         model, _, ckpt = rest.partition(":")
         branch = "z"
         head, colon, tail = ckpt.rpartition(":")
@@ -173,13 +176,18 @@ def _encode_task(task: T.Task, models: dict, device: str, batch_size: int) -> di
             flush()
     if images:
         flush()
+    if not kept:
+        raise UserError(f"{task.key}: no sample in {task.path} has an image and a label")
     if skipped:
-        log.warning(f"{task.key}: {skipped} samples without image or label skipped")
+        log.warning(f"{task.key}: {skipped} samples without a (decodable) image or a label skipped")
+    outside = sum(1 for t in targets if t >= len(task.classnames)) if task.kind == "classification" else 0
+    if outside:  # clip_benchmark scores them as wrong (no logit can be theirs); so does this, and says so
+        log.warning(f"{task.key}: {outside} samples have a class beyond the {len(task.classnames)} of classnames.txt")
     if metadata and len(metadata) != kept:
         raise UserError(f"{task.key}: {kept - len(metadata)} samples lack the npy metadata the others have")
     meta = np.stack(metadata) if metadata else None
     return {"features": {k: np.concatenate(v) for k, v in feats.items() if v}, "targets": targets,
-            "captions": captions, "skipped": skipped, "metadata": meta}
+            "captions": captions, "skipped": skipped, "metadata": meta, "outside": outside}
 
 
 def _samples(task: T.Task):
@@ -192,13 +200,18 @@ def _samples(task: T.Task):
                                                                           if caps else None), None
         return
     member = {"classification": "cls", "retrieval": "txt", "multilabel": "npy"}[task.kind]
-    for _, members in T.task_samples(task.path):
+    for key, members in T.task_samples(task.path):
         raw = members.get(member)
         meta = np.load(io.BytesIO(members["npy"])).reshape(-1) if "npy" in members else None
         if raw is None:
             label = None
         elif task.kind == "classification":
-            label = int(raw.decode().strip())
+            try:
+                label = int(raw.decode().strip())
+            except (UnicodeDecodeError, ValueError):
+                raise UserError(f"{task.path}: sample {key}'s class {raw[:20]!r} is not an integer") from None
+            if label < 0:
+                raise UserError(f"{task.path}: sample {key} has class {label}")
         elif task.kind == "retrieval":
             label = [c for c in raw.decode("utf-8").splitlines() if c.strip()]
         else:
@@ -302,13 +315,24 @@ def fingerprint(spec: ModelSpec) -> dict:
     return out if spec.branch == "z" else {**out, "branch": spec.branch}
 
 
-def _forget_stale(label_dir: Path, digest: str) -> None:
-    """Drop a label's task records (and their logits) made from another model or checkpoint, so they are computed
-    again: a new checkpoint evaluated under an old label once reused the old logits."""
-    stale = [r for r in label_dir.rglob("*.stats.json") if json.loads(r.read_text()).get("params_hash") != digest]
+def task_signature(task: T.Task) -> list:
+    """The task's files as (path, size, mtime): logits computed before a task was downloaded again or changed
+    are not reused."""
+    files = sorted(p for p in Path(task.path).rglob("*") if p.is_file())
+    return [(str(p.relative_to(task.path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _forget_stale(label_dir: Path, expected: dict[str, str]) -> None:
+    """Drop a label's task records (and their logits) made from another model or checkpoint or from other task
+    files, so they are computed again: a new checkpoint evaluated under an old label once reused the old logits."""
+    stale = []
+    for r in label_dir.rglob("*.stats.json"):
+        key = str(r.relative_to(label_dir)).removesuffix(".stats.json")
+        if key in expected and json.loads(r.read_text()).get("params_hash") != expected[key]:
+            stale.append(r)
     if stale:
-        log.warning(f"{label_dir.name}: {len(stale)} task logits in {label_dir} come from another model or checkpoint:"
-                    " computing them again")
+        log.warning(f"{label_dir.name}: {len(stale)} task logits in {label_dir} come from another model, checkpoint "
+                    "or task files: computing them again")
     for record in stale:
         record.with_name(record.name.removesuffix(".stats.json") + ".npz").unlink(missing_ok=True)
         record.unlink()
@@ -327,9 +351,14 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
     device = pick_device(device)
     task_list, out_dir = T.find_tasks(tasks_root), Path(out)
     digests = {s.label: params_hash(fingerprint(s)) for s in specs}
+    signatures = {t.key: task_signature(t) for t in task_list}
+
+    def digest(label: str, task: T.Task) -> str:  # a task's logits: from this model and these task files
+        return params_hash({"model": digests[label], "task": signatures[task.key]})
+
     with holding(out_dir, "evaluate", "`mode evaluate` into this --out"):
         for spec in specs:
-            _forget_stale(out_dir / spec.label, digests[spec.label])
+            _forget_stale(out_dir / spec.label, {t.key: digest(spec.label, t) for t in task_list})
         models = {}
         for task in tqdm(task_list, desc="tasks", unit="task"):
             todo = [s for s in specs if not is_complete(out_dir / s.label, task.key)]
@@ -355,9 +384,10 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
                     np.savez(f, logits=logits.astype(np.float32), targets=targets, **extra)
                 skipped = {"no_image_or_label": encoded["skipped"]} if encoded["skipped"] else {}
                 n = len(extra["metadata"]) if task.kind == "winogavil" else len(logits)  # instances, not candidates
+                outside = {"labels_outside_classnames": encoded["outside"]} if encoded.get("outside") else {}
                 write_json(WorkDir.stats(out_dir / s.label, task.key),
-                           {"processed": n + encoded["skipped"], "kept": n, "skipped": skipped,
-                            "params_hash": digests[s.label], "outputs": {f"{task.key}.npz": path.stat().st_size}})
+                           {"processed": n + encoded["skipped"], "kept": n, "skipped": skipped, **outside,
+                            "params_hash": digest(s.label, task), "outputs": {f"{task.key}.npz": path.stat().st_size}})
     results = {}
     for s in specs:
         write_summary("evaluate", out_dir / s.label, [t.key for t in task_list], fingerprint(s), digests[s.label])

@@ -475,7 +475,7 @@ def _why(work: WorkDir, tasks: str, weights: dict) -> dict:
 # ------------------------------------------------------------------------------------------ `mode inspect`
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mode.core.step import positive_int
+    from mode.core.step import positive_int, seed_int
 
     p.add_argument("--work-dir", required=True, help="the clustering work dir (made by the prep steps)")
     p.add_argument("--shards", required=True, help="the shards the work dir was made from (for thumbnails)")
@@ -488,7 +488,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-fine", type=positive_int, default=6, help="thumbnails per fine cluster")
     p.add_argument("--word-sample", type=positive_int, default=400, help="captions per expert for its words")
     p.add_argument("--thumb-size", type=positive_int, default=112, help="largest thumbnail side, px")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
 
 def main(args: argparse.Namespace) -> None:

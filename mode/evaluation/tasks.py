@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,13 @@ def load_task(path: str | Path, key: str | None = None) -> Task:
     templates = _lines(layout.templates) if layout.templates.exists() else ("a photo of a {c}.",)
     if kind == "classification" and not classnames:
         raise UserError(f"{path}: a classification task needs classnames.txt")
+    if not templates:
+        raise UserError(f"{layout.templates}: no templates (one per line, with {{c}} for the class name)")
+    for t in templates:
+        try:
+            t.format(c="x")
+        except (IndexError, KeyError, ValueError):
+            raise UserError(f"{layout.templates}: template {t!r} is not a format string with only {{c}}") from None
     return Task(key, layout.root, kind, classnames, templates)
 
 
@@ -235,19 +243,33 @@ def find_tasks(root: str | Path) -> list[Task]:
 
 
 def task_samples(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """The samples of a task's test split, in shard order."""
+    """The samples of a task's test split, in shard order. A missing, truncated or unreadable shard is an error:
+    scores over part of a test set are not DataComp's."""
     layout = EvalTask(Path(root))
-    n = int(layout.nshards.read_text().strip())
+    text = layout.nshards.read_text().strip()
+    if not text.isdigit():
+        raise UserError(f"{layout.nshards}: expected the number of test shards, got {text[:40]!r}")
+    n = int(text)
     for i in range(n):
-        yield from iter_tar(layout.shard(i))
+        shard, errors = layout.shard(i), Counter()
+        if not shard.is_file():
+            raise UserError(f"{shard} is missing ({layout.nshards} says {n} shards): download the task again")
+        yield from iter_tar(shard, errors)
+        if errors:
+            raise UserError(f"{shard} is {'truncated' if 'truncated_tar' in errors else 'unreadable'}: download the "
+                            "task again")
 
 
 def decode_image(members: dict[str, bytes]):
+    """The sample's image as RGB; None when it has none or it does not decode (a counted skip)."""
     from PIL import Image
 
     for ext in IMAGE_EXTS:
         if ext in members:
-            return Image.open(io.BytesIO(members[ext])).convert("RGB")
+            try:
+                return Image.open(io.BytesIO(members[ext])).convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError):
+                return None
     return None
 
 

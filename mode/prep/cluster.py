@@ -28,7 +28,7 @@ from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.runner import read_complete_summary, run_global
 from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids
-from mode.core.step import positive_int, shard_step_arguments
+from mode.core.step import positive_int, seed_int, shard_step_arguments
 from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,17 @@ def _check_rows(wd: WorkDir, ids: list[str]) -> None:
     """Every features file has one row per caption (a file from another run would cluster the wrong rows)."""
     import pyarrow.parquet as pq
 
+    widths = set()
     for i in ids:
         with reading(wd.features(i), "features .npy"):
-            n = np.load(wd.features(i), mmap_mode="r").shape[0]
+            shape = np.load(wd.features(i), mmap_mode="r").shape
+        if len(shape) != 2:
+            raise UserError(f"{wd.features(i)}: expected [rows, dim] features, got shape {shape}; rerun `mode embed`")
+        n = shape[0]
+        widths.add(shape[1])
+        if len(widths) > 1:
+            raise UserError(f"{wd.features(i)} has {shape[1]} columns, other shards {min(widths - {shape[1]})}: "
+                            "features from another encoder? delete it and its embed stats, and rerun `mode embed`")
         with reading(wd.captions(i), "captions parquet"):
             rows = pq.read_metadata(wd.captions(i)).num_rows
         if n != rows:
@@ -182,6 +190,9 @@ def _cluster(wd: WorkDir, ids: list[str], cfg: ClusterConfig) -> dict:
     paths = [wd.features(i) for i in ids]
     x, n_total = _sample(paths, cfg)
     n_sample = len(x)
+    if not np.isfinite(x).all():
+        raise UserError(f"{int((~np.isfinite(x).all(axis=1)).sum())} sampled feature rows hold NaN or inf: a features "
+                        f"file in {wd.features_dir} is damaged; delete it and its embed stats, and rerun `mode embed`")
     if n_sample < cfg.fine:
         raise UserError(f"{n_sample} sampled features cannot make {cfg.fine} fine clusters; lower --fine")
     x = normalise(x)  # unit norm for both metrics: cosine, and Euclidean on L2-normalised features (MoDE's)
@@ -232,7 +243,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-shards", type=float, default=None, metavar="F",
                    help="train on every feature of a seeded share F of the shards (MoDE: about 0.05)")
     p.add_argument("--niter", type=positive_int, default=20, help="fine k-means iterations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
 
 def main(args: argparse.Namespace) -> None:

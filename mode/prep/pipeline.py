@@ -159,7 +159,12 @@ def main(args: argparse.Namespace) -> None:
     if args.executor == "local" and args.ranks > 1:
         raise UserError(f"--ranks {args.ranks} needs --executor slurm (on one machine, --workers N splits the shards "
                         "over processes; under torchrun each step takes its rank from the environment)")
+    from mode.prep import ooc
+
+    ooc.check(args.ooc_ratio, args.ooc_mode or PRESETS[args.preset]["ooc_mode"])  # route's, before captions runs
     steps = plan(args)
+    for step in steps:  # every step's flags, before the first runs
+        jobs.StepJob(step.module, step.argv).parse()
     if args.executor == "local":
         run_local(steps)
         return

@@ -25,7 +25,7 @@ from mode.core.errors import reading
 from mode.core.layout import WorkDir
 from mode.core.runner import read_complete_summary, run_per_shard
 from mode.core.shards import expand, iter_tar, shard_ids, tar_writer, write_json
-from mode.core.step import print_summary, shard_step_arguments
+from mode.core.step import print_summary, seed_int, shard_step_arguments
 from mode.prep import ooc
 from mode.prep.cluster import load_config
 
@@ -108,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ooc-mode", choices=ooc.OOC_MODES, default="share",
                    help="share: r is their share of the expert's data; additive (MoDE's loader): r times each "
                         "shard's pairs of other clusters are added")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
 
 
 def main(args: argparse.Namespace) -> None:

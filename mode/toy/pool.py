@@ -43,7 +43,7 @@ from mode.core.layout import EvalTask, Pool, shard_name
 from mode.core.parallel import pool_map
 from mode.core.runner import run_global
 from mode.core.shards import atomic_write, write_json, write_tar
-from mode.core.step import positive_int
+from mode.core.step import positive_int, seed_int
 
 TOY_VERSION = 1
 STORED_MAX_SIDE = 96  # as img2dataset's keep_ratio_largest resize in DataComp (512 there)
@@ -454,8 +454,12 @@ def ensure_pool(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, e
                       wait=True)
 
 
+TOY_ENTRIES = ("shards", "metadata", "eval_tasks")  # what a toy pool consists of (besides toy.json)
+
+
 def _pool_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "toy.json")
+    """The toy's own files: what the user adds to the folder (a subset, a work dir) is not the toy's."""
+    return sorted(p for e in TOY_ENTRIES for p in (root / e).rglob("*") if p.is_file())
 
 
 def _build(out: str, samples: int, shards: int, seed: int, eval_per_class: int, workers: int) -> dict:
@@ -465,9 +469,18 @@ def _build(out: str, samples: int, shards: int, seed: int, eval_per_class: int, 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         record = generate(tmp, samples, shards, seed, eval_per_class, workers)
-        if os.path.exists(out):  # a toy pool being replaced (run_global checked it is one), or an empty folder
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        if not os.path.exists(out):
+            os.rename(tmp, out)
+            return record
+        # a toy pool being replaced (run_global checked it is one), or an empty folder: only the toy's own
+        # entries are replaced; anything else the user put there (a subset, a work dir) stays
+        for entry in os.listdir(tmp):
+            target = os.path.join(out, entry)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.remove(target)
+            os.rename(os.path.join(tmp, entry), target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
@@ -479,7 +492,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="pool directory to create")
     p.add_argument("--samples", type=positive_int, default=4000, help="metadata rows (about 2%% fail to download)")
     p.add_argument("--shards", type=positive_int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--eval-per-class", type=positive_int, default=20, help="evaluation images per class and task")
     p.add_argument("--workers", type=positive_int, default=1, help="processes drawing shards")
     p.add_argument("--overwrite", action="store_true", help="replace a toy pool made with other parameters")

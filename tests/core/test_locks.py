@@ -68,3 +68,32 @@ def test_second_training_with_one_name_stops(toy_pool, tmp_path):
         lock.release(fd)
     args = oc_main.parse_args(["--toy-pool", str(toy_pool), "--logs", str(tmp_path / "logs"), "--name", "run"])
     assert args.name == "run"
+
+
+def test_runs_with_other_parameters_never_share_a_step(toy_pool, tmp_path):
+    """Two per-shard runs with other parameters once both "succeeded" into one step (the rank locks differ when
+    the rank splits do): while a run is alive, one with other parameters is one line, whatever its ranks; runs
+    of the same parameters (other ranks) go on; once the first is gone, the new parameters meet the old
+    outputs as before."""
+    step = tmp_path / "step"
+    changed = []
+    with lock.params_claim(step, "a", "`mode route`"):
+        with pytest.raises(UserError, match="other parameters is running"):
+            with lock.params_claim(step, "b", "`mode route`"):
+                pass
+        with lock.params_claim(step, "a", "`mode route`", on_change=lambda: changed.append("a")):
+            pass  # another rank of the same run
+    assert changed == [] and (step / ".params").read_text() == "a"
+    with lock.params_claim(step, "b", "`mode route`", on_change=lambda: changed.append("b")):
+        assert (step / ".params").read_text() == "b"
+    assert changed == ["b"]
+
+    from mode.core.runner import params_hash, run_per_shard
+
+    shards = [str(p) for p in sorted((toy_pool / "shards").glob("*.tar"))]
+    out = tmp_path / "work"
+    with lock.params_claim(out, params_hash({"ratio": 0.5}), "`mode route`"):
+        with pytest.raises(UserError, match="other parameters is running"):
+            run_per_shard("route", out, shards, lambda p, i: {"processed": 1, "kept": 1}, {"ratio": 0.1},
+                          rank=0, world_size=2)
+    assert not list(out.glob("*.stats.json"))

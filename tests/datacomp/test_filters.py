@@ -401,3 +401,23 @@ def test_filter_resumes_per_file_and_splits_over_ranks(toy_pool, tmp_path, monke
     filters.run("basic_filter", meta, str(tmp_path / "other.npy"), params, rank=1, world_size=2)
     assert (tmp_path / "other.npy").read_bytes() == want
     assert not parts.exists()
+
+
+def test_null_captions_bad_uids_and_empty_files(tmp_path):
+    """A null caption is no caption (never kept by a caption rule), a uid that is not 32 hex digits is counted and
+    left out, and --fraction over files without rows is one line: each once a traceback."""
+    (tmp_path / "meta").mkdir()
+    uids = ["ab" * 16, "zz", "cd" * 16]
+    pq.write_table(pa.table({"uid": uids, "text": [None, "a photo of two red cars", "a photo of two red cars"],
+                             "original_width": [300] * 3, "original_height": [300] * 3,
+                             "clip_b32_similarity_score": np.array([0.3, 0.3, 0.3], np.float32)}),
+                   tmp_path / "meta" / "0.parquet")
+    s = filters.run("basic_filter", str(tmp_path / "meta"), str(tmp_path / "basic.npy"),
+                    FP(fasttext_model="packaged"))
+    assert sorted(pairs_to_hex(np.load(tmp_path / "basic.npy"))) == [uids[2]] and s["skipped"] == {"bad_uid": 1}
+    assert json.loads((tmp_path / "basic.npy.json").read_text())["skipped"] == {"bad_uid": 1}
+    (tmp_path / "empty").mkdir()
+    empty = pa.table({"uid": pa.array([], pa.string()), "clip_b32_similarity_score": pa.array([], pa.float32())})
+    pq.write_table(empty, tmp_path / "empty" / "0.parquet")
+    with pytest.raises(UserError, match="no rows to rank"):
+        filters.run("clip_score", str(tmp_path / "empty"), str(tmp_path / "c.npy"), FP(arch="b32", fraction=0.5))

@@ -332,3 +332,16 @@ def test_hostile_inputs_are_one_line(toy_pool, tmp_path):
     with pytest.raises(UserError, match="not a loadable NSFW classifier checkpoint"):
         d2m.load_weights(tmp_path / "evil.pt", "NSFW classifier")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_json_fields_a_parquet_cannot_hold():
+    """A list or object, or a lone surrogate (valid JSON), in an additional field is a counted bad_json_field; one
+    field of several types in one shard is one line naming the shard (each once aborted the run)."""
+    from mode.core.errors import UserError
+    from mode.datacomp import metadata
+
+    assert [metadata._storable(v) for v in ("a", 3, 2.5, True, None, ["x"], {"a": 1}, "\ud800")] == \
+        [True] * 5 + [False] * 3
+    assert metadata._column("s.tar", "uid", ["a", None]).to_pylist() == ["a", None]
+    with pytest.raises(UserError, match="s.tar: the json field 'uid' holds values of several types"):
+        metadata._column("s.tar", "uid", ["a", 3])

@@ -195,7 +195,16 @@ def test_changed_pool_is_made_again(tmp_path):
     mtime = (out / "toy.json").stat().st_mtime_ns
     toy.ensure_pool(str(out), **small)
     assert (out / "toy.json").stat().st_mtime_ns == mtime
+    (out / "basic.npy").write_bytes(b"the user's subset")  # the user's files beside the toy's are not the toy's:
+    (out / "work").mkdir()  # they neither make it change nor go when it is made again
+    (out / "work" / "a.txt").write_text("x")
+    toy.ensure_pool(str(out), **small)
+    assert (out / "toy.json").stat().st_mtime_ns == mtime
     shard = out / "shards" / "00000001.tar"
     shard.write_bytes(shard.read_bytes()[:1000])
     toy.ensure_pool(str(out), **small)
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "toy.json"} == before
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "toy.json"
+            and "work" not in p.parts and p.name != "basic.npy"} == before
+    assert (out / "basic.npy").read_bytes() == b"the user's subset" and (out / "work" / "a.txt").read_text() == "x"
+    toy.ensure_pool(str(out), **small, overwrite=True)
+    assert (out / "basic.npy").exists() and (out / "work" / "a.txt").exists()

@@ -192,9 +192,10 @@ def test_plan_jobs_names_experts_and_dense(toy_work, toy_pool):
     assert launch.parse_experts("all", 3) == [0, 1, 2]
 
 
-def _toy_expert_argv(toy_pool, toy_work, logs, epochs):
+def _toy_expert_argv(toy_pool, toy_work, logs, epochs, samples=128):
+    """A toy expert's flags; `samples` per epoch keeps the runs short (the protocol's default is the pool's size)."""
     return ["--toy-pool", str(toy_pool), "--mode-work-dir", str(toy_work), "--logs", str(logs),
-            "--epochs", str(epochs), "--workers", "0", "--batch-size", "32"]
+            "--epochs", str(epochs), "--workers", "0", "--batch-size", "32", "--train-num-samples", str(samples)]
 
 
 def test_init_from_seed_checkpoint(toy_pool, toy_work, tmp_path):
