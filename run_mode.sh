@@ -6,9 +6,10 @@ REPO="$(cd "$(dirname "$0")" && pwd)"  # paths given by the user stay relative t
 # The whole pipeline on a fresh toy pool, in MoDE's protocol: DataComp basic filter -> reshard -> MoDE prep ->
 # a dense seed run to epoch SEED_EPOCHS -> one expert per toy domain forked from it, and the dense run continued
 # with the experts' compute -> evaluate -> ensemble -> report. Every step is seeded: the same tables every run.
-# SAMPLES (6000), EPOCHS (12) and SEED_EPOCHS (8) size it; ~12 min on 2 CPU cores.
+# SAMPLES (6000), EPOCHS (10) and SEED_EPOCHS (8: MoDE forks at 27 of 32, about the same share) size it; every
+# run's epoch is the filtered pool, as MoDE's runs share one epoch size; ~10 min on 2 CPU cores.
 demo() {
-  local out="${1:-runs/demo}" samples="${SAMPLES:-6000}" epochs="${EPOCHS:-12}" seed_epochs="${SEED_EPOCHS:-8}"
+  local out="${1:-runs/demo}" samples="${SAMPLES:-6000}" epochs="${EPOCHS:-10}" seed_epochs="${SEED_EPOCHS:-8}"
   local fine=32 coarse=3
   local runs="$out/logs/toy_tiny_mode_n${coarse}m${fine}"
   echo "== toy pool -> $out/pool"
