@@ -19,9 +19,9 @@ import glob
 import logging
 import os
 import re
-import zipfile
 
 from mode.core.errors import UserError
+from mode.core.shards import is_complete_checkpoint  # noqa: F401  (imported from here too)
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ _current = {"args": None}
 
 def set_current(args) -> None:
     _current["args"] = args
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    """Whether a checkpoint file is whole: torch saves a zip, whose central directory is written last."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return bool(z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def newest_complete_checkpoint(path: str, numbered_only: bool = False) -> str | None:

@@ -69,10 +69,21 @@ def expand(spec: str) -> list[str]:
     if not paths:
         raise UserError(f"no shards found in {spec!r} (expected a directory of .tar files, a brace pattern "
                         "or .tar paths, joined by '::')")
-    unique = {}  # one shard named two ways (relative and absolute, or through a link) is one shard
+    unique = {}  # one shard named two ways (relative and absolute, with `..`) is one shard; a link stays its own
     for p in paths:
-        unique.setdefault(os.path.realpath(p), p)
+        unique.setdefault(os.path.abspath(p), p)
     return list(unique.values())
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint file is whole: torch saves a zip, whose central directory is written last."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -22,10 +22,9 @@ from pathlib import Path
 
 from mode.core.errors import UserError
 from mode.core.lock import holding
-from mode.core.shards import overlaps, write_json
+from mode.core.shards import is_complete_checkpoint, overlaps, write_json
 from mode.core.step import positive_int
 from mode.core.uids import load_subset
-from open_clip_patch.init_from import is_complete_checkpoint
 
 TRACKS = ("filtering", "byod")
 REPO_TYPES = ("model", "dataset")
