@@ -317,8 +317,8 @@ def fingerprint(spec: ModelSpec) -> dict:
 
 def task_signature(task: T.Task) -> list:
     """The task's files as (path, size, mtime): logits computed before a task was downloaded again or changed
-    are not reused."""
-    files = sorted(p for p in Path(task.path).rglob("*") if p.is_file())
+    are not reused. (`datasets` touches its cache's .lock files on every read: those are left out.)"""
+    files = sorted(p for p in Path(task.path).rglob("*") if p.is_file() and not p.name.endswith(".lock"))
     return [(str(p.relative_to(task.path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 

@@ -19,6 +19,7 @@ from mode.core import jobs
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.step import positive_int
+from mode.prep.captions import CLEANINGS
 
 # MoDE's own choices (run_mode.sh's PRESET=mode): raw captions, SimCSE's pooler output, balanced Euclidean k-means
 # at both levels on 5% of the shards, out-of-cluster pairs added as r x the other clusters' pairs.
@@ -75,9 +76,7 @@ def run_local(steps: list[PlannedStep]) -> None:
 def submit(steps: list[PlannedStep], args: argparse.Namespace) -> dict[str, list]:
     """Submit the chain: an array of `--ranks` tasks per per-shard step, one job for cluster, each after the one
     before. Returns {step: its jobs}."""
-    for step in steps:  # bad flags are refused here, before anything is submitted
-        jobs.StepJob(step.module, step.argv).parse()
-    groups: dict[str, list] = {}
+    groups: dict[str, list] = {}  # (main parsed every step's flags before this: nothing is submitted on a bad one)
     after = None
     for step in steps:
         ranks = args.ranks if step.per_shard else 1
@@ -124,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse", type=positive_int, default=4, help="coarse clusters = experts")
     p.add_argument("--ooc-ratio", type=float, default=0.02, help="out-of-cluster pairs per expert (route)")
     p.add_argument("--workers", type=positive_int, default=2, help="processes per rank (captions, assign, route)")
-    p.add_argument("--cleaning", choices=("open_clip", "none"), default=None,
+    p.add_argument("--cleaning", choices=tuple(CLEANINGS), default=None,
                    help="captions' cleaning (default: the preset's; MoDE's is none)")
     p.add_argument("--encoder", default=None, help="embed's sentence-transformers model (default: the preset's)")
     p.add_argument("--pooling", choices=("model", "pooler"), default=None, help="embed's pooling (the preset's)")

@@ -416,6 +416,9 @@ def test_null_captions_bad_uids_and_empty_files(tmp_path):
                     FP(fasttext_model="packaged"))
     assert sorted(pairs_to_hex(np.load(tmp_path / "basic.npy"))) == [uids[2]] and s["skipped"] == {"bad_uid": 1}
     assert json.loads((tmp_path / "basic.npy.json").read_text())["skipped"] == {"bad_uid": 1}
+    assert filters.bad_uids(["ab" * 16, "cd" * 16]).tolist() == [False, False]
+    assert filters.bad_uids(["ab" * 16 + "\n" + "cd" * 16, ""]).tolist() == [True, True]  # not two uids joined
+    assert filters.bad_uids(["ab" * 16, None, "AB" * 16 + "0"]).tolist() == [False, True, True]
     (tmp_path / "empty").mkdir()
     empty = pa.table({"uid": pa.array([], pa.string()), "clip_b32_similarity_score": pa.array([], pa.float32())})
     pq.write_table(empty, tmp_path / "empty" / "0.parquet")
