@@ -1,4 +1,4 @@
-"""Where each artifact lives: the one place that knows the on-disk layout (see DESIGN.md, On-disk contracts).
+"""Where each artifact lives: the one place that knows the on-disk layout (docs/ARCHITECTURE.md, On-disk contracts).
 
 Steps ask these classes for paths and never build path strings themselves.
 """
