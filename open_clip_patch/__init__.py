@@ -13,7 +13,9 @@ What apply() changes, and nothing else:
 - `open_clip_train.main.get_latest_checkpoint` skips a newest checkpoint that a kill left half-written (stock
   open_clip writes `epoch_K.pt` in place, and `--resume latest` then crashes on it). With `--init-from CKPT`,
   parse_args sets `--resume` to CKPT when the run has no checkpoint of its own (with or without
-  `--save-most-recent`), and `pt_load` strips CKPT to its weights with `--init-from-model-only`; with
+  `--save-most-recent`), and `pt_load` strips CKPT to its weights with `--init-from-model-only` and checks that
+  the checkpoint `--resume`/`--init-from` loads fits the model `create_model_and_transforms` made (one line,
+  where stock's strict load prints pages of keys); with
   `--stop-epoch E`, `create_loss` (called once, after the LR schedule is made) ends the epoch loop after E
   (`open_clip_patch.init_from`).
 - with `--dataset-reinforcement` (DataCompDR), `get_wds_dataset` builds its training pipeline with the
@@ -105,8 +107,8 @@ def apply() -> None:
     oc_main.create_loss = init_from.wrap_create_loss(
         rocket_train.wrap_create_loss(dr_train.wrap_create_loss(oc_main.create_loss)))
     oc_main.train_one_epoch = rocket_train.wrap_train_one_epoch(dr_train.wrap_train_one_epoch(oc_main.train_one_epoch))
-    oc_main.create_model_and_transforms = rocket_train.wrap_create_model_and_transforms(
-        oc_main.create_model_and_transforms)
+    oc_main.create_model_and_transforms = init_from.wrap_create_model_and_transforms(
+        rocket_train.wrap_create_model_and_transforms(oc_main.create_model_and_transforms))
     oc_main.get_latest_checkpoint = init_from.wrap_get_latest_checkpoint(oc_main.get_latest_checkpoint)
     oc_main.pt_load = init_from.wrap_pt_load(oc_main.pt_load)
     oc_main.get_data = preflight.wrap_get_data(oc_main.get_data)

@@ -29,12 +29,12 @@ LATEST = "epoch_latest.pt"  # open_clip_train's name for --save-most-recent's ch
 _CHECKPOINT_NAME = re.compile(r"epoch_(\d+|latest)\.pt")
 _NUMBERED = re.compile(r"epoch_\d+\.pt")
 
-# The arguments of the run being set up in this process (open_clip_train trains one run per main() call).
-_current = {"args": None}
+# The arguments and model of the run being set up in this process (open_clip_train trains one run per main()).
+_current = {"args": None, "model": None}
 
 
 def set_current(args) -> None:
-    _current["args"] = args
+    _current["args"], _current["model"] = args, None
 
 
 def newest_complete_checkpoint(path: str, numbered_only: bool = False) -> str | None:
@@ -146,11 +146,29 @@ def wrap_get_latest_checkpoint(stock):
     return get_latest_checkpoint
 
 
+def wrap_create_model_and_transforms(stock):
+    """Keeps the run's model (open_clip_train's first call; a distillation teacher comes second) for `pt_load`."""
+
+    def create_model_and_transforms(model_name, *a, **kw):
+        made = stock(model_name, *a, **kw)
+        if _current["args"] is not None and _current["model"] is None:
+            _current["model"] = made[0]
+        return made
+
+    create_model_and_transforms.__wrapped__ = stock
+    return create_model_and_transforms
+
+
 def wrap_pt_load(stock):
     def pt_load(file_path, map_location=None):
         checkpoint = stock(file_path, map_location=map_location)
         args = _current["args"]
-        if args is None or file_path != getattr(args, "init_from", None) or not args.init_from_model_only:
+        if args is None or file_path != args.resume:
+            return checkpoint
+        if _current["model"] is not None and isinstance(checkpoint, dict):
+            check_fits(checkpoint.get("state_dict", checkpoint) if "epoch" in checkpoint else checkpoint,
+                       _current["model"], "--init-from" if file_path == args.init_from else "--resume", file_path)
+        if file_path != args.init_from or not args.init_from_model_only:
             return checkpoint
         state = checkpoint.get("state_dict", checkpoint)  # a bare state dict: open_clip loads the model only
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
@@ -160,3 +178,24 @@ def wrap_pt_load(stock):
 
     pt_load.__wrapped__ = stock
     return pt_load
+
+
+def check_fits(state: dict, model, flag: str, path: str) -> None:
+    """One line where open_clip_train's strict `load_state_dict` would fail with pages of keys: the checkpoint's
+    weights must be the model's, key for key and shape for shape (a `module.` prefix aside)."""
+
+    def strip(keys_shapes):
+        return {(k[len("module."):] if k.startswith("module.") else k): tuple(getattr(v, "shape", ()))
+                for k, v in keys_shapes}
+
+    have, want = strip(state.items()), strip(model.state_dict().items())
+    missing = sorted(want.keys() - have.keys())
+    unexpected = sorted(have.keys() - want.keys())
+    shaped = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+    if not (missing or unexpected or shaped):
+        return
+    parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape")) if keys]
+    other = " or other --rocket heads" if any(k.startswith("rocket") for k in missing + unexpected + shaped) else ""
+    raise UserError(f"{flag} {path}: its weights do not fit this run's model ({'; '.join(parts)}): "
+                    f"it was trained with another --model{other}")

@@ -178,9 +178,26 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _lock_run(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop-epoch {args.stop_epoch}: expected an epoch in 1..--epochs ({args.epochs})")
+    _check_loader(args)
     _resolve_dr(args)
     _resolve_rocket(args, argv)
     return args
+
+
+def _check_loader(args: argparse.Namespace) -> None:
+    """The expert filter, DataCompDR's and clip-rocket's views live in open_clip's webdataset loader: with another
+    loader (`--dataset-type csv`, or `auto` on a .csv) they would be skipped silently or fail mid-step."""
+    needs = [flag for flag, on in (("--mode-work-dir/--expert", args.mode_work_dir),
+                                   ("--dataset-reinforcement", args.dataset_reinforcement),
+                                   ("--rocket", args.rocket)) if on]
+    if not needs or not args.train_data:
+        return
+    kind = args.dataset_type
+    if kind == "auto":  # as open_clip_train's get_dataset_fn picks the loader
+        kind = "webdataset" if args.train_data.split(".")[-1] == "tar" else "not webdataset"
+    if kind != "webdataset":
+        raise UserError(f"{needs[0]} works in open_clip's webdataset loader: train on webdataset .tar shards "
+                        f"(--dataset-type {args.dataset_type}, --train-data {args.train_data})")
 
 
 _ROCKET_ONLY = ("num_augs", "separate_proj", "l2l_hidden_dim", "label_smoothing", "loss_avg_or_sum",
@@ -203,10 +220,12 @@ def _resolve_rocket(args: argparse.Namespace, argv: Sequence[str]) -> None:
         raise UserError("--rocket does not distill: drop --distill-model")
     if args.accum_freq != 1:
         raise UserError("--rocket supports --accum-freq 1 only")
-    if args.dataset_type not in ("webdataset", "auto"):
-        raise UserError("--rocket makes its views in the webdataset loader: train on webdataset shards")
+    if getattr(args, "siglip", False):  # open_clip would build SigLIP's logit scale and bias for clip-rocket's loss
+        raise UserError("--rocket trains clip-rocket's softmax losses: drop --siglip")
     if args.num_augs < 0 or (args.num_augs == 0 and args.rocket != "cl2l"):
         raise UserError(f"--num-augs {args.num_augs}: expected >= 1 (0 only with --rocket cl2l)")
+    if args.num_augs == 0 and args.separate_proj:
+        raise UserError("--num-augs 0 makes no views for --separate-proj's heads to train: drop one of them")
     if args.rocket == "swalip":
         if args.num_augs != 2:
             raise UserError("--rocket swalip swaps the two augmented views' targets: needs --num-augs 2")

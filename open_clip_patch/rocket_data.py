@@ -86,17 +86,21 @@ class EDA:
         return " ".join(words)
 
     def random_swap(self, text: str, n: int = 1) -> str:
-        """Two random positions swapped, n times (a position drawn 4 times the same leaves the words as they are)."""
+        """Two random positions swapped, n times, as textaugment 1.3.4 (clip-rocket's pin) swaps: the second
+        position is drawn until it differs from the first, and a fourth draw is made but not used (the words stay
+        as they are when the first three all hit the first position)."""
         words = text.split()
         for _ in range(n):
             if not words:
                 break
             i = j = self.rng.randint(0, len(words) - 1)
             tries = 0
-            while j == i and tries <= 3:
+            while j == i:
                 j = self.rng.randint(0, len(words) - 1)
                 tries += 1
-            if j != i:
+                if tries > 3:
+                    break
+            if j != i and tries <= 3:
                 words[i], words[j] = words[j], words[i]
         return " ".join(words)
 

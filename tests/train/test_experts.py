@@ -123,6 +123,9 @@ def test_expert_flags_are_checked(toy_pool, toy_work):
         oc_main.parse_args(["--mode-work-dir", str(toy_work), "--data-dir", str(toy_pool)])
     with pytest.raises(UserError, match="needs --mode-work-dir"):
         oc_main.parse_args(["--expert", "1"])
+    with pytest.raises(UserError, match="--mode-work-dir/--expert works in open_clip's webdataset loader"):
+        oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--train-data", "pairs.csv",
+                            "--train-num-samples", "10"])  # --dataset-type auto takes the csv loader
     with pytest.raises(UserError, match="experts 0..2"):
         oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "7", "--data-dir", str(toy_pool)])
     routed = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--expert-data", "routed",
@@ -454,6 +457,23 @@ def test_init_from_refuses_bad_input(toy_pool, toy_work, seed_run, tmp_path):
         oc_main.parse_args([*base, "--init-from", str(seed_run), "--resume", str(seed_run)])
     args = oc_main.parse_args([*base, "--init-from", str(seed_run), "--save-most-recent"])
     assert args.resume == str(seed_run)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--rocket", "cl2l", "--separate-proj", "--init-from-model-only"],
+     r"\d+ missing, e.g. rocket\.\S+.*or other --rocket heads"),
+    (["--force-image-size", "32"], "of another shape, e.g. visual.positional_embedding"),
+])
+def test_a_checkpoint_of_another_model_is_one_line(extra, message, toy_pool, seed_run, tmp_path):
+    """A plain CLIP seed forked into a clip-rocket run or another architecture: stock's strict load would print
+    pages of keys; the plugin says which checkpoint and why, before anything trains."""
+    from mode.train.recipe import run
+
+    argv = ["--toy-pool", str(toy_pool), "--logs", str(tmp_path), "--name", "x", "--epochs", "2", "--workers", "0",
+            "--batch-size", "32", "--train-num-samples", "64", "--init-from", str(seed_run), *extra]
+    with pytest.raises(UserError, match=f"--init-from {seed_run}: its weights do not fit this run's model.*{message}"):
+        run("toy_tiny", argv)
+    assert not (tmp_path / "x" / "checkpoints").exists() or not list((tmp_path / "x" / "checkpoints").iterdir())
 
 
 def test_same_seed_same_training(toy_pool, toy_work, tmp_path):

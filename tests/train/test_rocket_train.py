@@ -125,6 +125,26 @@ def test_stopwords_and_eda(wordnet_dir):
     assert [same.random_swap(text)] == [swapped]  # one seed, one augmentation
 
 
+class _Draws(random.Random):
+    def __init__(self, values):
+        super().__init__(0)
+        self.values = list(values)
+
+    def randint(self, a, b):
+        return self.values.pop(0)
+
+
+@pytest.mark.parametrize("draws,expected", [
+    ([0, 0, 0, 1], "b a c"),        # the third redraw differs: swapped
+    ([0, 0, 0, 0, 1], "a b c"),     # textaugment 1.3.4 draws a fourth time and keeps the words as they are
+    ([2, 1], "a c b"),
+])
+def test_random_swap_gives_up_as_textaugment_does(draws, expected):
+    eda = rocket_data.EDA(None, _Draws(draws))
+    assert eda.random_swap("a b c") == expected
+    assert eda.rng.values == []  # as many draws as textaugment's swap_word makes
+
+
 def test_caption_and_image_views(toy_model, wordnet_dir):
     from PIL import Image
 
@@ -157,6 +177,9 @@ def test_caption_and_image_views(toy_model, wordnet_dir):
     (["--rocket", "cl2l", "--text-augment"], "synonym replacement needs WordNet"),
     (["--rocket", "cl2l", "--accum-freq", "2"], "--accum-freq 1 only"),
     (["--rocket", "siamlip", "--num-augs", "0"], "expected >= 1"),
+    (["--rocket", "cl2l", "--num-augs", "0", "--separate-proj"], "no views for --separate-proj's heads"),
+    (["--rocket", "cl2l", "--siglip"], "drop --siglip"),
+    (["--rocket", "cl2l", "--dataset-type", "csv"], "--rocket works in open_clip's webdataset loader"),
     (["--rocket", "simclr"], None),
 ])
 def test_rocket_flags_are_checked(toy_pool, extra, message):
