@@ -16,6 +16,7 @@ The ensemble's logits are the weighted sum of the experts' raw cosine logits.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -111,6 +112,7 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
         if overlaps(report, other):
             raise UserError(f"--report {report} overlaps {what} {other}, whose files it would replace (an "
                             "evaluation's eval_results.jsonl, say): choose another folder")
+    check_labels(experts, dense)
     wd = WorkDir(Path(work_dir))
     meta = json.loads(wd.features_meta.read_text()) if wd.features_meta.exists() else None
     if meta is None or not wd.fine_centroids.exists():
@@ -147,8 +149,31 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
         rows.append(row)
         weights[task.key] = [round(float(x), 6) for x in w]
         results.append({"key": task.key, "dataset": task.name, "metrics": metrics})
-    write_report(Path(report), rows, weights, results, weighting, experts)
+    write_report(Path(report), rows, weights, results, weighting, experts, clustering_id(wd))
     return {"rows": rows, "weights": weights}
+
+
+REPORT_COLUMNS = ("task", "num_classes", "expert_max", "uniform", "ensemble", "dense")
+
+
+def check_labels(experts: list[str], dense: str | None) -> None:
+    """Expert labels name the report's columns: one that is another column's name would overwrite it."""
+    taken = [e for e in experts if e in REPORT_COLUMNS]
+    if taken:
+        raise UserError(f"expert label {taken[0]!r} is a column of the report ({', '.join(REPORT_COLUMNS)}): "
+                        "evaluate that expert under another label")
+    twice = [e for e in experts if experts.count(e) > 1]
+    if twice:
+        raise UserError(f"expert label {twice[0]!r} is listed twice in --experts")
+
+
+def clustering_id(wd: WorkDir) -> str:
+    """The clustering a report was weighted with: sha256 of the fine centroids and their coarse map."""
+    digest = hashlib.sha256()
+    for path in (wd.fine_centroids, wd.fine_to_coarse):
+        with reading(path, "clustering (.npy)"):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _load(out: Path, label: str, task: T.Task):
@@ -164,7 +189,7 @@ def _load(out: Path, label: str, task: T.Task):
 
 
 def write_report(report: Path, rows: list[dict], weights: dict, results: list[dict], weighting: str,
-                 experts: list[str]) -> None:
+                 experts: list[str], clustering: str) -> None:
     """ensemble.csv (+ average row), weights.json, the ensemble's eval_results.jsonl and two plots."""
     import csv
     import io
@@ -178,7 +203,8 @@ def write_report(report: Path, rows: list[dict], weights: dict, results: list[di
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
     with atomic_write(report / "ensemble.csv", "w") as f:
         f.write(buf.getvalue())
-    write_json(report / "weights.json", {"weighting": weighting, "experts": experts, "weights": weights})
+    write_json(report / "weights.json", {"weighting": weighting, "experts": experts, "weights": weights,
+                                         "clustering": clustering})
     with atomic_write(report / "eval_results.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in results)
     _plots(report, rows, weights, experts)

@@ -19,18 +19,22 @@ What it reads: the work dir's summaries, one pass over assign/*.parquet (keys an
 sample, the captions of the sampled rows only (captions/<shard>.parquet of shards that hold one), and the tars of
 those shards once, decoding only the sampled images. The sample is seeded (`--seed`): each row gets a priority
 from a generator seeded by (seed, shard index), and each cluster shows its lowest priorities, so a rerun shows the
-same samples. Thumbnails (JPEG, at most `--thumb-size` px) are written once, under DIR/thumbs/<shard>/, and kept by
-a rerun.
+same samples. Thumbnails (JPEG, at most `--thumb-size` px) are written once, as DIR/thumbs/<hash>.jpg, the hash
+of the tar (path, size, mtime), the sample's key and the size, so a rerun keeps those still wanted and a key never
+becomes a path; each is checked to be the work dir's sample (its uid). DIR holds `.mode-inspect`: a folder without
+it must be empty, and a rerun removes the pages and thumbnails it no longer writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import io
 import json
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +49,7 @@ from mode.core.lock import holding
 from mode.core.runner import read_complete_summary
 from mode.core.shards import IMAGE_EXTS, atomic_write, expand, iter_tar, natural_key, overlaps, shard_ids
 from mode.core.text import content_words
+from mode.core.uids import NoUid, sample_uid
 
 log = logging.getLogger(__name__)
 
@@ -96,57 +101,76 @@ def draw_sample(assign_files: list[Path], per_coarse: int, per_fine: int, seed: 
     return kept
 
 
-def captions_of(work: WorkDir, ids: list[str], sample: Sample) -> tuple[list[str], list[str]]:
-    """(key, caption) of every sampled row, read from captions/<shard>.parquet of the shards that hold one."""
-    keys, caps = [""] * len(sample.row), [""] * len(sample.row)
+def captions_of(work: WorkDir, ids: list[str], sample: Sample) -> tuple[list[str], list[str], list[str]]:
+    """(keys, captions, uids) of the sampled rows, read from captions/<shard>.parquet of the shards that hold one."""
+    keys, caps, uids = [""] * len(sample.row), [""] * len(sample.row), [""] * len(sample.row)
     for s in np.unique(sample.shard):
         path = work.captions(ids[s])
         with reading(path, "captions parquet"):
-            t = pq.read_table(path, columns=["key", "caption"])
-        k, c = t.column("key").to_pylist(), t.column("caption").to_pylist()
+            t = pq.read_table(path, columns=["uid", "key", "caption"])
+        u, k, c = (t.column(n).to_pylist() for n in ("uid", "key", "caption"))
         for j in np.flatnonzero(sample.shard == s):
             r = int(sample.row[j])
             if r >= len(k):
                 raise UserError(f"{path} has {len(k)} rows but the assignment has row {r}: rerun the prep steps")
-            keys[j], caps[j] = str(k[r]), "" if c[r] is None else str(c[r])
-    return keys, caps
+            keys[j], caps[j], uids[j] = str(k[r]), "" if c[r] is None else str(c[r]), str(u[r])
+    return keys, caps, uids
 
 
-def write_thumbnails(out: Path, wanted: dict[str, set[str]], tar_of: dict[str, str], size: int) -> dict[str, str]:
-    """Thumbnails of the wanted keys per shard id, each tar read once; returns {shard/key: relative path} of
-    those written or already there. Images that do not decode are left out (and counted in the log)."""
-    from PIL import Image
+def thumb_name(tar: str, key: str, size: int) -> str:
+    """thumbs/<hash>.jpg: of the tar as it is now (path, size, mtime), the key and the size; never the key itself."""
+    st = os.stat(tar)
+    ident = "\0".join(map(str, (os.path.realpath(tar), st.st_size, st.st_mtime_ns, key, size)))
+    return f"thumbs/{hashlib.sha256(ident.encode()).hexdigest()[:32]}.jpg"
 
+
+def write_thumbnails(out: Path, wanted: dict[str, dict[str, str]], tar_of: dict[str, str], size: int
+                     ) -> dict[str, str]:
+    """Thumbnails of the wanted {key: uid} per shard id, each tar read once; returns {shard/key: relative path}
+    of those written or already there. Images that do not decode are left out (and counted in the log); a sample
+    whose uid is not the work dir's means other shards than the work dir's: a UserError."""
     done, bad = {}, Counter()
     for shard_id in tqdm(sorted(wanted, key=natural_key), desc="inspect: thumbnails", unit="tar"):
-        folder = out / "thumbs" / shard_id
-        todo = set()
-        for key in wanted[shard_id]:
-            if (folder / f"{key}.jpg").exists():  # written by an earlier run
-                done[f"{shard_id}/{key}"] = f"thumbs/{shard_id}/{key}.jpg"
-            else:
-                todo.add(key)
+        names = {key: thumb_name(tar_of[shard_id], key, size) for key in wanted[shard_id]}
+        todo = {key for key, name in names.items() if not (out / name).exists()}  # else written by an earlier run
+        done.update({f"{shard_id}/{key}": name for key, name in names.items() if key not in todo})
         if not todo:
             continue
-        folder.mkdir(parents=True, exist_ok=True)
         errors = Counter()
         for key, members in iter_tar(tar_of[shard_id], errors):
             if key not in todo:
                 continue
+            try:
+                uid = sample_uid(members)
+            except NoUid:
+                uid = None
+            if uid != wanted[shard_id][key]:
+                raise UserError(f"{tar_of[shard_id]}: sample {key!r} has uid {uid}, the work dir's captions say "
+                                f"{wanted[shard_id][key]}: pass the shards the work dir was made from")
             data = next((members[e] for e in IMAGE_EXTS if e in members), None)
             try:
-                with Image.open(io.BytesIO(data)) as im:
-                    im = im.convert("RGB")
-                    im.thumbnail((size, size))
-                    with atomic_write(folder / f"{key}.jpg") as f:
-                        im.save(f, "JPEG", quality=80)
-                done[f"{shard_id}/{key}"] = f"thumbs/{shard_id}/{key}.jpg"
+                _thumbnail(data, size, out / names[key])
+                done[f"{shard_id}/{key}"] = names[key]
             except Exception:  # noqa: BLE001 - any undecodable image is a counted skip
                 bad["bad_image"] += 1
         bad.update(errors)
     if bad:
         log.warning(f"inspect: thumbnails skipped: {dict(bad)}")
     return done
+
+
+def _thumbnail(data: bytes, size: int, path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grey: convert("RGB") would clip
+            a = np.asarray(im, np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+            im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        with atomic_write(path) as f:
+            im.save(f, "JPEG", quality=80)
 
 
 def distinctive_words(captions_by_expert: dict[int, list[str]], top: int = 12, prior: float = 0.5,
@@ -209,6 +233,10 @@ def esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+class Html(str):
+    """A fragment this module built (a link, an escaped list): `table` puts it in as it is."""
+
+
 def page(title: str, body: str, nav: list[tuple[str, str]], scripts: tuple[str, ...] = ()) -> str:
     links = "".join(f'<a href="{esc(h)}">{esc(t)}</a>' for h, t in nav)
     tags = "".join(f'<script src="{esc(s)}"></script>' for s in scripts)
@@ -237,8 +265,10 @@ def bar_chart(values: list[float], labels: list[str], width: int = 640, height: 
 
 
 def table(header: list[str], rows: list[list], attrs: list[str] | None = None) -> str:
+    """A table; every cell is escaped (`fmt`) unless it is `Html`; `attrs` are written as they are."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(f"<tr{(' ' + attrs[i]) if attrs else ''}>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
+    body = "".join(f"<tr{(' ' + attrs[i]) if attrs else ''}>"
+                   + "".join(f"<td>{c if isinstance(c, Html) else fmt(c)}</td>" for c in r) + "</tr>"
                    for i, r in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -270,18 +300,17 @@ def _pipeline_section(work: WorkDir, shards_spec: str, subset: str | None) -> st
         info = _summary(Path(subset + ".json") if not subset.endswith(".json") else Path(subset))
         if info is None:
             raise UserError(f"--subset {subset}: no {subset}.json next to it (written by `mode filter`)")
-        rows.append([f"filter {esc(info.get('filter'))}", info.get("rows"), info.get("kept"),
-                     ", ".join(f"{esc(k)} {v}" for k, v in (info.get("skipped") or {}).items()) or "-"])
+        rows.append([f"filter {info.get('filter')}", info.get("rows"), info.get("kept"),
+                     _reasons(info.get("skipped"))])
     for d in expand_dirs(shards_spec):
         meta = _summary(Path(d) / "meta.json")
         if meta and "output_count" in meta:
-            rows.append([f"reshard ({esc(Path(d).name)})", meta.get("processed_count"), meta.get("output_count"),
-                         "-"])
+            rows.append([f"reshard ({Path(d).name})", meta.get("processed_count"), meta.get("output_count"), "-"])
     for step, folder in (("captions", work.captions_dir), ("assign", work.assign_dir), ("route", work.route_dir)):
         s = _summary(WorkDir.summary(folder))
         if s:
-            skipped = ", ".join(f"{esc(k)} {v}" for k, v in s.get("skipped", {}).items()) or "-"
-            rows.append([step, s.get("processed"), s.get("kept"), skipped])
+            done = "" if s.get("complete") else f" (incomplete: {s.get('shards_done')} of {s.get('shards_total')})"
+            rows.append([step + done, s.get("processed"), s.get("kept"), _reasons(s.get("skipped"))])
     cluster = _summary(WorkDir.summary(work.clusters_dir)) or {}
     cfg = cluster.get("config", {})
     text = table(["step", "in", "kept", "skipped by reason"], rows)
@@ -290,6 +319,10 @@ def _pipeline_section(work: WorkDir, shards_spec: str, subset: str | None) -> st
                  f"{esc(cfg.get('metric'))}, balanced {esc(cfg.get('balance'))}, seed {esc(cfg.get('seed'))}, "
                  f"{esc(cluster.get('features'))} features sampled</p>")
     return text
+
+
+def _reasons(skipped) -> str:
+    return ", ".join(f"{k} {v}" for k, v in skipped.items()) if isinstance(skipped, dict) and skipped else "-"
 
 
 def expand_dirs(spec: str) -> list[str]:
@@ -317,9 +350,11 @@ def run(work_dir: str, shards: str, out: str, tasks: str | None = None, eval_out
     if missing:
         raise UserError(f"the work dir's shard {missing[0]} is not among --shards {shards} "
                         f"({len(missing)} of {len(ids)} missing): pass the shards the work dir was made from")
+    weights = read_report(report, work, len(coarse_sizes)) if report else None
+    claim_site(out_dir)
     with holding(out_dir, "inspect", "`mode inspect` into this --out"):
         sample = draw_sample(assign_files, max(per_expert, word_sample), per_fine, seed)
-        keys, caps = captions_of(work, ids, sample)
+        keys, caps, uids = captions_of(work, ids, sample)
         order = np.lexsort((sample.priority, sample.coarse))
         shown = {}  # sample index -> shown (thumbnail wanted)
         by_coarse: dict[int, list[int]] = {}
@@ -335,9 +370,9 @@ def run(work_dir: str, shards: str, out: str, tasks: str | None = None, eval_out
             js.sort(key=lambda j: sample.priority[j])
             for j in js:
                 shown[j] = True
-        wanted: dict[str, set[str]] = {}
+        wanted: dict[str, dict[str, str]] = {}
         for j in shown:
-            wanted.setdefault(ids[sample.shard[j]], set()).add(keys[j])
+            wanted.setdefault(ids[sample.shard[j]], {})[keys[j]] = uids[j]
         thumbs = write_thumbnails(out_dir, wanted, tar_of, thumb_size)
 
         def item(j):
@@ -346,6 +381,7 @@ def run(work_dir: str, shards: str, out: str, tasks: str | None = None, eval_out
 
         words = distinctive_words({k: [caps[j] for j in js[:word_sample]] for k, js in by_coarse.items()})
         route = _summary(WorkDir.summary(work.route_dir))
+        route = route if route and route.get("complete") else None  # a partial route's counts are not the pool's
         f2c = np.load(work.fine_to_coarse) if work.fine_to_coarse.exists() else None
         nav = [("index.html", "overview")] + [(f"expert_{k}.html", f"expert {k}") for k in range(len(coarse_sizes))]
         has_tasks = report is not None
@@ -363,11 +399,61 @@ def run(work_dir: str, shards: str, out: str, tasks: str | None = None, eval_out
                                                      [item(j) for j in by_coarse.get(k, [])[:per_expert]],
                                                      {f: [item(j) for j in by_fine.get(f, [])] for f in fines}, nav)
         if has_tasks:
-            files["tasks.html"] = _tasks_page(work, report, tasks, nav)
+            files["tasks.html"] = _tasks_page(work, report, weights, tasks, nav)
         for name, text in files.items():
             with atomic_write(out_dir / name, "w") as f:
                 f.write(text)
+        _remove_stale(out_dir, set(files), set(thumbs.values()))
     return out_dir / "index.html"
+
+
+MARKER = ".mode-inspect"
+
+
+def claim_site(out_dir: Path) -> None:
+    """--out is a new or empty folder (then marked as a site) or a site this command wrote: never a user's."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: pick a folder")
+    if (out_dir / MARKER).exists():
+        return
+    if out_dir.is_dir() and any(not p.name.startswith((".lock-", ".tmp-")) for p in out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} holds files that `mode inspect` did not write: pick a new or empty folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("a site written by `mode inspect`; its pages and thumbs/ are replaced by a rerun\n")
+
+
+def _remove_stale(out_dir: Path, pages: set[str], thumbs: set[str]) -> None:
+    """Pages and thumbnails of an earlier run that this one did not write (fewer experts, no report, a new pool)."""
+    for p in [*out_dir.glob("expert_*.html"), out_dir / "tasks.html", *out_dir.glob("thumbs/*.jpg")]:
+        rel = p.relative_to(out_dir).as_posix()
+        if p.is_file() and rel not in pages and rel not in thumbs:
+            p.unlink()
+
+
+def read_report(report: str, work: WorkDir, n_experts: int) -> dict:
+    """weights.json of `mode ensemble --report`, checked: well formed, and weighted with this work dir's
+    clustering (a report of another one would explain the wrong experts)."""
+    from mode.evaluation.ensemble import clustering_id
+
+    rep = Path(report)
+    weights = _summary(rep / "weights.json")
+    if weights is None or not (rep / "ensemble.csv").exists():
+        raise UserError(f"--report {report}: no weights.json and ensemble.csv there (written by `mode ensemble`)")
+    experts, per_task = weights.get("experts") if isinstance(weights, dict) else None, None
+    if isinstance(weights, dict) and isinstance(weights.get("weights"), dict):
+        per_task = weights["weights"]
+    if (not isinstance(experts, list) or per_task is None
+            or any(not isinstance(w, list) or len(w) != len(experts) or
+                   not all(isinstance(x, (int, float)) for x in w) for w in per_task.values())):
+        raise UserError(f"--report {report}: weights.json is not what `mode ensemble` writes: run it again")
+    if len(experts) != n_experts:
+        raise UserError(f"--report {report} weighs {len(experts)} experts; the work dir has {n_experts}: "
+                        "pass the report made with this work dir")
+    made_with = weights.get("clustering")
+    if made_with is not None and made_with != clustering_id(work):
+        raise UserError(f"--report {report} was weighted with another clustering than --work-dir {work.root}: "
+                        "pass the report made with this work dir")
+    return weights
 
 
 def _index(work, shards, subset, coarse_sizes, fine_sizes, route, words, nav, eval_out, report) -> str:
@@ -376,8 +462,8 @@ def _index(work, shards, subset, coarse_sizes, fine_sizes, route, words, nav, ev
     for k, n in enumerate(coarse_sizes):
         ooc = route["out_of_cluster"][k] if route else None
         top = ", ".join(w for w, _, _ in words.get(k, [])[:6])
-        rows.append([f'<a href="expert_{k}.html">expert {k}</a>', n, f"{n / total:.1%}" if total else "-",
-                     "-" if ooc is None else ooc, esc(top)])
+        rows.append([Html(f'<a href="expert_{k}.html">expert {k}</a>'), n, f"{n / total:.1%}" if total else "-",
+                     "-" if ooc is None else ooc, top])
         attrs.append(f'data-expert="{k}" data-size="{n}"')
     body = "<h2>Pipeline</h2>" + _pipeline_section(work, shards, subset)
     body += (f"<h2>Experts</h2><p>{len(coarse_sizes)} experts, {total} pairs, {len(fine_sizes)} fine clusters.</p>"
@@ -400,9 +486,10 @@ def _label_averages(eval_out: Path, report: Path) -> str:
     rows = []
     for label in weights.get("experts", []):
         agg = _summary(eval_out / label / "aggregate.json")
-        if agg:
-            rows.append([esc(label), fmt(agg.get("Average"))])
-    return ("<h2>Evaluation averages</h2>" + table(["label", "average (DataComp's aggregate)"], rows)) if rows else ""
+        if isinstance(agg, dict):
+            rows.append([label, agg.get("Average"), agg.get("tasks")])
+    return ("<h2>Evaluation averages</h2>" + table(["label", "average (DataComp's aggregate)", "over tasks (of 38)"],
+                                                   rows)) if rows else ""
 
 
 def _expert_page(k, coarse_sizes, fine_sizes, fines, route, words, grid, fine_items, nav) -> str:
@@ -422,30 +509,27 @@ def _expert_page(k, coarse_sizes, fine_sizes, fines, route, words, grid, fine_it
     return page(f"Expert {k}", body, nav, ("app.js",))
 
 
-def _tasks_page(work: WorkDir, report: str, tasks: str | None, nav) -> str:
+def _tasks_page(work: WorkDir, report: str, weights: dict, tasks: str | None, nav) -> str:
     import csv
 
     rep = Path(report)
-    weights = _summary(rep / "weights.json")
-    if weights is None or not (rep / "ensemble.csv").exists():
-        raise UserError(f"--report {report}: no weights.json and ensemble.csv there (written by `mode ensemble`)")
     with reading(rep / "ensemble.csv", "ensemble report (csv)"):
-        rows = list(csv.DictReader((rep / "ensemble.csv").read_text().splitlines()))
+        rows = list(csv.DictReader((rep / "ensemble.csv").read_text(encoding="utf-8").splitlines()))
     experts = weights["experts"]
     cols = [c for c in rows[0] if c not in ("task", "num_classes")] if rows else []
     body = (f"<p>weighting: {esc(weights.get('weighting'))}</p>"
-            + table(["task", "classes", *cols], [[esc(r["task"]), esc(r["num_classes"]), *(esc(r[c]) for c in cols)]
+            + table(["task", "classes", *cols], [[r.get("task"), r.get("num_classes"), *(r.get(c) for c in cols)]
                                                  for r in rows]))
     why = _why(work, tasks, weights) if tasks else {}
     for key, w in weights["weights"].items():
         body += f'<h2 id="{esc(key)}">{esc(key)}</h2>'
         body += table(["expert", "weight", *(["MoDE score"] if key in why else [])],
-                      [[f'<a href="expert_{i}.html">{esc(e)}</a>', f"{w[i]:.4f}",
+                      [[Html(f'<a href="expert_{i}.html">{esc(e)}</a>'), f"{w[i]:.4f}",
                         *([f"{why[key]['scores'][i]:.4g}"] if key in why else [])] for i, e in enumerate(experts)],
                       [f'data-task="{esc(key)}" data-expert="{i}" data-weight="{w[i]}"' for i in range(len(experts))])
         if key in why:
             body += table(["class", "nearest fine cluster", "distance", "expert"],
-                          [[esc(c), f'<a href="expert_{k}.html#fine-{f}">{f}</a>', f"{d:.3f}", k]
+                          [[c, Html(f'<a href="expert_{k}.html#fine-{f}">{f}</a>'), f"{d:.3f}", k]
                            for c, f, d, k in why[key]["classes"]])
     return page("Tasks and routing", body, nav, ("app.js",))
 

@@ -152,3 +152,107 @@ def test_headless_chromium_renders_pages_with_every_image(site, clean_work, tmp_
     with Image.open(shot) as im:
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert im.size == (1000, 800) and len(colours) > 20  # not a blank page
+
+
+def _tar(path, samples):
+    """A tar of (member name, bytes) pairs, in order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in samples:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _png(mode_, value, size=(20, 10)):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode_, size, value).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_thumbnails_are_named_by_hash_and_checked_by_uid(tmp_path):
+    """A key with `../` or an absolute path never becomes a path; a sample of another pool (same key, other
+    uid) is one line; a 16-bit grey image keeps its grey level."""
+    uid = "0" * 31 + "1"
+    tar = tmp_path / "in" / "00000000.tar"
+    tar.parent.mkdir()
+    keys = ["../../escaped", str(tmp_path / "abs"), "grey16", "a#b?c"]
+    grey = _png("I;16", 32768)
+    _tar(tar, [m for k in keys for m in ((f"{k}.png", grey), (f"{k}.json", json.dumps({"uid": uid}).encode()))])
+    out = tmp_path / "site"
+    done = I.write_thumbnails(out, {"00000000": dict.fromkeys(keys, uid)}, {"00000000": str(tar)}, 16)
+    assert len(done) == 4 and all(re.fullmatch(r"thumbs/[0-9a-f]{32}\.jpg", v) for v in done.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "site"]  # nothing written outside --out
+    from PIL import Image
+
+    with Image.open(out / done["00000000/grey16"]) as im:
+        assert abs(np.asarray(im.convert("L"), np.float64).mean() - 127.5) < 3  # not clipped to white
+    with pytest.raises(UserError, match="has uid 0+1, the work dir's captions say f+: pass the shards"):
+        I.write_thumbnails(tmp_path / "site2", {"00000000": {"grey16": "f" * 32}}, {"00000000": str(tar)}, 16)
+
+
+def test_out_must_be_new_empty_or_a_site_and_reruns_drop_stale_pages(site, clean_work, tmp_path):
+    shards = str(clean_work.parent / "shards")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("my page")
+    with pytest.raises(UserError, match="holds files that `mode inspect` did not write"):
+        I.run(str(clean_work), shards, str(mine))
+    assert (mine / "index.html").read_text() == "my page"
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    (copy / "expert_9.html").write_text("an expert of an earlier clustering")
+    (copy / "thumbs" / ("0" * 32 + ".jpg")).write_bytes(b"old")
+    (copy / "notes.txt").write_text("the user's")
+    I.run(str(clean_work), shards, str(copy), per_expert=10, per_fine=3)
+    assert not (copy / "expert_9.html").exists() and not (copy / "thumbs" / ("0" * 32 + ".jpg")).exists()
+    assert (copy / "notes.txt").exists()
+    assert sorted(p.name for p in copy.glob("*.html")) == sorted(p.name for p in site.glob("*.html"))
+
+
+def test_summaries_are_escaped_and_a_partial_route_is_not_shown(clean_work, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(clean_work, work)
+    evil = '<img src=x onerror="alert(1)">'
+    subset = tmp_path / "s.npy"
+    subset.with_suffix(".npy.json").write_text(json.dumps({"filter": evil, "rows": evil, "kept": 1,
+                                                           "skipped": {evil: evil}}))
+    route = WorkDir(work).summary(WorkDir(work).route_dir)  # `mode route` stopped after 1 of 2 shards
+    route.parent.mkdir(parents=True, exist_ok=True)
+    route.write_text(json.dumps({"complete": False, "shards_done": 1, "shards_total": 2, "processed": 5, "kept": 5,
+                                 "out_of_cluster": [99999, 99999, 99999], "sizes": [1, 1, 1]}))
+    out = tmp_path / "site"
+    I.run(str(work), str(clean_work.parent / "shards"), str(out), subset=str(subset), per_expert=2, per_fine=1)
+    index = (out / "index.html").read_text()
+    assert "onerror=" not in index.replace("onerror=&quot;", "") and index.count("&lt;img src=x") == 4
+    assert "<td>route (incomplete: 1 of 2)</td>" in index and "99999" not in index
+
+
+def test_a_report_of_another_clustering_or_malformed_is_one_line(report, clean_work, tmp_path):
+    shards = str(clean_work.parent / "shards")
+    bad = tmp_path / "report"
+    shutil.copytree(report / "report", bad)
+    weights = json.loads((bad / "weights.json").read_text())
+    for changed, message in (({**weights, "clustering": "0" * 64}, "weighted with another clustering"),
+                             ({**weights, "experts": [*weights["experts"], "e3"],
+                               "weights": {t: [*w, 0.0] for t, w in weights["weights"].items()}},
+                              "weighs 4 experts; the work dir"),
+                             ({"experts": weights["experts"]}, "not what `mode ensemble` writes")):
+        (bad / "weights.json").write_text(json.dumps(changed))
+        with pytest.raises(UserError, match=message):
+            I.run(str(clean_work), shards, str(tmp_path / "site"), report=str(bad))
+
+
+@pytest.mark.parametrize("labels,message", [(["e0", "uniform", "e2"], "'uniform' is a column of the report"),
+                                            (["e0", "e0", "e2"], "'e0' is listed twice")])
+def test_ensemble_refuses_labels_that_would_overwrite_columns(labels, message, report, toy_pool, clean_work,
+                                                              tmp_path):
+    tasks = Pool(toy_pool).eval_tasks_dir
+    with pytest.raises(UserError, match=message):
+        ensemble.run(str(clean_work), str(tasks), str(report / "eval"), labels, str(tmp_path / "r"))
