@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,7 +417,12 @@ def claim_site(out_dir: Path) -> None:
         raise UserError(f"--out {out_dir} is a file: pick a folder")
     if (out_dir / MARKER).exists():
         return
-    if out_dir.is_dir() and any(not p.name.startswith((".lock-", ".tmp-")) for p in out_dir.iterdir()):
+    entries = out_dir.iterdir() if out_dir.is_dir() else ()
+    names = {p.name for p in entries if not p.name.startswith((".lock-", ".tmp-"))}
+    ours = {"index.html", "tasks.html", "style.css", "app.js", "search_data.js", "thumbs"}
+    older = {"search_data.js", "thumbs"} <= names and all(n in ours or re.fullmatch(r"expert_\d+\.html", n)
+                                                              for n in names)  # a site of a version before the mark
+    if names and not older:
         raise UserError(f"--out {out_dir} holds files that `mode inspect` did not write: pick a new or empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text("a site written by `mode inspect`; its pages and thumbs/ are replaced by a rerun\n")

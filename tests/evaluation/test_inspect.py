@@ -207,11 +207,14 @@ def test_out_must_be_new_empty_or_a_site_and_reruns_drop_stale_pages(site, clean
     assert (mine / "index.html").read_text() == "my page"
     copy = tmp_path / "site"
     shutil.copytree(site, copy)
+    (copy / ".mode-inspect").unlink()  # a site of the version before the mark is taken as one
     (copy / "expert_9.html").write_text("an expert of an earlier clustering")
     (copy / "thumbs" / ("0" * 32 + ".jpg")).write_bytes(b"old")
-    (copy / "notes.txt").write_text("the user's")
     I.run(str(clean_work), shards, str(copy), per_expert=10, per_fine=3)
     assert not (copy / "expert_9.html").exists() and not (copy / "thumbs" / ("0" * 32 + ".jpg")).exists()
+    assert (copy / ".mode-inspect").exists()
+    (copy / "notes.txt").write_text("the user's")  # in a marked site: kept by a rerun
+    I.run(str(clean_work), shards, str(copy), per_expert=10, per_fine=3)
     assert (copy / "notes.txt").exists()
     assert sorted(p.name for p in copy.glob("*.html")) == sorted(p.name for p in site.glob("*.html"))
 
