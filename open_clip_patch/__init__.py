@@ -3,7 +3,9 @@
 What apply() changes, and nothing else:
 
 - `open_clip_train.main.parse_args` also reads the plugin's flags (`open_clip_patch.params`); with none of
-  them given, it returns what stock parse_args returns, plus the plugin's attributes set to None.
+  them given, it returns what stock parse_args returns, plus the plugin's attributes set to None. Flags must be
+  written whole: stock's parser takes `--batch 8` for `--batch-size 8`, and a recipe's `--batch-size` (matched
+  by its whole name) would silently win over it, so abbreviations are refused (argparse's own error).
 - `open_clip_train.zero_shot.accuracy` works under numpy 2 (stock 3.3.0 raises TypeError there).
 - `open_clip_train.data.get_wds_dataset` shuffles training samples with a generator seeded by `--seed`, the
   epoch, the rank and the loader worker (`open_clip_patch.seeded`; stock seeds it from the clock, so one seed
@@ -35,6 +37,8 @@ What apply() changes, and nothing else:
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
 from importlib import metadata
 from pathlib import Path
@@ -119,7 +123,8 @@ def _wrap_parse_args(stock_parse_args, params):
     @functools.wraps(stock_parse_args)
     def parse_args(argv):
         plugin_args, rest = params.split_argv(argv)
-        args = stock_parse_args(rest)
+        with _whole_flag_names():
+            args = stock_parse_args(rest)
         args = params.resolve(args, plugin_args, argv)
         from open_clip_patch.init_from import set_current
 
@@ -128,6 +133,23 @@ def _wrap_parse_args(stock_parse_args, params):
 
     setattr(parse_args, _MARK, True)
     return parse_args
+
+
+@contextlib.contextmanager
+def _whole_flag_names():
+    """Parsers made inside the block refuse abbreviated flags (open_clip_train builds its parser per call)."""
+    init = argparse.ArgumentParser.__init__
+
+    @functools.wraps(init)
+    def whole_names(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        init(self, *args, **kwargs)
+
+    argparse.ArgumentParser.__init__ = whole_names
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.__init__ = init
 
 
 def _cpu_friendly_ddp(ddp_cls):

@@ -70,16 +70,21 @@ def own_checkpoint(checkpoint_dir: str, save_most_recent: bool) -> tuple[str | N
         newest = newest_complete_checkpoint(checkpoint_dir)
         return newest, newest
     latest = os.path.join(checkpoint_dir, LATEST)
-    stock = latest if os.path.exists(latest) else None  # written to tmp.pt, then renamed: always complete
+    stock = latest if os.path.exists(latest) else None  # written to tmp.pt, then renamed; but a disk may fill
+    usable = stock if stock is not None and is_complete_checkpoint(stock) else None
     numbered = newest_complete_checkpoint(checkpoint_dir, numbered_only=True)
-    if numbered is not None and (stock is None or os.path.getmtime(numbered) > os.path.getmtime(stock)):
+    if numbered is not None and (usable is None or os.path.getmtime(numbered) > os.path.getmtime(usable)):
         return numbered, stock
-    return stock, stock
+    return usable, stock
 
 
 def resolve_start(args) -> None:
-    """Decide where a run with `--init-from` starts (see the module docstring); changes `args.resume`."""
+    """Decide where a run with `--init-from` starts (see the module docstring), or which checkpoint a plain
+    `--resume latest --save-most-recent` takes when `epoch_latest.pt` is cut short; changes `args.resume`."""
     if not args.init_from:
+        if getattr(args, "init_from_model_only", False):
+            raise UserError("--init-from-model-only needs --init-from CKPT")
+        _skip_cut_latest(args)
         return
     if args.resume not in (None, "latest"):
         raise UserError(f"--init-from {args.init_from} and --resume {args.resume}: pass one of them")
@@ -97,6 +102,23 @@ def resolve_start(args) -> None:
         return  # stock's `--resume latest` finds the run's own newest checkpoint
     args.resume = newest or args.init_from
     log.info(f"Starting from {args.resume} ({'the run' if newest else 'no checkpoint of the run yet: --init-from'})")
+    _move_old_log_aside(args, run_dir)
+
+
+def _skip_cut_latest(args) -> None:
+    """Stock `--resume latest --save-most-recent` loads `epoch_latest.pt` without looking: if it is incomplete,
+    take the run's newest complete `epoch_K.pt` instead (or stop in one line when there is none)."""
+    if args.resume != "latest" or not args.save_most_recent or not args.name or getattr(args, "remote_sync", None):
+        return
+    run_dir = os.path.join(args.logs, args.name)
+    newest, stock = own_checkpoint(os.path.join(run_dir, "checkpoints"), True)
+    if stock is None or newest == stock:
+        return
+    if newest is None:
+        raise UserError(f"{stock} is incomplete and the run has no complete epoch_K.pt to resume instead: move it "
+                        "aside to start the run over")
+    log.warning(f"{stock} is incomplete: resuming {newest}")
+    args.resume = newest
     _move_old_log_aside(args, run_dir)
 
 
@@ -159,9 +181,25 @@ def wrap_create_model_and_transforms(stock):
     return create_model_and_transforms
 
 
+def load_checkpoint(file_path: str, map_location=None):
+    """A checkpoint read as open_clip_train's pt_load reads it (local or fsspec URL), with `weights_only=True`
+    whatever torch's default: a checkpoint that needs more than tensors and plain containers is refused."""
+    import pickle
+
+    import fsspec
+    import torch
+
+    try:
+        with fsspec.open(file_path, "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{file_path}: not a checkpoint torch loads with weights_only=True ({reason[:200]})") from None
+
+
 def wrap_pt_load(stock):
     def pt_load(file_path, map_location=None):
-        checkpoint = stock(file_path, map_location=map_location)
+        checkpoint = load_checkpoint(file_path, map_location=map_location)
         args = _current["args"]
         if args is None or file_path != args.resume:
             return checkpoint

@@ -170,12 +170,12 @@ def resolve(args: argparse.Namespace, plugin_args: argparse.Namespace, argv: Seq
     _resolve_data(args, argv)
     _resolve_samples(args, argv)
     _resolve_batch(args, argv)
-    _resolve_warmup_epochs(args)
+    _resolve_warmup_epochs(args, argv)
     from open_clip_train.distributed import world_info_from_env
 
     preflight.check(args, world_info_from_env()[2])
+    _lock_run(args)  # before resolve_start, which may move the run's log aside: never under a running run
     resolve_start(args)
-    _lock_run(args)
     if args.stop_epoch is not None and not 1 <= args.stop_epoch <= args.epochs:
         raise UserError(f"--stop-epoch {args.stop_epoch}: expected an epoch in 1..--epochs ({args.epochs})")
     _check_loader(args)
@@ -292,7 +292,11 @@ def _resolve_dr(args: argparse.Namespace) -> None:
 
 def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
     """Expert flags; returns argv, extended when the routed shards become the data."""
-    if not args.mode_work_dir:  # None, or "" to train dense on the whole pool with an expert recipe
+    if args.mode_work_dir is None:  # not given ("" trains dense on the whole pool with an expert recipe)
+        given = last_of(argv, ("--ooc-ratio", "--ooc-mode", "--expert-data"))
+        if given:
+            raise UserError(f"{given} needs --mode-work-dir W --expert K")
+    if not args.mode_work_dir:
         args.mode_work_dir = None
         if args.expert is not None:
             raise UserError("--expert needs --mode-work-dir W (the clustering work dir)")
@@ -305,6 +309,9 @@ def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
         args.data_dir = str(WorkDir(args.mode_work_dir).expert_shards_dir(args.expert))
         args.mode_work_dir = None  # the stock loader reads the routed shards; nothing to filter
         return [*argv, "--data-dir"]  # so that _resolve_data takes it as the last data flag
+    if last_of(argv, _GROUPS["data"]) is None and not args.train_data:
+        raise UserError(f"--expert {args.expert} filters the pool on the fly: pass the pool's shards (--data-dir "
+                        "POOL/shards, --train-data SPEC or --toy-pool DIR), or --expert-data routed")
     from open_clip_patch.data import expert_counts
 
     n_expert, n_total = expert_counts(args.mode_work_dir, args.expert)
@@ -366,9 +373,9 @@ def _resolve_samples(args: argparse.Namespace, argv: Sequence[str]) -> None:
     args.train_num_samples = args.samples_seen // args.epochs
 
 
-def _resolve_warmup_epochs(args: argparse.Namespace) -> None:
-    if args.warmup_epochs is None:
-        return
+def _resolve_warmup_epochs(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if args.warmup_epochs is None or last_of(argv, ("--warmup", "--warmup-epochs")) == "--warmup":
+        return  # a --warmup given after a recipe's --warmup-epochs wins, as the last flag does everywhere
     if args.warmup_epochs < 0:
         raise UserError(f"--warmup-epochs {args.warmup_epochs}: expected >= 0")
     if not args.train_num_samples:

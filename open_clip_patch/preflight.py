@@ -101,7 +101,12 @@ def wrap_get_data(stock_get_data):
     def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
         if getattr(args, "rank", 0) == 0:
             report(args, epoch)
-        return stock_get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+        data = stock_get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+        if not data:  # stock asserts next, with a traceback
+            need = "--expert K filters the pool on the fly, but " if getattr(args, "mode_work_dir", None) else ""
+            raise UserError(f"{need}no training or evaluation data was given: pass the pool's shards (--data-dir "
+                            "POOL/shards, --train-data SPEC or --toy-pool DIR)")
+        return data
 
     get_data.__wrapped__ = stock_get_data
     return get_data

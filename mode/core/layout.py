@@ -5,9 +5,11 @@ Steps ask these classes for paths and never build path strings themselves.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mode.core.errors import reading
 from mode.core.shards import tar_stats
 
 
@@ -134,6 +136,14 @@ class WorkDir:
     @property
     def fine_to_coarse(self) -> Path:
         return self.clusters_dir / "fine_to_coarse.npy"
+
+    def clustering_id(self) -> str:
+        """Which clustering a report or a training protocol used: sha256 of the fine centroids and their map."""
+        digest = hashlib.sha256()
+        for path in (self.fine_centroids, self.fine_to_coarse):
+            with reading(path, "clustering (.npy)"):
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
 
     # step 3: assignment
     @property

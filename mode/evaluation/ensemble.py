@@ -16,7 +16,6 @@ The ensemble's logits are the weighted sum of the experts' raw cosine logits.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -149,7 +148,7 @@ def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], repor
         rows.append(row)
         weights[task.key] = [round(float(x), 6) for x in w]
         results.append({"key": task.key, "dataset": task.name, "metrics": metrics})
-    write_report(Path(report), rows, weights, results, weighting, experts, clustering_id(wd))
+    write_report(Path(report), rows, weights, results, weighting, experts, wd.clustering_id())
     return {"rows": rows, "weights": weights}
 
 
@@ -165,15 +164,6 @@ def check_labels(experts: list[str], dense: str | None) -> None:
     twice = [e for e in experts if experts.count(e) > 1]
     if twice:
         raise UserError(f"expert label {twice[0]!r} is listed twice in --experts")
-
-
-def clustering_id(wd: WorkDir) -> str:
-    """The clustering a report was weighted with: sha256 of the fine centroids and their coarse map."""
-    digest = hashlib.sha256()
-    for path in (wd.fine_centroids, wd.fine_to_coarse):
-        with reading(path, "clustering (.npy)"):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _load(out: Path, label: str, task: T.Task):

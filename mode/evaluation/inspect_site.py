@@ -439,8 +439,6 @@ def _remove_stale(out_dir: Path, pages: set[str], thumbs: set[str]) -> None:
 def read_report(report: str, work: WorkDir, n_experts: int) -> dict:
     """weights.json of `mode ensemble --report`, checked: well formed, and weighted with this work dir's
     clustering (a report of another one would explain the wrong experts)."""
-    from mode.evaluation.ensemble import clustering_id
-
     rep = Path(report)
     weights = _summary(rep / "weights.json")
     if weights is None or not (rep / "ensemble.csv").exists():
@@ -456,7 +454,7 @@ def read_report(report: str, work: WorkDir, n_experts: int) -> dict:
         raise UserError(f"--report {report} weighs {len(experts)} experts; the work dir has {n_experts}: "
                         "pass the report made with this work dir")
     made_with = weights.get("clustering")
-    if made_with is not None and made_with != clustering_id(work):
+    if made_with is not None and made_with != work.clustering_id():
         raise UserError(f"--report {report} was weighted with another clustering than --work-dir {work.root}: "
                         "pass the report made with this work dir")
     return weights

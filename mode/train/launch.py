@@ -11,19 +11,27 @@ With `--seed-epochs 0` (or the user's own `--init-from`) there is no seed run. U
 dense run depend on the seed job (`afterok`), so one command submits the whole protocol; every job is
 checkpointable: on preemption or timeout submitit requeues it and `--resume latest` continues from its last
 checkpoint. The local executor runs the same jobs on this machine, one after the other.
+
+`<logs>/<recipe>_n<Kc>m<Kf>/protocol.json` records what the runs there were planned from (the clustering, the
+assignment, the user's flags, the seed's epochs and the epoch size): a later launch into the same folder must
+match it (it may ask for other experts or add --dense), so a relaunch never reuses a seed or an expert trained
+on another clustering or schedule.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mode.core import jobs
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
+from mode.core.shards import write_json
 from open_clip_patch.init_from import is_complete_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,11 @@ class TrainJob:
         _set_distributed_env()
         from mode.train.recipe import run
 
-        return run(self.recipe, self.argv)
+        try:
+            return run(self.recipe, self.argv)
+        except UserError as e:  # one line in the job's log (read back by jobs.failure_line), a failed job
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise RuntimeError(str(e)) from None
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on preemption/timeout: requeue the same job; `--resume latest` picks up."""
@@ -82,6 +94,8 @@ def parse_experts(spec: str, n_experts: int) -> list[int]:
     bad = [k for k in experts if not 0 <= k < n_experts]
     if bad or not experts:
         raise UserError(f"--experts {spec!r}: the clustering has experts 0..{n_experts - 1}")
+    if len(set(experts)) != len(experts):
+        raise UserError(f"--experts {spec!r}: an expert is listed twice")
     return experts
 
 
@@ -93,6 +107,7 @@ class PlannedJob:
     job: TrainJob
     after: str | None = None
     reuse_if: str | None = None  # a checkpoint that, once complete, makes this run unnecessary
+    protocol: tuple[str, dict] | None = None  # (where, what): the record the runs' folder must hold
 
 
 def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
@@ -108,6 +123,8 @@ def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
     plugin_args, rest = split_argv(run_configs.get_recipe(recipe).to_argv() + list(extra))
     if plugin_args.mode_work_dir is None:
         raise UserError(f"config {recipe!r} has no clustering: pass --mode-work-dir W")
+    if "--samples-seen" in (t.split("=", 1)[0] for t in extra):
+        raise UserError("train-experts gives every run one epoch size: pass --train-num-samples, not --samples-seen")
     n_coarse, n_fine, n_pairs = clustering_shape(plugin_args.mode_work_dir)
     stock = parse_args(rest)
     # MoDE: the seed run and every expert have one epoch size (its recipes' 400M samples), so a fork keeps the
@@ -116,6 +133,14 @@ def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
     base = f"{recipe}_n{n_coarse}m{n_fine}"
     fork, plan = [], []
     seed_epochs = _seed_epochs(recipe, seed_epochs, plugin_args, stock.epochs)
+    if not (stock.train_data or plugin_args.data_dir or plugin_args.toy_pool) and (
+            seed_epochs or dense or plugin_args.expert_data != "routed"):
+        who = "the seed run" if seed_epochs else "--dense" if dense else "--expert-data filter"
+        raise UserError(f"{who} trains on the whole pool: pass its shards (--data-dir POOL/shards or --train-data)")
+    record = (os.path.join(stock.logs, base, "protocol.json"),
+              {"recipe": recipe, "flags": list(extra), "seed_epochs": seed_epochs, "epoch_samples": epoch,
+               "clustering": WorkDir(Path(plugin_args.mode_work_dir)).clustering_id(),
+               "assignment": _assignment_id(plugin_args.mode_work_dir)})
     if seed_epochs:
         seed_name = f"{base}/seed"
         seed_ckpt = os.path.abspath(os.path.join(stock.logs, seed_name, "checkpoints", f"epoch_{seed_epochs}.pt"))
@@ -132,7 +157,34 @@ def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
         name = f"{base}/dense"
         plan.append(PlannedJob(name, TrainJob(recipe, [*extra, *_dense_flags(epoch, n_coarse),
                                                        "--name", name, "--resume", "latest", *fork]), after))
+    for planned in plan:
+        planned.protocol = record
     return plan
+
+
+def _assignment_id(work_dir: str) -> str:
+    """The assignment's parameters hash (its inputs and settings), as its summary records it."""
+    with open(WorkDir.summary(WorkDir(Path(work_dir)).assign_dir)) as f:
+        return str(json.load(f).get("params_hash"))
+
+
+def claim_protocol(path: str, record: dict) -> None:
+    """The runs' folder holds one protocol: write its record, or check that this launch is the same one."""
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                held = json.load(f)
+            except ValueError:
+                held = {}
+        differ = [k for k in record if held.get(k) != record[k]]
+        if differ:
+            raise UserError(f"{os.path.dirname(path)} holds runs of another MoDE protocol ({differ[0]} differs: "
+                            f"{held.get(differ[0])!r} there, {record[differ[0]]!r} now): relaunch with the same "
+                            "flags and work dir, or pass another --logs")
+        return
+    if os.path.isdir(os.path.dirname(path)) and os.listdir(os.path.dirname(path)):
+        log.warning(f"{os.path.dirname(path)} holds runs from before protocol.json: taking them as this protocol's")
+    write_json(path, record)
 
 
 def _seed_epochs(recipe: str, asked: int | None, plugin_args, epochs: int) -> int:
@@ -176,7 +228,10 @@ def launch(recipe: str, experts: str, extra: list[str], executor: str = "local",
     if executor == "local" and slurm_overrides is None:
         slurm["gpus_per_node"] = 1  # one process per job on this machine unless asked otherwise
     submitted: dict[str, object] = {}
-    for planned in plan_jobs(recipe, experts, extra, dense, seed_epochs):
+    plan = plan_jobs(recipe, experts, extra, dense, seed_epochs)
+    if plan and plan[0].protocol:
+        claim_protocol(*plan[0].protocol)
+    for planned in plan:
         if planned.reuse_if and is_complete_checkpoint(planned.reuse_if):
             print(f"{planned.name}: reusing {planned.reuse_if}", flush=True)
             continue
@@ -187,7 +242,7 @@ def launch(recipe: str, experts: str, extra: list[str], executor: str = "local",
         print(f"{planned.name}: submitted job {job.job_id} ({executor}{f', after {planned.after}' if after else ''}"
               f"); logs in {folder}", flush=True)
         if executor == "local":
-            job.result()  # raises with the job's traceback if it failed
+            _wait_local(job, planned.name)
             print(f"{planned.name}: done", flush=True)
     if executor == "slurm" and wait and submitted:
         groups = {name: [job] for name, job in submitted.items()}
@@ -195,6 +250,14 @@ def launch(recipe: str, experts: str, extra: list[str], executor: str = "local",
         if failed:
             raise UserError(f"{len(failed)} of {len(groups)} jobs did not complete:\n  " + "\n  ".join(failed))
     return list(submitted.values())
+
+
+def _wait_local(job, name: str) -> None:
+    """Wait for a local job; a failed one is one line (its own error, or its traceback's last line, and its log)."""
+    try:
+        job.result()
+    except Exception:  # noqa: BLE001 - submitit re-raises the job's failure with the job's traceback
+        raise UserError(f"{name}: {jobs.failure_line(job)} (log {job.paths.stderr})") from None
 
 
 # -------------------------------------------------------------------------------------- `mode train-experts`

@@ -17,7 +17,8 @@ def epoch_losses(log_path: str, term: str = "contrastive_loss") -> dict[int, flo
     so the last line of an epoch holds the mean over that epoch's logged steps. A resumed run appends to
     the same log; its lines replace the earlier ones for the same epoch.
     """
-    line_re = re.compile(rf"Train Epoch: (\d+) \[.*?\].*? {term.capitalize()}: [-\d.e+]+ \(([-\d.e+]+)\)")
+    number = r"[-+]?(?:[\d.]+(?:e[-+]?\d+)?|nan|inf)"  # a diverged run logs nan or inf
+    line_re = re.compile(rf"Train Epoch: (\d+) \[.*?\].*? {term.capitalize()}: {number} \(({number})\)")
     losses: dict[int, float] = {}
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:

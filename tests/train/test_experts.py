@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 from argparse import Namespace
@@ -23,7 +24,7 @@ from mode.train import launch
 from mode.train.trainlog import epoch_losses
 from open_clip_patch.init_from import is_complete_checkpoint, newest_complete_checkpoint
 
-from ..conftest import TOY_CLUSTER
+from ..conftest import PYTHON, TOY_CLUSTER, run
 
 
 def test_uid_round_trip_sort_and_lookup():
@@ -583,3 +584,114 @@ def test_an_expert_smaller_than_a_batch_is_refused_without_resampling(toy_pool, 
     with pytest.raises(UserError, match=f"the data holds {n} samples, fewer than one batch of {n + 1}"):
         oc_main.parse_args([*argv, "--batch-size", str(n + 1)])
     assert oc_main.parse_args([*argv, "--batch-size", str(n + 1), "--dataset-resampled"]).batch_size == n + 1
+
+
+class _Payload:
+    """What a malicious checkpoint carries: unpickling it would create `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickled_payload_checkpoint_is_refused_whatever_torchs_default(toy_pool, tmp_path, monkeypatch):
+    from mode.train.recipe import run
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = tmp_path / "evil.pt"
+    torch.save({"epoch": 1, "state_dict": _Payload(str(marker))}, evil)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's own default would unpickle it
+    argv = ["--toy-pool", str(toy_pool), "--logs", str(tmp_path / "logs"), "--name", "x", "--epochs", "2",
+            "--workers", "0", "--batch-size", "32", "--train-num-samples", "64", "--init-from", str(evil)]
+    with pytest.raises(UserError, match=f"{evil}: not a checkpoint torch loads with weights_only=True"):
+        run("toy_tiny", argv)
+    assert not marker.exists()
+
+
+def test_a_cut_epoch_latest_resumes_the_newest_whole_checkpoint(toy_pool, tmp_path):
+    from mode.train.recipe import run
+
+    logs = tmp_path / "logs"
+    argv = ["--toy-pool", str(toy_pool), "--logs", str(logs), "--name", "r", "--workers", "0", "--batch-size", "32",
+            "--train-num-samples", "64", "--save-most-recent", "--resume", "latest"]
+    run("toy_tiny", [*argv, "--epochs", "2"])
+    ckpts = logs / "r" / "checkpoints"
+    latest = ckpts / "epoch_latest.pt"
+    latest.write_bytes(latest.read_bytes()[:2000])  # a full disk while it was written
+    run("toy_tiny", [*argv, "--epochs", "3"])
+    assert f"resuming checkpoint '{ckpts / 'epoch_2.pt'}' (epoch 2)" in (logs / "r" / "out.log").read_text()
+    assert torch.load(latest, weights_only=True)["epoch"] == 3
+    for name in ("epoch_latest.pt", "epoch_1.pt", "epoch_2.pt", "epoch_3.pt"):
+        (ckpts / name).unlink(missing_ok=True) if name != "epoch_latest.pt" else latest.write_bytes(b"cut")
+    with pytest.raises(UserError, match="is incomplete and the run has no complete epoch_K.pt"):
+        run("toy_tiny", [*argv, "--epochs", "4"])
+
+
+def test_flags_without_their_base_abbreviations_and_warmup(toy_pool, toy_work, tmp_path):
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    base = ["--toy-pool", str(toy_pool), "--train-num-samples", "640", "--batch-size", "32"]
+    for flag, value in (("--ooc-ratio", "0.1"), ("--expert-data", "routed")):
+        with pytest.raises(UserError, match=f"{flag} needs --mode-work-dir W --expert K"):
+            oc_main.parse_args([*base, flag, value])
+    with pytest.raises(UserError, match="--init-from-model-only needs --init-from"):
+        oc_main.parse_args([*base, "--init-from-model-only"])
+    with pytest.raises(UserError, match="--expert 0 filters the pool on the fly: pass the pool's shards"):
+        oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "0", "--train-num-samples", "10"])
+    with pytest.raises(SystemExit):  # stock would take --batch for --batch-size, and a recipe's would win
+        oc_main.parse_args([*base, "--batch", "8"])
+    assert oc_main.parse_args([*base, "--warmup-epochs", "1", "--warmup", "7"]).warmup == 7  # the last one wins
+    assert oc_main.parse_args([*base, "--warmup", "7", "--warmup-epochs", "1"]).warmup == 20  # 640 / 32
+
+
+def test_a_refused_second_launch_leaves_the_running_runs_log(toy_pool, seed_run, tmp_path):
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    (run_dir / "out.log").write_text("the running run's log\n")
+    holder = subprocess.Popen([PYTHON, "-c", "import sys, time; from mode.core.lock import acquire; "
+                               f"acquire({str(run_dir)!r}, 'train', 'a run'); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError):
+            oc_main.parse_args(["--toy-pool", str(toy_pool), "--logs", str(tmp_path), "--name", "x",
+                                "--init-from", str(seed_run)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / "out.log").read_text() == "the running run's log\n" and not (run_dir / "out.log.1").exists()
+
+
+def test_protocol_record_refuses_another_clustering_or_flags(toy_pool, toy_work, tmp_path):
+    extra = _toy_expert_argv(toy_pool, toy_work, tmp_path / "logs", 2)
+    plan = launch.plan_jobs("toy_tiny_mode", "all", extra, seed_epochs=1)
+    path, record = plan[0].protocol
+    assert record["clustering"] == WorkDir(toy_work).clustering_id() and record["flags"] == extra
+    launch.claim_protocol(path, record)
+    launch.claim_protocol(path, record)  # the same protocol relaunched (other experts, --dense): fine
+    with pytest.raises(UserError, match="holds runs of another MoDE protocol \\(clustering differs"):
+        launch.claim_protocol(path, {**record, "clustering": "0" * 64})
+    with pytest.raises(UserError, match="flags differs"):
+        launch.claim_protocol(path, {**record, "flags": [*extra, "--lr", "1"]})
+    with pytest.raises(UserError, match="an expert is listed twice"):
+        launch.plan_jobs("toy_tiny_mode", "0,0", extra, seed_epochs=1)
+    with pytest.raises(UserError, match="not --samples-seen"):
+        launch.plan_jobs("toy_tiny_mode", "all", [*extra, "--samples-seen", "100"], seed_epochs=1)
+    routed = ["--mode-work-dir", str(toy_work), "--expert-data", "routed", "--logs", str(tmp_path / "l2")]
+    with pytest.raises(UserError, match="the seed run trains on the whole pool: pass its shards"):
+        launch.plan_jobs("b32_mode", "all", routed)  # (toy_tiny_mode's recipe names the toy pool)
+
+
+def test_a_failing_local_job_is_one_line(toy_pool, toy_work, tmp_path):
+    res = run([PYTHON, "-m", "mode", "train-experts", "toy_tiny_mode", "--experts", "0", "--folder",
+               str(tmp_path / "submitit"), "--", *_toy_expert_argv(toy_pool, toy_work, tmp_path / "logs", 2),
+               "--init-from", str(tmp_path / "missing.pt")])
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()
+    assert len(last) == 1 and "not a complete checkpoint file" in last[0] and "(log " in last[0], res.stderr[-2000:]

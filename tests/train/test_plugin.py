@@ -33,7 +33,8 @@ def test_apply_is_idempotent_and_wraps_stock_once():
     assert oc_main.train_one_epoch.__wrapped__.__wrapped__ is oc_train.train_one_epoch
     # stock, unless reinforced (inner layer), --rocket, or stopped early with --stop-epoch (outer layer)
     assert oc_main.create_loss.__wrapped__.__wrapped__.__wrapped__ is open_clip.create_loss
-    assert oc_main.create_model_and_transforms.__wrapped__ is open_clip.create_model_and_transforms  # --rocket
+    # stock, with --rocket's heads (inner layer), kept for pt_load's check that a checkpoint fits (outer layer)
+    assert oc_main.create_model_and_transforms.__wrapped__.__wrapped__ is open_clip.create_model_and_transforms
     # wrapped once for rocket views, reinforcements, experts and the seeded sample shuffle
     assert oc_data.get_wds_dataset.__wrapped__.__wrapped__.__wrapped__.__wrapped__.__module__ == \
         "open_clip_train.data"

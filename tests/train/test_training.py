@@ -1,5 +1,6 @@
 """Real training runs of open_clip_train on the toy pool, on CPU: stock, with the plugin, and under torchrun."""
 
+import math
 import re
 from pathlib import Path
 
@@ -102,3 +103,15 @@ def test_expected_distinct_coverage():
     assert expected_distinct(500, 1000, 500, resampled=False) == 500  # one half epoch: 500 distinct
     assert expected_distinct(1000, 1000, 500, resampled=False) == 750  # two fresh shuffles of half
     assert expected_distinct(1000, 1000, 1000, resampled=True) == 632  # with replacement: 1 - 1/e
+
+
+def test_losses_read_a_diverged_epoch_as_nan(tmp_path):
+    from mode.train.trainlog import epoch_losses
+
+    log = tmp_path / "out.log"
+    log.write_text("Train Epoch: 0 [32/64 (50%)] Contrastive_loss: 3.4932 (3.4932) Loss: 3.4932 (3.4932)\n"
+                   "Train Epoch: 1 [32/64 (50%)] Contrastive_loss: 3.1 (3.1) Loss: 3.1 (3.1)\n"
+                   "Train Epoch: 1 [64/64 (100%)] Contrastive_loss: nan (nan) Loss: inf (inf)\n")
+    losses = epoch_losses(log)
+    assert losses[1] == 3.4932 and math.isnan(losses[2])
+    assert epoch_losses(log, "loss")[2] == math.inf
