@@ -41,6 +41,15 @@ def expert_counts(work_dir: str, expert: int) -> tuple[int, int]:
     return int(counts[expert]), int(sum(counts))
 
 
+def expert_shard_counts(work_dir: str, expert: int) -> dict[str, int]:
+    """{shard id: pairs `mode assign` gave to `expert` in that shard}, from the assignment's coarse column."""
+    counts = {}
+    for path in sorted(WorkDir(Path(work_dir)).assign_dir.glob("*.parquet")):
+        coarse = pq.read_table(path, columns=["coarse"]).column("coarse")
+        counts[path.stem] = int(pc.sum(pc.equal(coarse, expert)).as_py() or 0)
+    return counts
+
+
 @lru_cache(maxsize=4)
 def expert_uids(work_dir: str, expert: int) -> tuple[UidSet, int, int]:
     """(uids assigned to `expert`, pairs of that expert, pairs in the pool) from a work dir's assign/ step."""

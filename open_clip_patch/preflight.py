@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 
 from mode.core.errors import UserError
 
@@ -51,13 +52,37 @@ def check(args: argparse.Namespace, world_size: int) -> None:
 
         args.mode_distinct_samples = total_samples(paths)
     distinct, workers = args.mode_distinct_samples, max(1, args.workers) * world_size
-    if paths is not None and not args.dataset_resampled and distinct is not None and \
-            distinct < args.batch_size * workers:
+    fixes = ("Pass a smaller --batch-size or --global-batch-size, fewer --workers, or --dataset-resampled (as the "
+             "MoDE recipes do)")
+    if paths is None or args.dataset_resampled:
+        return
+    if distinct is not None and distinct < args.batch_size * workers:
         raise UserError(
             f"the data holds {distinct} samples, fewer than one batch of {args.batch_size} for each of the {workers} "
             "loader worker(s): a worker that cannot fill a batch yields none, and open_clip's epoch then waits "
-            "forever. Pass a smaller --batch-size or --global-batch-size, fewer --workers, or --dataset-resampled "
-            "(as the MoDE recipes do)")
+            f"forever. {fixes}")
+    sizes = _kept_per_shard(args, paths)
+    if sizes is not None:  # each epoch deals the shuffled shards out: a worker may get the smallest ones
+        least = len(sizes) // workers
+        worst = sum(sorted(sizes)[:least])
+        if worst < args.batch_size:
+            raise UserError(
+                f"a loader worker may be dealt the {least} smallest of the {len(sizes)} shards, which hold {worst} "
+                f"training samples, fewer than one batch of {args.batch_size}: it would yield none, and open_clip's "
+                f"epoch then waits forever. {fixes}")
+
+
+def _kept_per_shard(args: argparse.Namespace, paths: list[str]) -> list[int] | None:
+    """The training samples in each shard (an expert's pairs with --mode-work-dir), or None if unknown."""
+    from mode.core.shards import shard_sizes
+
+    if not getattr(args, "mode_work_dir", None):
+        return shard_sizes(paths)
+    from open_clip_patch.data import expert_shard_counts
+
+    counts = expert_shard_counts(args.mode_work_dir, args.expert)
+    sizes = [counts.get(os.path.basename(p)[: -len(".tar")]) for p in paths]
+    return None if any(s is None for s in sizes) else sizes
 
 
 def expected_distinct(drawn: int, distinct: int, per_epoch: int, resampled: bool) -> int:

@@ -183,10 +183,10 @@ def shard_size(path: str, sizes: dict | None = None) -> int | None:
     return None
 
 
-def total_samples(paths: Iterable[str]) -> int | None:
-    """Sum of `shard_size` over the shards, or None as soon as one shard's size is unknown. Each folder's
-    `sizes.json` is read once (a DataComp pool has up to a million shards in one folder)."""
-    total, per_dir = 0, {}
+def shard_sizes(paths: Iterable[str]) -> list[int] | None:
+    """`shard_size` of each shard, or None as soon as one is unknown. Each folder's `sizes.json` is read once (a
+    DataComp pool has up to a million shards in one folder)."""
+    sizes, per_dir = [], {}
     for p in paths:
         directory = os.path.dirname(p)
         if directory not in per_dir:
@@ -194,8 +194,14 @@ def total_samples(paths: Iterable[str]) -> int | None:
         n = shard_size(p, per_dir[directory])
         if n is None:
             return None
-        total += n
-    return total
+        sizes.append(n)
+    return sizes
+
+
+def total_samples(paths: Iterable[str]) -> int | None:
+    """Sum of `shard_size` over the shards, or None if one shard's size is unknown."""
+    sizes = shard_sizes(paths)
+    return None if sizes is None else sum(sizes)
 
 
 def for_rank(shards: list[str], rank: int, world_size: int) -> list[str]:

@@ -584,6 +584,16 @@ def test_an_expert_smaller_than_a_batch_is_refused_without_resampling(toy_pool, 
     with pytest.raises(UserError, match=f"the data holds {n} samples, fewer than one batch of {n + 1}"):
         oc_main.parse_args([*argv, "--batch-size", str(n + 1)])
     assert oc_main.parse_args([*argv, "--batch-size", str(n + 1), "--dataset-resampled"]).batch_size == n + 1
+    # enough pairs for a batch per worker on average, but a worker dealt the smallest shards gets less than one
+    from open_clip_patch.data import expert_shard_counts
+
+    counts = sorted(expert_shard_counts(str(toy_work), 0).values())
+    cases = [(w, sum(counts[:len(counts) // w]) + 1) for w in range(2, len(counts) + 1)]
+    workers, batch = next((w, b) for w, b in cases if b * w <= n)
+    argv = [*argv[:-1], str(workers)]
+    with pytest.raises(UserError, match=f"dealt the {len(counts) // workers} smallest of the {len(counts)} shards"):
+        oc_main.parse_args([*argv, "--batch-size", str(batch)])
+    assert oc_main.parse_args([*argv, "--batch-size", str(batch - 1)]).batch_size == batch - 1
 
 
 class _Payload:
