@@ -237,7 +237,7 @@ class NsfwImage:
 
 
 class Detoxify:
-    """Detoxify's multilingual model (XLM-R base), score = the max over its labels of the sigmoid outputs. Built
+    """Detoxify's multilingual model (XLM-R base), score = the max over its class names' sigmoid outputs. Built
     from the checkpoint with transformers as Detoxify builds it, but read with weights_only=True; any device."""
 
     name = "nsfw-detoxify"
@@ -286,7 +286,9 @@ class Detoxify:
         inputs = self.tokenizer(list(texts), return_tensors="pt", truncation=True, padding=True).to(self.device)
         with torch.no_grad():
             scores = torch.sigmoid(self.model(**inputs).logits.float())
-        return scores.max(dim=1).values.cpu()
+        # Detoxify.predict reports the checkpoint's class names only: the first len(classes) outputs (the
+        # multilingual checkpoint has 16 outputs, its 7 classes then identity labels that are not scored)
+        return scores[:, :len(self.classes)].max(dim=1).values.cpu()
 
 
 class IscDescriptor:

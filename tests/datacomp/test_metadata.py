@@ -345,3 +345,35 @@ def test_json_fields_a_parquet_cannot_hold():
     assert metadata._column("s.tar", "uid", ["a", None]).to_pylist() == ["a", None]
     with pytest.raises(UserError, match="s.tar: the json field 'uid' holds values of several types"):
         metadata._column("s.tar", "uid", ["a", 3])
+
+
+def _tiny(tmp_path, monkeypatch):
+    """d2m_tiny as a module, its weights under tmp_path."""
+    import importlib.util
+
+    monkeypatch.setenv("D2M_TINY_DIR", str(tmp_path / "weights"))
+    spec = importlib.util.spec_from_file_location(f"tiny_{tmp_path.name}", TINY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_detoxify_scores_its_class_names_only(tmp_path, monkeypatch):
+    """The multilingual checkpoint has 16 outputs and 7 class names; Detoxify.predict, which dataset2metadata takes
+    the max over, reports the class names only, so outputs past them (here larger) do not count."""
+    import torch
+
+    tiny = _tiny(tmp_path, monkeypatch)
+
+    class Detoxify16(tiny.TinyDetoxify):
+        outputs = 16
+
+    det = Detoxify16("cpu")
+    texts = ["a photo of a woman", "a red car", "x"]
+    with torch.no_grad():
+        probs = torch.sigmoid(det.model(**det.tokenizer(texts, return_tensors="pt", padding=True)).logits)
+    assert probs.shape == (3, 16) and (probs[:, 7:].max(1).values > probs[:, :7].max(1).values).all()
+    predict = {name: probs[:, i].tolist() for i, name in enumerate(tiny.CLASSES)}  # what Detoxify.predict returns
+    expected = torch.tensor(list(predict.values())).max(0).values
+    torch.testing.assert_close(det(texts), expected)
+    assert det(texts).max() < 0.9 < probs[:, 7:].min()
