@@ -397,9 +397,12 @@ def take(outputs: dict, model: str, to_cpu: bool = True):
 
 
 def batched_dot_product(outputs: dict, model: str):
-    """CLIP score: the cosine of the normalised image and text features, as is (not x100, not clamped)."""
+    """CLIP score: the cosine of the normalised image and text features, as is (not x100, not clamped), computed
+    in the features' own dtype as dataset2metadata's einsum (fp16 on CUDA); stored as float64."""
+    import torch
+
     img, txt = outputs[model]
-    return (img.float() * txt.float()).sum(dim=1).cpu()
+    return torch.einsum("bn,bn->b", img, txt).cpu()
 
 
 COLUMNS = {

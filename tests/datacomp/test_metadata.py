@@ -377,3 +377,23 @@ def test_detoxify_scores_its_class_names_only(tmp_path, monkeypatch):
     expected = torch.tensor(list(predict.values())).max(0).values
     torch.testing.assert_close(det(texts), expected)
     assert det(texts).max() < 0.9 < probs[:, 7:].min()
+
+
+def test_clip_score_in_the_features_dtype():
+    """On CUDA the CLIP features are fp16 and dataset2metadata's score is their fp16 einsum: the same rounding
+    here (an fp32 product differs in most rows), written as float64."""
+    import torch
+
+    from mode.datacomp import d2m, metadata
+
+    gen = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(2000, 512, generator=gen), dim=1)
+    txt = torch.nn.functional.normalize(img + 1.2 * torch.randn(2000, 512, generator=gen), dim=1)
+    img, txt = img.half(), txt.half()
+    score = d2m.COLUMNS["oai-clip-vit-b32-score"]({"oai-clip-vit-b32": (img, txt)})
+    assert score.dtype == torch.float16
+    torch.testing.assert_close(score, torch.einsum("bn,bn->b", img, txt), rtol=0, atol=0)
+    fp32 = (img.float() * txt.float()).sum(1)
+    assert (score.float() != fp32).float().mean() > 0.5 and (score.float() - fp32).abs().max() < 1e-3
+    column = metadata._column("s.tar", "oai-clip-vit-b32-score", metadata._as_column(score, "score"))
+    assert str(column.type) == "double" and column.to_pylist() == score.float().tolist()
