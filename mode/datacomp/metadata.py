@@ -11,8 +11,10 @@ per input shard, named by the shard (`OUT/<shard>.parquet` + `OUT/<shard>.npz`),
 rest of this project read; rows in tar order. It runs through the per-shard runner: ranks from flags or
 torchrun/SLURM, a shard complete once its stats record is written (in `OUT/.mode-metadata/`), a killed run
 redoes only unfinished shards, `reprocess: true` redoes all. All models of a batch run once for all their columns.
-Samples that cannot be used (undecodable image, no caption, no json or a missing field) are counted by reason and
-left out, as dataset2metadata's `warn_and_continue` leaves out what it cannot decode.
+Every sample needs a decodable image and a caption, whatever the models read, as in dataset2metadata's loader (a cut
+JPEG decodes: its LOAD_TRUNCATED_IMAGES). Samples that cannot be used (undecodable image, no caption, no json or a
+missing field) are counted by reason and left out, as dataset2metadata's `warn_and_continue` leaves out what it
+cannot decode.
 """
 
 from __future__ import annotations
@@ -175,44 +177,56 @@ class Plan:
         self.preprocessors = [registry.preprocessors[p] for _, p in self.directives]
 
     def sample(self, members: dict[str, bytes]) -> tuple[list, list]:
-        """One sample's preprocessed inputs and its json fields, or BadSample with the reason."""
-        raws: dict = {}
-        need = {raw for raw, _ in self.directives}
-        if "image" in need:
-            ext = next((e for e in IMAGE_EXTS if e in members), None)
-            if ext is None:
-                raise BadSample("no_image")
-            from PIL import Image
-
-            try:
-                with Image.open(io.BytesIO(members[ext])) as im:
-                    raws["image"] = im.convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError):
-                raise BadSample("bad_image") from None
-        if "text" in need:
-            if "txt" not in members:
-                raise BadSample("no_caption")
-            try:
-                raws["text"] = members["txt"].decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadSample("bad_caption") from None
-        fields = []
-        if self.fields or "json" in need:
-            try:
-                meta = json.loads(members["json"])
-            except (KeyError, ValueError):
-                raise BadSample("no_json") from None
-            if not isinstance(meta, dict) or any(k not in meta for k in self.fields):
+        """One sample's preprocessed inputs and its json fields, or BadSample with the reason. As in
+        dataset2metadata's loader (decode, then rename image=jpg;png;jpeg;webp, text=txt), every sample needs a
+        decodable image and caption, whatever its models read."""
+        raws = {"image": _image(members), "text": _caption(members)}
+        fields: list = []
+        if self.fields or any(raw == "json" for raw, _ in self.directives):
+            meta = _json(members)
+            if any(k not in meta for k in self.fields):
                 raise BadSample("missing_json_field")
             fields = [meta[k] for k in self.fields]
             if not all(_storable(v) for v in fields):  # a list, an object or a lone surrogate: no parquet cell
                 raise BadSample("bad_json_field")
-            raws["json"] = fields
+            raws["json"] = fields if self.fields else meta  # dataset2metadata's json: the fields, else the dict
         try:
             return [pre(raws[raw]) for (raw, _), pre in zip(self.directives, self.preprocessors)], fields
         except (OSError, ValueError) as e:
             log.debug(f"preprocessing failed: {e}")
             raise BadSample("preprocess_failed") from None
+
+
+def _image(members: dict[str, bytes]):
+    from PIL import Image
+
+    ext = next((e for e in IMAGE_EXTS if e in members), None)
+    if ext is None:
+        raise BadSample("no_image")
+    try:
+        with Image.open(io.BytesIO(members[ext])) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise BadSample("bad_image") from None
+
+
+def _caption(members: dict[str, bytes]) -> str:
+    if "txt" not in members:
+        raise BadSample("no_caption")
+    try:
+        return members["txt"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadSample("bad_caption") from None
+
+
+def _json(members: dict[str, bytes]) -> dict:
+    try:
+        meta = json.loads(members["json"])
+    except (KeyError, ValueError):
+        raise BadSample("no_json") from None
+    if not isinstance(meta, dict):
+        raise BadSample("missing_json_field")
+    return meta
 
 
 def _column(path: str, name: str, values: list, type_=None):
@@ -240,6 +254,9 @@ def _storable(value) -> bool:
 def _prepared(path: str, plan: Plan, worker: int = 0, workers: int = 1):
     """(index, inputs, fields) for each usable sample of a tar this worker takes (every workers-th), and
     ("skip", reason) items for the rest, so that the counts survive DataLoader workers."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # dataset2metadata's setting (every process): a cut JPEG decodes
     skipped: Counter = Counter()
     for i, (_, members) in enumerate(iter_tar(path, skipped)):
         if i % workers != worker:

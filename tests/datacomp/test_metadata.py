@@ -397,3 +397,57 @@ def test_clip_score_in_the_features_dtype():
     assert (score.float() != fp32).float().mean() > 0.5 and (score.float() - fp32).abs().max() < 1e-3
     column = metadata._column("s.tar", "oai-clip-vit-b32-score", metadata._as_column(score, "score"))
     assert str(column.type) == "double" and column.to_pylist() == score.float().tolist()
+
+
+def _edited_tar(src, dst, n, edit=lambda i, members: members):
+    """The first n samples of src in a new tar, each sample's {extension: bytes} through edit(i, members)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dst, "w") as out:
+        for i, (key, members) in enumerate(iter_tar(src)):
+            if i == n:
+                break
+            for ext, data in edit(i, dict(members)).items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+    return [json.loads(m["json"])["uid"] for _, m in iter_tar(dst)]
+
+
+def _metadata(tmp_path, *args):
+    res = run([PYTHON, "-m", "mode", "metadata", "--batch-size", "4", "--device", "cpu", "--custom-pypath", str(TINY),
+               *args], env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((Path(args[args.index("--output-metadata-dir") + 1]) / ".mode-metadata" /
+                       "summary.json").read_text())
+
+
+def test_every_sample_needs_a_decodable_image_and_caption(toy_pool, tmp_path, monkeypatch):
+    """As dataset2metadata's loader: a cut JPEG decodes (its LOAD_TRUNCATED_IMAGES, in the decoding workers too);
+    a sample without a decodable image or a caption is a counted skip even when the models read only the text."""
+    from PIL import Image, ImageFile
+
+    shard = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[0]
+
+    def edit(i, members):
+        if i in (1, 4):
+            members["jpg"] = members["jpg"][: len(members["jpg"]) * 2 // 3]
+        if i == 6:
+            del members["jpg"]
+        if i == 7:
+            members["jpg"] = b"not an image"
+        if i == 8:
+            del members["txt"]
+        return members
+
+    uids = _edited_tar(shard, tmp_path / "in" / "00000000.tar", 10, edit)
+    cut = dict(iter_tar(tmp_path / "in" / "00000000.tar"))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+    with pytest.raises(OSError, match="truncated"):
+        Image.open(io.BytesIO(list(cut.values())[1]["jpg"])).load()
+    for workers in ("0", "2"):
+        out = tmp_path / f"out{workers}"
+        summary = _metadata(tmp_path, "--models", "nsfw-detoxify", "--postprocess-columns", "nsfw-detoxify-score",
+                            "--additional-fields", "uid", "--nworkers", workers, "--input-tars",
+                            str(tmp_path / "in" / "00000000.tar"), "--output-metadata-dir", str(out))
+        assert summary["skipped"] == {"no_image": 1, "bad_image": 1, "no_caption": 1}
+        assert pq.read_table(out / "00000000.parquet").column("uid").to_pylist() == uids[:6] + [uids[9]]
