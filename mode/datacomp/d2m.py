@@ -3,10 +3,10 @@
 A model is a class with dataset2metadata's contract: class attributes `name`, `raw_inputs` ("image", "text" or
 "json" of a sample), `preprocessors` (one per raw input, names in PREPROCESSORS), `dependencies` (models whose
 outputs are passed after the inputs), `to_device`; built as `cls(device)`, called as `model(*inputs, *deps)`.
-Postprocessors read the batch's `{model name: output}` and return a column (one value per sample) or a feature
-array ([B, D]). A `custom_pypath` file with dataset2metadata's four dicts (model_lookup, preprocessor_lookup,
-postprocess_parquet_lookup, postprocess_feature_lookup) adds to these or replaces entries by name, so files
-written for dataset2metadata work unchanged.
+Postprocessors read the batch's `{model name: output}` and return a column (one value per sample: [B], or [B, k]
+for a list per sample) or a feature array ([B, D]). A `custom_pypath` file with dataset2metadata's four dicts
+(model_lookup, preprocessor_lookup, postprocess_parquet_lookup, postprocess_feature_lookup) adds to these or
+replaces entries by name, so files written for dataset2metadata work unchanged.
 
 Weights load where dataset2metadata loads them, but safely: OpenAI's CLIP through open_clip (`ViT-B-32-quickgelu`
 / `ViT-L-14-quickgelu`, `pretrained="openai"`: the configs without `-quickgelu` build GELU, a silent mismatch

@@ -340,17 +340,26 @@ class Pipeline:
                 outputs[name] = model(*args, *(outputs[d] for d in type(model).dependencies))
             if self.plan.fields:
                 outputs["json"] = [fields for _, _, fields in items]
-            cols = {c: _as_column(self.registry.columns[c](outputs), c) for c in self.cfg.postprocess_columns}
+            cols = {c: _as_column(self.registry.columns[c](outputs), c, len(items))
+                    for c in self.cfg.postprocess_columns}
             feats = {f: _as_array(self.registry.features[f](outputs), f) for f in self.cfg.postprocess_features}
         for j, name in enumerate(self.plan.fields):
             cols[name] = [fields[j] for _, _, fields in items]
         return cols, feats
 
 
-def _as_column(value, name: str) -> list:
+def _as_column(value, name: str, rows: int) -> list:
+    """A postprocessor's output as one value per sample: [B] -> numbers, [B, k] -> a list per sample (as
+    dataset2metadata's writer, torch.cat(...).tolist()), a list as it is."""
     if hasattr(value, "detach"):
-        value = value.detach().float().cpu().reshape(-1).tolist()
-    return list(value)
+        value = value.detach().float().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1).tolist() if value.ndim <= 1 else value.tolist()
+    value = list(value)
+    if len(value) != rows:
+        raise UserError(f"postprocess_columns {name!r}: {len(value)} values for a batch of {rows} samples "
+                        "(expected one per sample)")
+    return value
 
 
 def _as_array(value, name: str) -> np.ndarray:

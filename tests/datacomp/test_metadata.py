@@ -395,7 +395,7 @@ def test_clip_score_in_the_features_dtype():
     torch.testing.assert_close(score, torch.einsum("bn,bn->b", img, txt), rtol=0, atol=0)
     fp32 = (img.float() * txt.float()).sum(1)
     assert (score.float() != fp32).float().mean() > 0.5 and (score.float() - fp32).abs().max() < 1e-3
-    column = metadata._column("s.tar", "oai-clip-vit-b32-score", metadata._as_column(score, "score"))
+    column = metadata._column("s.tar", "oai-clip-vit-b32-score", metadata._as_column(score, "score", 2000))
     assert str(column.type) == "double" and column.to_pylist() == score.float().tolist()
 
 
@@ -451,3 +451,36 @@ def test_every_sample_needs_a_decodable_image_and_caption(toy_pool, tmp_path, mo
                             str(tmp_path / "in" / "00000000.tar"), "--output-metadata-dir", str(out))
         assert summary["skipped"] == {"no_image": 1, "bad_image": 1, "no_caption": 1}
         assert pq.read_table(out / "00000000.parquet").column("uid").to_pylist() == uids[:6] + [uids[9]]
+
+
+def _custom(tmp_path, body: str) -> Path:
+    """A custom_pypath file: d2m_tiny's models plus `body`."""
+    path = tmp_path / "custom.py"
+    path.write_text(f"import sys\nfrom functools import partial\n\nimport numpy as np\nimport torch\n\n"
+                    f"sys.path.insert(0, {str(TINY.parent)!r})\n"
+                    "from d2m_tiny import model_lookup, postprocess_feature_lookup  # noqa: E402,F401\n\n"
+                    "preprocessor_lookup = {}\n" + body)
+    return path
+
+
+def test_a_column_of_vectors_is_a_list_per_row(toy_pool, tmp_path):
+    """A custom postprocess column of shape [B, 2] is one [a, b] list per row, as dataset2metadata's writer keeps
+    it (once flattened, its first B values written); a column of another length than the batch is one line."""
+    shard = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[0]
+    custom = _custom(tmp_path, "\n\ndef two(cache, model):\n    img, txt = cache[model]\n"
+                     "    s = torch.einsum('bn,bn->b', img, txt)\n    return torch.stack([s, -s], 1).cpu()\n\n\n"
+                     "postprocess_parquet_lookup = {'two': partial(two, model='oai-clip-vit-b32'),\n"
+                     "                              'half': lambda cache: cache['oai-clip-vit-b32'][0][::2, 0]}\n")
+    args = ["--models", "oai-clip-vit-b32", "--nworkers", "0", "--input-tars", str(shard), "--custom-pypath",
+            str(custom)]
+    _metadata(tmp_path, *args, "--postprocess-columns", "oai-clip-vit-b32-score,two", "--output-metadata-dir",
+              str(tmp_path / "out"))
+    table = pq.read_table(tmp_path / "out" / f"{shard.stem}.parquet")
+    assert str(table.schema.field("two").type) == "list<element: double>"
+    score = table.column("oai-clip-vit-b32-score").to_pylist()
+    assert len(score) == len(_tar_rows(shard)) > 4
+    assert table.column("two").to_pylist() == [[s, -s] for s in score]
+    res = run([PYTHON, "-m", "mode", "metadata", "--batch-size", "4", "--device", "cpu", *args,
+               "--postprocess-columns", "half", "--output-metadata-dir", str(tmp_path / "out2")], env=_env(tmp_path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "postprocess_columns 'half': 2 values for a batch of 4 samples" in res.stderr
