@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -97,18 +98,36 @@ def make_config(values: dict, where: str = "the yml") -> Config:
     out = values["output_metadata_dir"]
     if not isinstance(out, str) or "://" in out:
         raise UserError(f"{where}: output_metadata_dir must be a local folder, got {out!r}")
+    custom = values.get("custom_pypath")
+    if custom is not None and not isinstance(custom, str):
+        raise UserError(f"{where}: custom_pypath must be the path of a Python file, got {custom!r}")
     for key in ("reprocess", "use_datacomp_keys"):
         if values.get(key) is not None and not isinstance(values[key], bool):
             raise UserError(f"{where}: {key} must be true or false, got {values[key]!r}")
     if values.get("tars_per_wds"):
         log.info("tars_per_wds: ignored, every shard is written as its own parquet/npz pair")
-    return Config(models=values["models"], input_tars=tars, output_metadata_dir=out, nworkers=values["nworkers"],
-                  batch_size=values["batch_size"], device=values["device"],
-                  postprocess_columns=values.get("postprocess_columns") or [],
-                  postprocess_features=values.get("postprocess_features") or [],
-                  additional_fields=values.get("additional_fields") or [],
-                  custom_pypath=values.get("custom_pypath"), reprocess=bool(values.get("reprocess")),
-                  use_datacomp_keys=bool(values.get("use_datacomp_keys")))
+    cfg = Config(models=values["models"], input_tars=tars, output_metadata_dir=os.path.expanduser(out),
+                 nworkers=values["nworkers"], batch_size=values["batch_size"], device=values["device"],
+                 postprocess_columns=values.get("postprocess_columns") or [],
+                 postprocess_features=values.get("postprocess_features") or [],
+                 additional_fields=values.get("additional_fields") or [],
+                 custom_pypath=os.path.expanduser(custom) if custom else None,
+                 reprocess=bool(values.get("reprocess")), use_datacomp_keys=bool(values.get("use_datacomp_keys")))
+    _check_unique(cfg, where)
+    return cfg
+
+
+def _check_unique(cfg: Config, where: str) -> None:
+    """One name per parquet column and per npz array, as written (use_datacomp_keys renames caption to text)."""
+    for kind, names in (("parquet column", [*cfg.postprocess_columns, *cfg.additional_fields]),
+                        ("npz array", cfg.postprocess_features)):
+        seen: dict[str, str] = {}
+        for name, written in zip(names, _names(cfg, names)):
+            if written in seen:
+                raise UserError(f"{where}: {name!r} is listed twice" if seen[written] == name else
+                                f"{where}: {seen[written]!r} and {name!r} would both be the {kind} {written!r} "
+                                "(use_datacomp_keys' name): leave one out")
+            seen[written] = name
 
 
 def check_names(cfg: Config, registry) -> list[str]:

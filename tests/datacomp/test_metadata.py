@@ -251,6 +251,11 @@ def test_resume_reprocess_and_bad_samples(toy_pool, tmp_path):
     ({"device": "tpu"}, "--device 'tpu'"),
     ({"reprocess": "false"}, "reprocess must be true or false, got 'false'"),  # once read as true
     ({"use_datacomp_keys": "no"}, "use_datacomp_keys must be true or false"),
+    ({"custom_pypath": 5}, "custom_pypath must be the path of a Python file, got 5"),
+    ({"custom_pypath": True}, "custom_pypath must be the path of a Python file, got True"),
+    ({"additional_fields": ["uid", "caption", "text"], "use_datacomp_keys": True},
+     "'caption' and 'text' would both be the parquet column 'text'"),
+    ({"additional_fields": ["uid", "sha256", "uid"]}, "'uid' is listed twice"),
 ])
 def test_bad_yml_is_one_line(toy_pool, tmp_path, edit, message):
     import yaml
@@ -484,3 +489,26 @@ def test_a_column_of_vectors_is_a_list_per_row(toy_pool, tmp_path):
                "--postprocess-columns", "half", "--output-metadata-dir", str(tmp_path / "out2")], env=_env(tmp_path))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "postprocess_columns 'half': 2 values for a batch of 4 samples" in res.stderr
+
+
+def test_home_in_yml_paths(toy_pool, tmp_path):
+    """output_metadata_dir and custom_pypath starting with ~ in a yml (no shell to expand them) are under $HOME,
+    as dataset2metadata's fsspec paths, not a folder named ~ in the working directory."""
+    import shutil
+
+    import yaml
+
+    shard = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[0]
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    home.mkdir()
+    shutil.copy(TINY, home / "tiny.py")
+    yml = tmp_path / "home.yml"
+    yml.write_text(yaml.safe_dump({"models": ["oai-clip-vit-b32"], "postprocess_columns": ["oai-clip-vit-b32-score"],
+                                   "nworkers": 0, "batch_size": 64, "device": "cpu", "input_tars": str(shard),
+                                   "output_metadata_dir": "~/meta", "custom_pypath": "~/tiny.py"}))
+    res = run([PYTHON, "-m", "mode", "metadata", "--yml", str(yml)], cwd=cwd,
+              env={**_env(tmp_path), "HOME": str(home)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert pq.read_metadata(home / "meta" / f"{shard.stem}.parquet").num_rows == len(_tar_rows(shard))
+    assert list(cwd.iterdir()) == []
