@@ -13,8 +13,9 @@ torchrun/SLURM, a shard complete once its stats record is written (in `OUT/.mode
 redoes only unfinished shards, `reprocess: true` redoes all. All models of a batch run once for all their columns.
 Every sample needs a decodable image and a caption, whatever the models read, as in dataset2metadata's loader (a cut
 JPEG decodes: its LOAD_TRUNCATED_IMAGES). Samples that cannot be used (undecodable image, no caption, no json or a
-missing field) are counted by reason and left out, as dataset2metadata's `warn_and_continue` leaves out what it
-cannot decode.
+missing field, a json value parquet cannot hold or one of another type than the rest of its column in the shard)
+are counted by reason and left out, as dataset2metadata's `warn_and_continue` leaves out what it cannot decode.
+Json fields are written as its pandas -> pyarrow writer writes them: lists and objects as list and struct columns.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class Plan:
             if any(k not in meta for k in self.fields):
                 raise BadSample("missing_json_field")
             fields = [meta[k] for k in self.fields]
-            if not all(_storable(v) for v in fields):  # a list, an object or a lone surrogate: no parquet cell
+            if not all(_storable(v) for v in fields):  # e.g. a lone surrogate: no parquet cell
                 raise BadSample("bad_json_field")
             raws["json"] = fields if self.fields else meta  # dataset2metadata's json: the fields, else the dict
         try:
@@ -248,26 +249,73 @@ def _json(members: dict[str, bytes]) -> dict:
     return meta
 
 
+# pyarrow's ArrowInvalid, ArrowTypeError, ArrowNotImplementedError are these too
+_ARROW_ERRORS = (ValueError, TypeError, NotImplementedError, OverflowError, UnicodeEncodeError)
+
+
+def _storable(value) -> bool:
+    """A json field value a parquet cell holds, as dataset2metadata's pandas -> pyarrow writer stores it: anything
+    pyarrow types on its own (numbers, strings, lists, objects; not a lone surrogate, an int past 64 bits, a list
+    mixing strings and numbers) with no empty object in it (parquet has no struct without fields)."""
+    import pyarrow as pa
+
+    try:
+        return _writable(pa.array([value]).type)
+    except _ARROW_ERRORS:
+        return False
+
+
+def _writable(type_) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_struct(type_):
+        return type_.num_fields > 0 and all(_writable(type_.field(i).type) for i in range(type_.num_fields))
+    if pa.types.is_list(type_):
+        return _writable(type_.value_type)
+    return True
+
+
+def _kind(value) -> str:
+    return {bool: "bool", int: "number", float: "number", str: "string", list: "list", dict: "object"}[type(value)]
+
+
+def _fits(values: list, type_=None) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.array(values, type=type_)
+        return True
+    except _ARROW_ERRORS:
+        return False
+
+
+def _odd_ones(path: str, name: str, values: list) -> list[int]:
+    """Positions of the values one parquet column of the others cannot hold: none when pyarrow types them all
+    together (ints with floats, lists of any length, objects with other keys), else those of another kind (number,
+    bool, string, list, object) than the most common one, then any of that kind not of its most common type."""
+    import pyarrow as pa
+
+    if _fits(values):
+        return []
+    kinds = [None if v is None else _kind(v) for v in values]
+    common = Counter(k for k in kinds if k).most_common(1)[0][0]
+    odd = {i for i, k in enumerate(kinds) if k not in (None, common)}
+    if not _fits([v for i, v in enumerate(values) if i not in odd]):  # e.g. lists of strings and lists of numbers
+        type_ = Counter(pa.array([v]).type for i, v in enumerate(values) if kinds[i] == common).most_common(1)[0][0]
+        odd |= {i for i, v in enumerate(values) if kinds[i] == common and not _fits([v], type_)}
+        if not _fits([v for i, v in enumerate(values) if i not in odd]):
+            raise UserError(f"{path}: the json field {name!r} holds values pyarrow cannot put in one column")
+    return sorted(odd)
+
+
 def _column(path: str, name: str, values: list, type_=None):
     import pyarrow as pa
 
     try:
         return pa.array(values, type=type_)
-    except (pa.ArrowTypeError, pa.ArrowInvalid, OverflowError):
-        kinds = sorted({type(v).__name__ for v in values if v is not None})
-        raise UserError(f"{path}: the json field {name!r} holds values of several types ({', '.join(kinds)}) in "
-                        "one shard; a parquet column takes one") from None
-
-
-def _storable(value) -> bool:
-    """A json field value a parquet column takes: a number, a bool, null, or a string that encodes as UTF-8."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    return value is None or isinstance(value, (bool, int, float))
+    except _ARROW_ERRORS as e:
+        raise UserError(f"{path}: the column {name!r} cannot be stored in parquet ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _prepared(path: str, plan: Plan, worker: int = 0, workers: int = 1):
@@ -412,11 +460,8 @@ def _names(cfg: Config, names: list[str]) -> list[str]:
     return [DATACOMP_KEYS.get(n, n) for n in names]
 
 
-def _work(cfg: Config, order: list[str], path: str, shard_id: str) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pipe = _pipeline(cfg, order)
+def _collect(cfg: Config, pipe: Pipeline, path: str) -> tuple[list, dict, dict, Counter]:
+    """The shard's model outputs and fields, batch by batch: sample indices, columns, feature arrays, skips."""
     skipped: Counter = Counter()
     rows: list[int] = []
     cols: dict[str, list] = {c: [] for c in [*cfg.postprocess_columns, *cfg.additional_fields]}
@@ -441,22 +486,50 @@ def _work(cfg: Config, order: list[str], path: str, shard_id: str) -> dict:
             flush()
     if pending:
         flush()
-    order_ = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")  # tar order, whatever the workers did
+    return rows, cols, feats, skipped
+
+
+def _kept(cfg: Config, path: str, rows: list, cols: dict, skipped: Counter) -> np.ndarray:
+    """The rows to write, in tar order (whatever the workers did), less those whose json field is of another type
+    than the rest of its column (e.g. one numeric uid among strings): counted mixed_json_field."""
+    order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
+    keep = np.ones(len(order), dtype=bool)
+    for name in cfg.additional_fields:
+        keep[_odd_ones(path, name, [cols[name][i] for i in order])] = False
+    if not keep.all():
+        skipped["mixed_json_field"] += int((~keep).sum())
+    return order[keep]
+
+
+def _write(cfg: Config, path: str, shard_id: str, cols: dict, feats: dict, order: np.ndarray) -> None:
+    """`<shard>.parquet` and `<shard>.npz`, atomically; an output this configuration does not make (a reprocess
+    without features) is removed, not left beside the new one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     out = Path(cfg.output_metadata_dir)
-    col_names = _names(cfg, list(cols))
     boxes = pa.list_(pa.list_(pa.float64()))  # typed even for a shard without faces
-    table = pa.table({n: _column(path, n, [cols[c][i] for i in order_], boxes if c == "face-boxes" else None)
-                      for n, c in zip(col_names, cols)}) if cols else None
-    if table is not None:
+    if cols:
+        table = pa.table({n: _column(path, n, [cols[c][i] for i in order], boxes if c == "face-boxes" else None)
+                          for n, c in zip(_names(cfg, list(cols)), cols)})
         with atomic_write(out / f"{shard_id}.parquet") as f:
             pq.write_table(table, f)
     if feats:
-        arrays = {n: (np.concatenate(feats[k])[order_] if feats[k] else np.zeros((0, 0), np.float32))
+        arrays = {n: (np.concatenate(feats[k])[order] if feats[k] else np.zeros((0, 0), np.float32))
                   for n, k in zip(_names(cfg, list(feats)), feats)}
         with atomic_write(out / f"{shard_id}.npz") as f:
             np.savez_compressed(f, **arrays)
-    return {"processed": len(rows) + sum(v for k, v in skipped.items() if not k.endswith("_tar")),
-            "kept": len(rows), "skipped": dict(skipped)}
+    for suffix, made in ((".parquet", cols), (".npz", feats)):
+        if not made:
+            (out / f"{shard_id}{suffix}").unlink(missing_ok=True)
+
+
+def _work(cfg: Config, order: list[str], path: str, shard_id: str) -> dict:
+    rows, cols, feats, skipped = _collect(cfg, _pipeline(cfg, order), path)
+    processed = len(rows) + sum(v for k, v in skipped.items() if not k.endswith("_tar"))
+    kept = _kept(cfg, path, rows, cols, skipped)
+    _write(cfg, path, shard_id, cols, feats, kept)
+    return {"processed": processed, "kept": len(kept), "skipped": dict(skipped)}
 
 
 def run(cfg: Config, rank: int | None = None, world_size: int | None = None) -> dict:

@@ -340,16 +340,19 @@ def test_hostile_inputs_are_one_line(toy_pool, tmp_path):
 
 
 def test_json_fields_a_parquet_cannot_hold():
-    """A list or object, or a lone surrogate (valid JSON), in an additional field is a counted bad_json_field; one
-    field of several types in one shard is one line naming the shard (each once aborted the run)."""
-    from mode.core.errors import UserError
+    """A json field is stored as dataset2metadata's pandas -> pyarrow writer stores it: numbers, strings, lists,
+    objects; a lone surrogate, an int past 64 bits, a list of strings and numbers or an empty object is a counted
+    bad_json_field; in one shard, the values of another type than the rest of their column are the odd ones out."""
     from mode.datacomp import metadata
 
-    assert [metadata._storable(v) for v in ("a", 3, 2.5, True, None, ["x"], {"a": 1}, "\ud800")] == \
-        [True] * 5 + [False] * 3
-    assert metadata._column("s.tar", "uid", ["a", None]).to_pylist() == ["a", None]
-    with pytest.raises(UserError, match="s.tar: the json field 'uid' holds values of several types"):
-        metadata._column("s.tar", "uid", ["a", 3])
+    assert [metadata._storable(v) for v in ("a", 3, 2.5, True, None, ["x"], {"a": 1}, [[0.1, 0.2]], [])] == [True] * 9
+    assert not any(metadata._storable(v) for v in ("\ud800", 2**70, [1, "a"], {}, {"a": {}}, [{}]))
+    assert metadata._odd_ones("s.tar", "uid", ["a", None, "b"]) == []
+    assert metadata._odd_ones("s.tar", "uid", ["a", 3, "b", None, "c"]) == [1]
+    assert metadata._odd_ones("s.tar", "w", [1, 2.5, "x", 3, True]) == [2, 4]  # ints and floats: one column
+    assert metadata._odd_ones("s.tar", "boxes", [[[0.1, 0.2]], [], [1], ["a"], [2]]) == [0, 3]
+    assert metadata._odd_ones("s.tar", "o", [{"a": 1}, {"b": "x"}, None]) == []
+    assert metadata._odd_ones("s.tar", "o", [{"a": 1}, {"a": "x"}, {"a": 2, "b": [1.5]}]) == [1]
 
 
 def _tiny(tmp_path, monkeypatch):
@@ -512,3 +515,41 @@ def test_home_in_yml_paths(toy_pool, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert pq.read_metadata(home / "meta" / f"{shard.stem}.parquet").num_rows == len(_tar_rows(shard))
     assert list(cwd.iterdir()) == []
+
+
+def test_json_fields_as_dataset2metadata_writes_them(toy_pool, tmp_path):
+    """additional_fields holding lists (face_bboxes) and objects are written as list and struct columns; a numeric
+    uid among strings, or an empty object, is a counted skip (the run goes on to the next shard, features aligned);
+    a reprocess that writes no features removes the shard's npz of the earlier run."""
+    shards = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[:2]
+
+    def edit(i, members):
+        meta = {**json.loads(members["json"]), "info": {"i": i, "tags": ["a"] * (i % 3)}}
+        meta.update({2: {"uid": 12345}, 5: {"face_bboxes": [[0.1, 0.2, 0.3, 0.4]]}, 9: {"face_bboxes": {}}}.get(i, {}))
+        return {**members, "json": json.dumps(meta).encode()}
+
+    uids = _edited_tar(shards[0], tmp_path / "in" / "00000000.tar", 12, edit)
+    second = _edited_tar(shards[1], tmp_path / "in" / "00000001.tar", 5, lambda i, m: edit(i + 20, m))
+    out = tmp_path / "out"
+    args = ["--additional-fields", "uid,face_bboxes,info", "--nworkers", "0", "--input-tars",
+            f"{tmp_path}/in/{{00000000,00000001}}.tar", "--output-metadata-dir", str(out)]
+    summary = _metadata(tmp_path, *args, "--models", "oai-clip-vit-b32", "--postprocess-columns",
+                        "oai-clip-vit-b32-score", "--postprocess-features",
+                        "oai-clip-vit-b32-image,oai-clip-vit-b32-text")
+    assert summary["complete"] and summary["skipped"] == {"mixed_json_field": 1, "bad_json_field": 1}
+    table = pq.read_table(out / "00000000.parquet")
+    kept = [i for i in range(12) if i not in (2, 9)]
+    assert table.column("uid").to_pylist() == [uids[i] for i in kept]
+    assert str(table.schema.field("face_bboxes").type) == "list<element: list<element: double>>"
+    assert table.column("face_bboxes").to_pylist() == [[[0.1, 0.2, 0.3, 0.4]] if i == 5 else [] for i in kept]
+    assert table.column("info").to_pylist() == [{"i": i, "tags": ["a"] * (i % 3)} for i in kept]
+    feats = np.load(out / "00000000.npz")
+    img, txt = feats["oai-clip-vit-b32-image"], feats["oai-clip-vit-b32-text"]
+    assert len(img) == 10
+    np.testing.assert_allclose(table.column("oai-clip-vit-b32-score").to_numpy(), (img * txt).sum(1), atol=1e-5)
+    assert pq.read_table(out / "00000001.parquet").column("uid").to_pylist() == second
+    _metadata(tmp_path, *args, "--models", "nsfw-detoxify", "--postprocess-columns", "nsfw-detoxify-score",
+              "--reprocess")
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["00000000.parquet", "00000001.parquet"]
+    assert pq.read_table(out / "00000000.parquet").column_names == ["nsfw-detoxify-score", "uid", "face_bboxes",
+                                                                     "info"]
