@@ -62,7 +62,8 @@ def _timed(work: Callable[[str, str], dict], item: tuple[str, str]) -> tuple[str
 
 def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Callable[[str, str], dict],
                   params: dict, rank: int | None = None, world_size: int | None = None, workers: int = 1,
-                  outputs: Callable[[str], list[Path]] | None = None, apart: bool = True) -> dict:
+                  outputs: Callable[[str], list[Path]] | None = None, apart: bool = True,
+                  hint: str = "use a new --work-dir or delete that folder", drop_stale: bool = False) -> dict:
     """Process this rank's incomplete shards with `work`; return the step's summary.
 
     Args:
@@ -77,6 +78,9 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
             counts as complete only while they are all there with those sizes (else it is redone).
         apart: refuse a step dir whose parent overlaps an input folder (steps whose outputs are shards that a
             later step could take as input); the filter's parts are never read as input and pass False.
+        hint: what the refusal of outputs made with other parameters tells the user to do.
+        drop_stale: instead of that refusal, forget every shard done with other parameters (all ranks' shards:
+            no run with those is alive then), so it is redone by its rank (a step's "reprocess").
     """
     rank, world_size = rank_and_world(rank, world_size)
     if apart:
@@ -85,8 +89,8 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     digest = params_hash(params)
     step_dir.mkdir(parents=True, exist_ok=True)
     # a run with other parameters may not share the step's outputs while this one is alive, whatever the ranks
-    with params_claim(step_dir, digest, f"`mode {step}`", on_change=partial(_check_params, step_dir, ids.values(),
-                                                                            digest)):
+    on_change = partial(_check_params, step_dir, ids.values(), digest, hint, drop_stale)
+    with params_claim(step_dir, digest, f"`mode {step}`", on_change=on_change):
         with holding(step_dir, f"{step}-rank{rank}-of{world_size}", f"`mode {step}` (rank {rank} of {world_size})"):
             _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs)
         return write_summary(step, step_dir, ids.values(), params, digest)
@@ -137,14 +141,17 @@ def is_complete(step_dir: Path, shard_id: str) -> bool:
     return True
 
 
-def _check_params(step_dir: Path, shard_ids_: object, digest: str) -> None:
+def _check_params(step_dir: Path, shard_ids_: object, digest: str, hint: str = "use a new --work-dir or delete "
+                  "that folder", drop: bool = False) -> None:
     for shard_id in shard_ids_:
         path = WorkDir.stats(step_dir, shard_id)
         if path.exists():
             with open(path) as f:
-                if json.load(f).get("params_hash") != digest:
-                    raise UserError(f"{step_dir} holds outputs made with other parameters (e.g. {path.name}); "
-                                    "use a new --work-dir or delete that folder")
+                stale = json.load(f).get("params_hash") != digest
+            if stale and drop:
+                path.unlink()
+            elif stale:
+                raise UserError(f"{step_dir} holds outputs made with other parameters (e.g. {path.name}); {hint}")
 
 
 def write_summary(step: str, step_dir: Path, all_ids, params: dict, digest: str) -> dict:

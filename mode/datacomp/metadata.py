@@ -551,14 +551,18 @@ def run(cfg: Config, rank: int | None = None, world_size: int | None = None) -> 
               "custom": hashlib.sha256(Path(cfg.custom_pypath).read_bytes()).hexdigest()[:16]
               if cfg.custom_pypath else None}
     rank, world_size = rank_and_world(rank, world_size)
-    if cfg.reprocess:  # dataset2metadata's reprocess: this rank's shards again, whatever was made before
+    # dataset2metadata's reprocess: this rank's shards again, whatever was made before; shards of other ranks done
+    # with other settings are forgotten too (drop_stale), so that each rank redoes its own
+    if cfg.reprocess:
         ids = shard_ids(paths)
         for p in for_rank(paths, rank, world_size):
             (step_dir / f"{ids[p]}.stats.json").unlink(missing_ok=True)
     suffixes = ([".parquet"] if cfg.postprocess_columns or cfg.additional_fields else []) + \
         ([".npz"] if cfg.postprocess_features else [])
     return run_per_shard("metadata", step_dir, paths, partial(_work, cfg, order), params, rank=rank,
-                         world_size=world_size, outputs=lambda i: [out / f"{i}{s}" for s in suffixes])
+                         world_size=world_size, outputs=lambda i: [out / f"{i}{s}" for s in suffixes],
+                         hint="set reprocess: true (--reprocess) on every rank to redo all shards with these "
+                         "settings, or use a new output_metadata_dir", drop_stale=cfg.reprocess)
 
 
 # --------------------------------------------------------------------------------------------- `mode metadata`

@@ -553,3 +553,28 @@ def test_json_fields_as_dataset2metadata_writes_them(toy_pool, tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["00000000.parquet", "00000001.parquet"]
     assert pq.read_table(out / "00000000.parquet").column_names == ["nsfw-detoxify-score", "uid", "face_bboxes",
                                                                      "info"]
+
+
+def test_reprocess_with_new_settings_over_ranks(toy_pool, tmp_path):
+    """New settings over an earlier run's output: without reprocess one line saying what to do (mode metadata has
+    no --work-dir); with it, each rank redoes its shards, the first one forgetting the others' stale ones, and the
+    run is complete once every rank has run."""
+    shards = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[:2]
+    for i, shard in enumerate(shards):
+        _edited_tar(shard, tmp_path / "in" / f"0000000{i}.tar", 4)
+    out = tmp_path / "out"
+    args = ["--models", "oai-clip-vit-b32", "--postprocess-columns", "oai-clip-vit-b32-score", "--nworkers", "0",
+            "--input-tars", f"{tmp_path}/in/{{00000000,00000001}}.tar", "--output-metadata-dir", str(out)]
+    assert _metadata(tmp_path, *args)["complete"]
+    new = [*args, "--additional-fields", "uid", "--world-size", "2"]
+    res = run([PYTHON, "-m", "mode", "metadata", "--batch-size", "4", "--device", "cpu", "--custom-pypath", str(TINY),
+               *new, "--rank", "0"], env=_env(tmp_path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+    assert "set reprocess: true (--reprocess) on every rank" in res.stderr and "--work-dir" not in res.stderr
+    first = _metadata(tmp_path, *new, "--rank", "0", "--reprocess")
+    assert (first["shards_done"], first["complete"]) == (1, False)
+    assert pq.read_table(out / "00000000.parquet").column_names == ["oai-clip-vit-b32-score", "uid"]
+    assert not (out / ".mode-metadata" / "00000001.stats.json").exists()  # stale: forgotten, to be redone
+    second = _metadata(tmp_path, *new, "--rank", "1", "--reprocess")
+    assert (second["shards_done"], second["complete"], second["kept"]) == (2, True, 8)
+    assert pq.read_table(out / "00000001.parquet").column_names == ["oai-clip-vit-b32-score", "uid"]
