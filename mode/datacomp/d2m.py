@@ -2,7 +2,9 @@
 
 A model is a class with dataset2metadata's contract: class attributes `name`, `raw_inputs` ("image", "text" or
 "json" of a sample), `preprocessors` (one per raw input, names in PREPROCESSORS), `dependencies` (models whose
-outputs are passed after the inputs), `to_device`; built as `cls(device)`, called as `model(*inputs, *deps)`.
+outputs are passed after the inputs), `to_device`; built as `cls(device)` (`model_device`: the yml's CUDA index, an
+int, as dataset2metadata passes it, or `cpu` / `cuda:N`), called as `model(*inputs, *deps)`, the inputs batched as
+webdataset's default_collation_fn batches them.
 Postprocessors read the batch's `{model name: output}` and return a column (one value per sample: [B], or [B, k]
 for a list per sample) or a feature array ([B, D]). A `custom_pypath` file with dataset2metadata's four dicts
 (model_lookup, preprocessor_lookup, postprocess_parquet_lookup, postprocess_feature_lookup) adds to these or
@@ -88,6 +90,15 @@ def torch_device(device) -> str:
     from mode.core.device import pick_device
 
     return pick_device(str(device))
+
+
+def model_device(device, resolved: str):
+    """What a model is built with: dataset2metadata's yml `device`, a CUDA index (int), where the yml gives one
+    and it runs on CUDA (under torchrun, the index this process uses); else the torch device string (`cpu`,
+    `cuda:N`), as an index would send a model's `.to(device)` to a GPU that is not there."""
+    if isinstance(device, int) and not isinstance(device, bool) and resolved.startswith("cuda:"):
+        return int(resolved.split(":", 1)[1])
+    return resolved
 
 
 # ------------------------------------------------------------------------------------------- preprocessors

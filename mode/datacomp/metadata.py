@@ -357,21 +357,30 @@ def _stream(path: str, plan: Plan, nworkers: int):
 
 
 def _collate(values: list):
+    """One input of a batch as webdataset's default_collation_fn makes it (dataset2metadata's wds.batched): numbers
+    -> a numpy array, tensors stacked, numpy arrays -> one numpy array, anything else (strings, faces-aug's
+    (image, padding) tuples) a list."""
     import torch
 
     first = values[0]
+    if isinstance(first, (int, float)):
+        return np.array(values)
     if isinstance(first, torch.Tensor):
         return torch.stack(values)
-    if isinstance(first, tuple) and all(isinstance(v, torch.Tensor) for v in first):
-        return tuple(torch.cat(part) for part in zip(*values))  # faces-aug: ([1,3,H,W], [1,4]) per sample
+    if isinstance(first, np.ndarray):
+        return np.array(values)
     return list(values)
 
 
 def _to(value, device):
+    """A to_device model's input moved as dataset2metadata moves it: a list of tuples of tensors (faces-aug's)
+    transposed, each part concatenated on the device; a tensor moved; anything else as it is."""
+    import torch
+
+    if isinstance(value, list) and isinstance(value[0], tuple) and all(torch.is_tensor(v) for v in value[0]):
+        return [torch.cat(part).to(device, non_blocking=True) for part in zip(*value)]
     if hasattr(value, "to"):
         return value.to(device, non_blocking=True)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
     return value
 
 
@@ -379,15 +388,17 @@ class Pipeline:
     """The models of one run, built once per process, and what a batch becomes."""
 
     def __init__(self, cfg: Config, registry, order: list[str], device: str):
+        import urllib.error
+
+        from mode.datacomp.d2m import model_device
+
         self.cfg, self.registry, self.device = cfg, registry, device
         self.plan = Plan(cfg, registry, order)
         self.models = {}
-        import urllib.error
-
         for name in order:
             log.info(f"metadata: loading {name} on {device}")
             try:
-                self.models[name] = registry.models[name](device)
+                self.models[name] = registry.models[name](model_device(cfg.device, device))
             except (OSError, RuntimeError, ValueError, urllib.error.URLError) as e:  # weights missing, offline, ...
                 text = str(e).strip().splitlines()
                 raise UserError(f"model {name!r} could not be loaded on {device}: {type(e).__name__}: "

@@ -578,3 +578,80 @@ def test_reprocess_with_new_settings_over_ranks(toy_pool, tmp_path):
     second = _metadata(tmp_path, *new, "--rank", "1", "--reprocess")
     assert (second["shards_done"], second["complete"], second["kept"]) == (2, True, 8)
     assert pq.read_table(out / "00000001.parquet").column_names == ["oai-clip-vit-b32-score", "uid"]
+
+
+PROBE = '''
+import json
+
+SEEN = {seen!r}
+
+
+class Probe:
+    """What a custom model is built with and called with, written to SEEN."""
+
+    name = "probe"
+    raw_inputs = ["image", "text", "image", "text"]
+    preprocessors = ["width", "np-len", "pair", "identity"]
+    dependencies = []
+    to_device = False
+
+    def __init__(self, device):
+        self.seen = {{"device": repr(device)}}
+
+    def record(self, *inputs):
+        self.seen[self.name] = [type(x).__name__ for x in inputs]
+        self.seen[self.name + "-first"] = [type(x[0]).__name__ for x in inputs]
+        with open(SEEN + self.name, "w") as f:
+            json.dump(self.seen, f)
+
+    def __call__(self, widths, lengths, pairs, texts):
+        self.record(widths, lengths, pairs, texts)
+        assert widths.shape == (len(texts),) and lengths.shape == (len(texts), 1)
+        return torch.as_tensor(widths, dtype=torch.float64)
+
+
+class ProbeOnDevice(Probe):
+    name = "probe-device"
+    raw_inputs = ["image"]
+    preprocessors = ["pair"]
+    to_device = True
+
+    def __call__(self, pair):
+        self.record(*pair)
+        return pair[1][:, 0]
+
+
+model_lookup = {{"probe": Probe, "probe-device": ProbeOnDevice}}
+preprocessor_lookup = {{"width": lambda im: im.size[0], "np-len": lambda t: np.array([len(t)]),
+                       "pair": lambda im: (torch.zeros(1, 3), torch.full((1, 2), float(im.size[0])))}}
+postprocess_parquet_lookup = {{"width": lambda out: out["probe"], "width-device": lambda out: out["probe-device"]}}
+postprocess_feature_lookup = {{}}
+'''
+
+
+def test_custom_models_get_what_dataset2metadata_gives_them(toy_pool, tmp_path):
+    """A custom model is built with the yml's device (here `0` on a machine without CUDA: `cpu`; `0` itself on
+    CUDA) and called with its inputs batched as webdataset's default_collation_fn batches them: numbers and numpy
+    arrays as one numpy array, tensors stacked, strings and tuples as lists; a to_device model's list of tuples
+    transposed and concatenated, as dataset2metadata moves it."""
+    from mode.datacomp import d2m
+
+    assert [d2m.model_device(0, "cuda:0"), d2m.model_device(1, "cuda:3"), d2m.model_device("cuda:1", "cuda:1"),
+            d2m.model_device(0, "cpu"), d2m.model_device("cpu", "cpu")] == [0, 3, "cuda:1", "cpu", "cpu"]
+    shard = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[0]
+    custom = tmp_path / "probe.py"
+    custom.write_text("import numpy as np\nimport torch\n" + PROBE.format(seen=str(tmp_path / "seen-")))
+    out = tmp_path / "out"
+    _metadata(tmp_path, "--models", "probe,probe-device", "--postprocess-columns", "width,width-device",
+              "--nworkers", "0", "--device", "0", "--custom-pypath", str(custom), "--input-tars", str(shard),
+              "--output-metadata-dir", str(out))
+    seen = json.loads((tmp_path / "seen-probe").read_text())
+    assert seen == {"device": "'cpu'", "probe": ["ndarray", "ndarray", "list", "list"],
+                    "probe-first": ["int64", "ndarray", "tuple", "str"]}
+    on_device = json.loads((tmp_path / "seen-probe-device").read_text())
+    assert on_device["probe-device"] == ["Tensor", "Tensor"]
+    from PIL import Image
+
+    widths = [Image.open(io.BytesIO(m["jpg"])).size[0] for _, m in iter_tar(shard)]
+    table = pq.read_table(out / f"{shard.stem}.parquet")
+    assert table.column("width").to_pylist() == table.column("width-device").to_pylist() == widths
