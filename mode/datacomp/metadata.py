@@ -257,9 +257,14 @@ def _storable(value) -> bool:
     """A json field value a parquet cell holds, as dataset2metadata's pandas -> pyarrow writer stores it: anything
     pyarrow types on its own (numbers, strings, lists, objects; not a lone surrogate, an int past 64 bits, a list
     mixing strings and numbers) with no empty object in it (parquet has no struct without fields)."""
+    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value < 2**63):
+        return True
     import pyarrow as pa
 
     try:
+        if isinstance(value, str):  # the common case, without pyarrow
+            value.encode("utf-8")
+            return True
         return _writable(pa.array([value]).type)
     except _ARROW_ERRORS:
         return False
