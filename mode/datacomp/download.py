@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -29,8 +30,10 @@ from pathlib import Path
 from mode.core.errors import UserError
 from mode.core.hub import hub_call
 from mode.core.layout import Pool
-from mode.core.runner import outputs_intact, read_record, run_global
+from mode.core.runner import read_record, run_global
 from mode.core.shards import natural_key, write_json
+
+log = logging.getLogger(__name__)
 
 POOL_REPOS = {scale: f"mlfoundations/datacomp_{scale}" for scale in ("small", "medium", "large", "xlarge")}
 POOL_REPOS["datacomp_1b"] = "mlfoundations/datacomp_1b"
@@ -148,11 +151,12 @@ def _flatten(meta: Path) -> None:
 
 
 def fetch_metadata(scale: str, meta: Path, npz: bool, overwrite: bool, revision: str | None,
-                   summary_path: Path, lost: bool = False) -> list[str]:
+                   summary_path: Path, lost: list[str] | None = None) -> list[str]:
     """Fetch what `meta` lacks of a scale's metadata: parquets, and npz files when `npz`.
 
-    Files already there are used as they are, unless `overwrite`, the last run stopped while fetching them, or
-    files of a complete download went missing (`lost`: the hub then fetches only those).
+    Files already there are used as they are, unless `overwrite` (once the hub answers: nothing is deleted
+    for a hub that cannot be reached), the last run stopped while fetching them, or files of a complete download
+    went missing (`lost`: their names; the hub then fetches only those).
 
     Returns:
         The kinds fetched from the hub (`[]` when everything was in place).
@@ -160,18 +164,30 @@ def fetch_metadata(scale: str, meta: Path, npz: bool, overwrite: bool, revision:
     repo = pool_repo(scale)
     previous = _read_summary(summary_path)
     unfinished = previous.get("metadata_status") == IN_PROGRESS and previous.get("repo") == repo
-    if overwrite and meta.is_dir():
-        _clear_metadata(meta)
     wanted = ["parquet", "npz"] if npz else ["parquet"]
-    kinds = [k for k in wanted if unfinished or lost or not _files(meta, f"*.{k}")]
+    lost = [] if overwrite or unfinished else (lost or [])
+    kinds = [k for k in wanted if overwrite or unfinished or any(n.endswith(f".{k}") for n in lost)
+             or not _files(meta, f"*.{k}")]
     if not kinds:
         return []
     fallback = f"copy its {' and '.join(f'*.{k}' for k in kinds)} files into {meta}"
+    if overwrite and meta.is_dir():
+        import huggingface_hub
+
+        hub_call(huggingface_hub.list_repo_files, f"{repo}'s metadata", fallback, repo_id=repo, repo_type="dataset",
+                 revision=revision)  # reachable, before anything is deleted
+        _clear_metadata(meta)
+
+    def patterns(kind: str) -> str | list[str]:
+        names = [n for n in lost if n.endswith(f".{kind}")]
+        if not names or not _files(meta, f"*.{kind}"):
+            return metadata_patterns(scale, kind)
+        return [("*/" if scale == "xlarge" else "") + glob.escape(n) for n in names]  # xlarge: part_*/<name>
 
     def fetch():
         for kind in kinds:
             _snapshot(repo, meta, f"{repo}'s metadata ({kind})", fallback,
-                      allow_patterns=metadata_patterns(scale, kind), revision=revision, force_download=overwrite)
+                      allow_patterns=patterns(kind), revision=revision, force_download=overwrite)
         if scale == "xlarge":
             _flatten(meta)
 
@@ -230,7 +246,9 @@ def run_pool(scale: str, data_dir: str, metadata_dir: str | None = None, downloa
     Returns:
         The summary, also written to `data_dir/download.json`.
     """
-    pool_repo(scale)  # an unknown scale is refused before anything else
+    repo = pool_repo(scale)  # an unknown scale is refused before anything else
+    for flag, path in (("--data_dir", data_dir), ("--metadata_dir", metadata_dir)):
+        _local(flag, path)
     pool = Pool(data_dir)
     meta = Path(metadata_dir) if metadata_dir else pool.metadata_dir
     img2dataset = None if skip_shards else _img2dataset()  # before fetching anything
@@ -238,11 +256,57 @@ def run_pool(scale: str, data_dir: str, metadata_dir: str | None = None, downloa
               "img2dataset": None if skip_shards else asdict(images)}
     root = pool.root.resolve()
     done = read_record(root / SUMMARY)
-    lost = done is not None and not outputs_intact(root, done)  # files of a complete download went missing
-    return run_global("download", root, root.parent, params, [], partial(_pool_outputs, meta, pool, skip_shards),
+    if done is not None and done.get("kind") == "pool":
+        _check_same_pool(done, repo, meta, pool, None if skip_shards else images, overwrite_metadata)
+    lost = _lost_metadata(root, done, pool) if done is not None else []
+    return run_global("download", root, root, params, [], partial(_pool_outputs, meta, pool, skip_shards),
                       partial(_fetch_pool, scale, pool, meta, download_npz, overwrite_metadata, images, revision,
-                              img2dataset, lost), record=root / SUMMARY, lock_name=f"download-{root.name}",
+                              img2dataset, lost), record=root / SUMMARY, lock_name="download",
                       replace=True, force=overwrite_metadata)
+
+
+def _local(flag: str, path: str | None) -> None:
+    if path and re.match(r"^[A-Za-z][\w+.-]*://", path):
+        raise UserError(f"{flag} {path}: cloud paths are not supported here (DataComp's download_upstream writes "
+                        "to them): download into a local folder and copy it")
+
+
+# what decides the images' bytes (not how fast they are fetched)
+_IMAGE_CONTENT = ("image_size", "resize_mode", "resize_only_if_bigger", "encode_format", "output_format",
+                  "bbox_blurring")
+
+
+def _check_same_pool(done: dict, repo: str, meta: Path, pool: Pool, images: ImageOptions | None,
+                     overwrite: bool) -> None:
+    """A data_dir holds one pool: another scale's metadata, or shards made with other image settings, would be
+    taken as this one's (the hub and img2dataset skip what is there)."""
+    if done.get("repo") not in (None, repo) and not overwrite and _files(meta, "*.parquet"):
+        raise UserError(f"{meta} holds {done['repo']}'s metadata: pass --overwrite_metadata to replace it with "
+                        f"{repo}'s, or another --data_dir")
+    made = done.get("img2dataset")
+    if images is None or not made or not _files(pool.shards_dir, "*_stats.json"):
+        return
+    other = [k for k in _IMAGE_CONTENT if made.get(k) != asdict(images)[k]]
+    if other:
+        raise UserError(f"the shards in {pool.shards_dir} were downloaded with other image settings ({other[0]} "
+                        f"{made.get(other[0])!r}, now {asdict(images)[other[0]]!r}); img2dataset would keep them "
+                        "beside new ones: use another --data_dir")
+
+
+def _lost_metadata(root: Path, done: dict, pool: Pool) -> list[str]:
+    """Names of the recorded metadata files that went missing or changed; a recorded shard whose tar went missing
+    while its _stats.json stayed is warned about (img2dataset takes a shard with stats as done)."""
+    lost = []
+    for rel, size in done.get("outputs", {}).items():
+        path = root / rel
+        if path.exists() and path.stat().st_size == size:
+            continue
+        if path.suffix in (".parquet", ".npz"):
+            lost.append(path.name)
+        elif path.suffix == ".tar" and (pool.shards_dir / f"{path.stem}_stats.json").exists():
+            log.warning(f"{path} is missing but its {path.stem}_stats.json is there: img2dataset takes the shard as "
+                        "done; delete that file to download the shard again")
+    return lost
 
 
 def _pool_outputs(meta: Path, pool: Pool, skip_shards: bool) -> list[Path]:
@@ -301,6 +365,7 @@ def run_dr(repo: str, data_dir: str, allow_patterns: list[str] | None = None, ma
     """
     if not _REPO_ID.match(repo):
         raise UserError(f"--dr {repo!r} is not a hub dataset id (OWNER/NAME), e.g. {', '.join(DR_REPOS)}")
+    _local("--data_dir", data_dir)
     if max_shards is not None and max_shards < 1:
         raise UserError("--max-shards must be positive")
     out = Path(data_dir)
@@ -308,9 +373,9 @@ def run_dr(repo: str, data_dir: str, allow_patterns: list[str] | None = None, ma
               "revision": revision}
     root = out.resolve()
     got: list[str] = []
-    return run_global("download", root, root.parent, params, [], lambda: [out / f for f in got],
+    return run_global("download", root, root, params, [], lambda: [out / f for f in got],
                       partial(_fetch_dr, repo, out, allow_patterns, max_shards, revision, got),
-                      record=root / SUMMARY, lock_name=f"download-{root.name}", replace=True)
+                      record=root / SUMMARY, lock_name="download", replace=True)
 
 
 def _fetch_dr(repo, out, allow_patterns, max_shards, revision, got: list[str]) -> dict:
@@ -332,8 +397,8 @@ def _fetch_dr(repo, out, allow_patterns, max_shards, revision, got: list[str]) -
     out.mkdir(parents=True, exist_ok=True)
     _guarded_fetch(out / SUMMARY, {"status": IN_PROGRESS, "kind": "dr", "repo": repo}, out,
                    lambda: _snapshot(repo, out, what, fallback, allow_patterns=patterns, revision=revision))
-    local = [p.relative_to(out).as_posix() for p in _files(out, "**/*") if p != out / SUMMARY]
-    got.extend(filter_repo_objects(local, allow_patterns=patterns))
+    local = {p.relative_to(out).as_posix() for p in _files(out, "**/*")}
+    got.extend(f for f in filter_repo_objects(files, allow_patterns=patterns) if f in local)  # not a user's file
     if not got:
         raise UserError(f"nothing of {repo} matching {patterns or '*'} is in {out} after the download")
     return {"status": COMPLETE, "kind": "dr", "repo": repo, "revision": revision,
@@ -347,17 +412,19 @@ def _fetch_dr(repo, out, allow_patterns, max_shards, revision, got: list[str]) -
 def main(args: argparse.Namespace) -> None:
     """`mode download ...` (flags in `add_arguments`)."""
     if args.dr:
+        given = (("--metadata_dir", args.metadata_dir), ("--download_npz", args.download_npz),
+                 ("--skip_shards", args.skip_shards), ("--overwrite_metadata", args.overwrite_metadata))
+        pool_only = [flag for flag, on in given if on] + [
+            f"--{k}" for k, v in _image_flags(args).items() if v != getattr(ImageOptions(), k)]
+        if pool_only:
+            raise UserError(f"{pool_only[0]} is for a DataComp pool (--scale), not --dr {args.dr}")
         s = run_dr(args.dr, args.data_dir, args.allow_patterns, args.max_shards, args.revision)
         print(f"download: {s['files']} files of {s['repo']} ({s['shards']} .tar shards, {s['bytes'] / 1e9:.2f} GB) "
               f"in {args.data_dir}")
         return
     if args.allow_patterns or args.max_shards is not None:
         raise UserError("--allow-patterns and --max-shards select DataCompDR files: use them with --dr REPO")
-    images = ImageOptions(processes_count=args.processes_count, thread_count=args.thread_count,
-                          image_size=args.image_size, resize_mode=args.resize_mode,
-                          resize_only_if_bigger=not args.no_resize_only_if_bigger, encode_format=args.encode_format,
-                          output_format=args.output_format, bbox_blurring=not args.skip_bbox_blurring,
-                          retries=args.retries, enable_wandb=args.enable_wandb, wandb_project=args.wandb_project)
+    images = ImageOptions(**_image_flags(args))
     s = run_pool(args.scale or "small", args.data_dir, args.metadata_dir, args.download_npz, args.skip_shards,
                  args.overwrite_metadata, images, args.revision)
     got = "fetched from " + s["repo"] if s["fetched"] else "already there (--overwrite_metadata fetches it again)"
@@ -366,6 +433,15 @@ def main(args: argparse.Namespace) -> None:
         f"{sh['successes']} of {sh['count']} images in {sh['shards']} shards"
     print(f"download {s['scale']}: metadata {got}: {s['files']['parquet']} parquet, {s['files']['npz']} npz files "
           f"in {s['metadata_dir']}; {images_line}")
+
+
+def _image_flags(args: argparse.Namespace) -> dict:
+    """ImageOptions' fields from the flags."""
+    return {"processes_count": args.processes_count, "thread_count": args.thread_count,
+            "image_size": args.image_size, "resize_mode": args.resize_mode,
+            "resize_only_if_bigger": not args.no_resize_only_if_bigger, "encode_format": args.encode_format,
+            "output_format": args.output_format, "bbox_blurring": not args.skip_bbox_blurring,
+            "retries": args.retries, "enable_wandb": args.enable_wandb, "wandb_project": args.wandb_project}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -239,6 +239,10 @@ def test_img2dataset_gets_datacomps_parameters(tmp_path, hub, fake_img2dataset, 
     args = parse("--scale", "small", "--data-dir", str(tmp_path), "--skip_bbox_blurring", "--image_size", "256",
                  "--resize_mode", "center_crop", "--no_resize_only_if_bigger", "--encode_format", "webp",
                  "--processes_count", "2", "--thread_count", "8", "--retries", "0")
+    with pytest.raises(UserError, match="downloaded with other image settings \\(image_size 512, now 256\\)"):
+        args.func(args)  # img2dataset would keep the 512 px shards beside new 256 px ones
+    for p in (tmp_path / "shards").iterdir():
+        p.unlink()
     args.func(args)
     got = fake_img2dataset[-1]
     assert (got["bbox_col"], got["image_size"], got["resize_mode"], got["resize_only_if_bigger"]) == \
@@ -249,7 +253,8 @@ def test_img2dataset_gets_datacomps_parameters(tmp_path, hub, fake_img2dataset, 
 
 def test_dr_allow_patterns(tmp_path, hub):
     s = download.run_dr("apple/DataCompDR-12M", str(tmp_path), allow_patterns=["0000000[0-4].tar"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:08d}.tar" for i in range(5)] + ["download.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock-download", *(f"{i:08d}.tar" for i in range(5)),
+                                                          "download.json"]  # the lock inside data_dir
     assert hub.calls == [{"list": "apple/DataCompDR-12M"},  # listed first: offline fails there, with its reason
                          {"repo_id": "apple/DataCompDR-12M", "allow_patterns": ["0000000[0-4].tar"],
                           "revision": None}]
@@ -270,7 +275,7 @@ def test_dr_max_shards_takes_the_first_in_natural_order(tmp_path, hub):
 
     out = tmp_path / "only_tars"
     s = download.run_dr("apple/DataCompDR-12M", str(out), allow_patterns=["*.tar"], max_shards=2)
-    assert sorted(p.name for p in out.iterdir()) == ["00000000.tar", "00000001.tar", "download.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock-download", "00000000.tar", "00000001.tar", "download.json"]
 
 
 def test_dr_bad_input(tmp_path, hub):
@@ -299,3 +304,57 @@ def test_complete_download_is_a_done_global_step(tmp_path, hub, no_img2dataset):
     (tmp_path / "metadata" / "ff02.parquet").unlink()
     assert download.run_pool("small", str(tmp_path), skip_shards=True)["files"]["parquet"] == 2
     assert len(hub.calls) == n + 1
+
+
+def test_cloud_paths_and_pool_flags_with_dr_are_refused(tmp_path, hub):
+    with pytest.raises(UserError, match="s3://bucket/pool: cloud paths are not supported here"):
+        download.run_pool("small", "s3://bucket/pool", skip_shards=True)
+    with pytest.raises(UserError, match="cloud paths"):
+        download.run_dr("apple/DataCompDR-12M", "gs://bucket/dr")
+    for extra in (["--download_npz"], ["--image_size", "256"], ["--skip_shards"]):
+        args = parse("--dr", "apple/DataCompDR-12M", "--data_dir", str(tmp_path), *extra)
+        with pytest.raises(UserError, match=f"{extra[0]} is for a DataComp pool"):
+            args.func(args)
+    assert not list(tmp_path.iterdir()) and hub.calls == []
+
+
+def test_overwrite_deletes_nothing_when_the_hub_cannot_be_reached(tmp_path, hub, no_img2dataset, monkeypatch):
+    download.run_pool("small", str(tmp_path), skip_shards=True)
+    before = sorted(p.name for p in (tmp_path / "metadata").iterdir())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="unreachable"):
+        download.run_pool("small", str(tmp_path), skip_shards=True, overwrite_metadata=True)
+    assert sorted(p.name for p in (tmp_path / "metadata").iterdir()) == before
+    assert json.loads((tmp_path / "download.json").read_text())["status"] == "complete"
+
+
+def test_another_scale_in_the_same_data_dir_needs_overwrite(tmp_path, hub, no_img2dataset):
+    download.run_pool("small", str(tmp_path), skip_shards=True)
+    with pytest.raises(UserError, match="holds mlfoundations/datacomp_small's metadata: pass --overwrite_metadata"):
+        download.run_pool("xlarge", str(tmp_path), skip_shards=True)
+    s = download.run_pool("xlarge", str(tmp_path), skip_shards=True, overwrite_metadata=True)
+    assert s["repo"] == "mlfoundations/datacomp_xlarge"
+    assert sorted(p.name for p in (tmp_path / "metadata").iterdir()) == ["aa.parquet", "bb.parquet"]
+
+
+def test_a_lost_shard_or_file_is_fetched_by_name(tmp_path, hub, fake_img2dataset, monkeypatch, caplog):
+    download.run_pool("xlarge", str(tmp_path))
+    n = len(hub.calls)
+    (tmp_path / "shards" / "00000.tar").unlink()  # its _stats.json stays: img2dataset takes the shard as done
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the metadata is whole: no hub needed
+    download.run_pool("xlarge", str(tmp_path))
+    assert len(hub.calls) == n and "00000_stats.json is there" in caplog.text
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    (tmp_path / "metadata" / "bb.parquet").unlink()
+    download.run_pool("xlarge", str(tmp_path))
+    assert hub.calls[-1]["allow_patterns"] == ["*/bb.parquet"] and len(hub.calls) == n + 1
+    assert sorted(p.name for p in (tmp_path / "metadata").iterdir()) == ["aa.parquet", "bb.parquet"]
+
+
+def test_dr_counts_only_the_repositorys_files(tmp_path, hub):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "00000000.tar").write_bytes(b"a pool's shard")
+    s = download.run_dr("apple/DataCompDR-12M", str(tmp_path), allow_patterns=["*.tar"])
+    assert s["files"] == 12 and s["shards"] == 12 and "notes.txt" not in s["outputs"]
+    assert not any(k.startswith("old/") for k in s["outputs"])
