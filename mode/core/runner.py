@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mode.core.errors import UserError
+from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
 from mode.core.lock import holding, params_claim
 from mode.core.parallel import process_pool
@@ -84,12 +84,12 @@ def run_per_shard(step: str, step_dir: Path, shard_paths: list[str], work: Calla
     """
     rank, world_size = rank_and_world(rank, world_size)
     if apart:
-        _check_apart(step_dir.parent, shard_paths)
+        check_apart(step_dir.parent, shard_paths)
     ids = shard_ids(shard_paths)
     digest = params_hash(params)
     step_dir.mkdir(parents=True, exist_ok=True)
     # a run with other parameters may not share the step's outputs while this one is alive, whatever the ranks
-    on_change = partial(_check_params, step_dir, ids.values(), digest, hint, drop_stale)
+    on_change = partial(_check_params, step_dir, digest, hint, drop_stale)
     with params_claim(step_dir, digest, f"`mode {step}`", on_change=on_change):
         with holding(step_dir, f"{step}-rank{rank}-of{world_size}", f"`mode {step}` (rank {rank} of {world_size})"):
             _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, workers, outputs)
@@ -116,7 +116,7 @@ def _run_mine(step, step_dir, shard_paths, work, digest, ids, rank, world_size, 
             pool.shutdown(cancel_futures=True)
 
 
-def _check_apart(root: Path, shard_paths: list[str]) -> None:
+def check_apart(root: Path, shard_paths: list[str]) -> None:
     """Outputs and inputs in separate trees: a work dir inside a shard folder, or shards inside the work dir (its
     routed shards given as input), would let one step's outputs become another's input or overwrite it."""
     for folder in sorted({Path(p).resolve().parent for p in shard_paths}):
@@ -131,8 +131,7 @@ def is_complete(step_dir: Path, shard_id: str) -> bool:
     path = WorkDir.stats(step_dir, shard_id)
     if not path.exists():
         return False
-    with open(path) as f:
-        record = json.load(f)
+    record = load_json(path, "shard record")
     if not outputs_intact(step_dir, record):
         log.warning(f"an output of shard {shard_id} in {step_dir} is missing or changed since it was written: "
                     "redoing it")
@@ -141,17 +140,18 @@ def is_complete(step_dir: Path, shard_id: str) -> bool:
     return True
 
 
-def _check_params(step_dir: Path, shard_ids_: object, digest: str, hint: str = "use a new --work-dir or delete "
-                  "that folder", drop: bool = False) -> None:
-    for shard_id in shard_ids_:
-        path = WorkDir.stats(step_dir, shard_id)
-        if path.exists():
-            with open(path) as f:
-                stale = json.load(f).get("params_hash") != digest
-            if stale and drop:
-                path.unlink()
-            elif stale:
-                raise UserError(f"{step_dir} holds outputs made with other parameters (e.g. {path.name}); {hint}")
+def _check_params(step_dir: Path, digest: str, hint: str = "use a new --work-dir or delete that folder",
+                  drop: bool = False) -> None:
+    """Every shard done in the folder, not only this run's (an earlier run on other --shards with other
+    parameters would otherwise be counted complete beside this one's)."""
+    for path in sorted(step_dir.glob("*.stats.json")):
+        with reading(path, "shard record (json)"):
+            record = json.loads(path.read_text())
+        stale = not isinstance(record, dict) or record.get("params_hash") != digest
+        if stale and drop:
+            path.unlink()
+        elif stale:
+            raise UserError(f"{step_dir} holds outputs made with other parameters (e.g. {path.name}); {hint}")
 
 
 def write_summary(step: str, step_dir: Path, all_ids, params: dict, digest: str) -> dict:
@@ -258,13 +258,22 @@ def outputs_intact(step_dir: Path, record: dict) -> bool:
                for rel, size in record.get("outputs", {}).items())
 
 
+def load_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """A json object the tool wrote, with `keys`; a cut, hand-edited or foreign one is one line naming it."""
+    with reading(path, what):
+        value = json.loads(Path(path).read_text())
+    missing = [k for k in keys if k not in value] if isinstance(value, dict) else list(keys) or ["an object"]
+    if missing:
+        raise UserError(f"{path}: not a {what} this tool wrote (no {missing[0]!r}): rerun the step that writes it")
+    return value
+
+
 def read_complete_summary(step_dir: Path, step: str, before: str) -> dict:
     """The summary of an earlier step, which must be complete; else a UserError saying what to run."""
     path = WorkDir.summary(step_dir)
     if not path.exists():
         raise UserError(f"no {step} output in {step_dir}: run `mode {step}` first ({before} needs it)")
-    with open(path) as f:
-        summary = json.load(f)
+    summary = load_json(path, f"`mode {step}` summary", ("shards_total", "shards_done", "params", "params_hash"))
     if not summary.get("complete"):  # ranks that finished together may have raced on summary.json: recount
         stats = sorted(step_dir.glob("*.stats.json"))
         if len(stats) == summary["shards_total"]:

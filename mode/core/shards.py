@@ -398,7 +398,15 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
     """This process's rank and the world size: the flags if given, else torchrun's, MPI's or SLURM's environment
     (the first variable set of each list, as open_clip_train reads them)."""
     if rank is None:
-        rank = next((int(os.environ[v]) for v in _RANK_VARS if v in os.environ), 0)
+        rank = next((_env_int(v) for v in _RANK_VARS if v in os.environ), 0)
     if world_size is None:
-        world_size = next((int(os.environ[v]) for v in _WORLD_VARS if v in os.environ), 1)
+        world_size = next((_env_int(v) for v in _WORLD_VARS if v in os.environ), 1)
     return rank, world_size
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ[name])
+    except ValueError:
+        raise UserError(f"{name}={os.environ[name]!r} in the environment: expected an integer (a rank or world "
+                        "size from torchrun/SLURM)") from None

@@ -55,9 +55,10 @@ def _work(work_dir: str, metric: str, n_fine: int, n_coarse: int, path: str, sha
         feats = np.load(wd.features(shard_id))
     if feats.ndim != 2:
         raise UserError(f"{wd.features(shard_id)}: shape {feats.shape}, expected [rows, dim]")
-    if len(feats) != captions.num_rows:
-        raise UserError(f"{wd.features(shard_id)} has {len(feats)} rows for {captions.num_rows} captions: delete it "
-                        "and its embed stats, and rerun `mode embed`")
+    if len(feats) != captions.num_rows or not np.isfinite(feats).all():
+        what = "non-finite values" if len(feats) == captions.num_rows else \
+            f"{len(feats)} rows for {captions.num_rows} captions"
+        raise UserError(f"{wd.features(shard_id)} has {what}: delete it and its embed stats, and rerun `mode embed`")
     fine, coarse, score = nearest_fine(feats, work_dir, metric)
     table = pa.table([captions.column("uid"), captions.column("key"), pa.array(fine), pa.array(coarse),
                       pa.array(score)], schema=SCHEMA)

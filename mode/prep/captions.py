@@ -40,8 +40,15 @@ CLEANINGS = {"open_clip": clean_caption, "none": lambda text: text}
 
 
 def shard_captions(path: str, skipped: Counter, cleaning: str = "open_clip") -> Iterator[tuple[str, str, str]]:
-    """`(uid, key, caption)` for each usable sample of a shard, counting the rest in `skipped` by reason."""
+    """`(uid, key, caption)` for each usable sample of a shard, counting the rest in `skipped` by reason. A key
+    seen before in the shard is a `duplicate_key` skip: later steps find a sample by its key, and webdataset reads
+    two samples of one key written side by side as one."""
+    seen: set[str] = set()
     for key, members in iter_tar(path, skipped):
+        if key in seen:
+            skipped["duplicate_key"] += 1
+            continue
+        seen.add(key)
         if "txt" not in members:
             skipped["no_caption"] += 1
             continue

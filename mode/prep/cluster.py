@@ -15,7 +15,6 @@ summary.json (config, sizes, mean cosine to centroid, iterations, seconds, max/m
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -26,7 +25,7 @@ import numpy as np
 from mode.core.compute import nearest, normalise
 from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
-from mode.core.runner import read_complete_summary, run_global
+from mode.core.runner import load_json, read_complete_summary, run_global
 from mode.core.shards import atomic_write, expand, rank_and_world, shard_ids
 from mode.core.step import positive_int, seed_int, shard_step_arguments
 from mode.prep.bkmeans import balanced_kmeans, faiss_kmeans
@@ -169,10 +168,9 @@ def run(shards: str, work_dir: str, cfg: ClusterConfig, world_size: int | None =
     cfg.validate()
     wd = WorkDir(Path(work_dir))
     if WorkDir.summary(wd.clusters_dir).exists():
-        with open(WorkDir.summary(wd.clusters_dir)) as f:
-            done = json.load(f)
+        done = load_json(WorkDir.summary(wd.clusters_dir), "clustering summary", ("config",))
         if "params_hash" not in done:  # made before clusters had records: the config decides, as it did then
-            if ClusterConfig(**done["config"]) == cfg:
+            if _config(done, wd) == cfg:
                 return done
             raise UserError(f"{wd.clusters_dir} holds a clustering with another config; use a new --work-dir")
     read_complete_summary(wd.features_dir, "embed", "cluster")
@@ -224,8 +222,15 @@ def load_config(work_dir: str) -> ClusterConfig:
     path = WorkDir.summary(WorkDir(Path(work_dir)).clusters_dir)
     if not path.exists():
         raise UserError(f"no clusters in {work_dir}: run `mode cluster` first")
-    with open(path) as f:
-        return ClusterConfig(**json.load(f)["config"])
+    return _config(load_json(path, "clustering summary", ("config",)), WorkDir(Path(work_dir)))
+
+
+def _config(summary: dict, wd: WorkDir) -> ClusterConfig:
+    try:
+        return ClusterConfig(**summary["config"])
+    except TypeError:
+        raise UserError(f"{WorkDir.summary(wd.clusters_dir)}: its config is not a clustering's: rerun `mode "
+                        "cluster` into a new --work-dir") from None
 
 
 # -------------------------------------------------------------------------------------------- `mode cluster`
@@ -246,10 +251,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0)
 
 
+def config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    return ClusterConfig(fine=args.fine, coarse=args.coarse, metric=args.metric, balance=args.balance,
+                         sample_fraction=args.sample_fraction, max_samples=args.max_samples,
+                         sample_shards=args.sample_shards, niter=args.niter, seed=args.seed)
+
+
 def main(args: argparse.Namespace) -> None:
-    cfg = ClusterConfig(fine=args.fine, coarse=args.coarse, metric=args.metric, balance=args.balance,
-                        sample_fraction=args.sample_fraction, max_samples=args.max_samples,
-                        sample_shards=args.sample_shards, niter=args.niter, seed=args.seed)
+    cfg = config_from_args(args)
     s = run(args.shards, args.work_dir, cfg, args.world_size)
     print(f"cluster: {s['sampled']} of {s['features']} features -> {cfg.fine} fine -> {cfg.coarse} coarse; "
           f"coarse share {s['coarse_share']} (max/min {s['expert_size_max_over_min']}); "

@@ -12,7 +12,6 @@ embeddings are L2-normalised. On CUDA the encoder runs in fp16 on this rank's GP
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from functools import lru_cache, partial
 from pathlib import Path
@@ -23,9 +22,9 @@ import pyarrow.parquet as pq
 
 from mode.core.compute import normalise
 from mode.core.device import pick_device
-from mode.core.errors import UserError
+from mode.core.errors import UserError, reading
 from mode.core.layout import WorkDir
-from mode.core.runner import read_complete_summary, run_per_shard
+from mode.core.runner import load_json, read_complete_summary, run_per_shard
 from mode.core.shards import atomic_write, expand, shard_ids, write_json
 from mode.core.step import positive_int, print_summary, shard_step_arguments
 
@@ -94,7 +93,7 @@ class PoolerEncoder:
 def _load_pooler_encoder(name: str, device: str) -> PoolerEncoder:
     try:
         return PoolerEncoder(resolve_encoder(name), device)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder that holds no model transformers knows
         raise UserError(f"cannot load encoder {name!r}: {str(e).splitlines()[0]}")
 
 
@@ -104,7 +103,7 @@ def _load_encoder(name: str, device: str):
 
     try:
         model = SentenceTransformer(resolve_encoder(name), device=device)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder that holds no model transformers knows
         raise UserError(f"cannot load encoder {name!r}: {str(e).splitlines()[0]}")
     if device.startswith("cuda"):
         model.half()
@@ -137,7 +136,8 @@ def encode(texts: list[str], encoder: str | None = None, batch_size: int | None 
 def _shard_texts(wd: WorkDir, file_mode: str, path: str, shard_id: str, skipped: Counter) -> list[str]:
     """The shard's captions: step 0's parquet, or (tarfile mode) read from the tar, counting what is skipped."""
     if file_mode == "caption":
-        return pq.read_table(wd.captions(shard_id), columns=["caption"]).column("caption").to_pylist()
+        with reading(wd.captions(shard_id), "captions parquet"):
+            return pq.read_table(wd.captions(shard_id), columns=["caption"]).column("caption").to_pylist()
     from mode.prep.captions import SCHEMA, shard_captions
 
     rows = list(shard_captions(path, skipped))
@@ -154,6 +154,9 @@ def _work(work_dir: str, file_mode: str, encoder: str | None, batch_size: int | 
     skipped: Counter = Counter()  # (tarfile mode: samples without caption, bad json, ... as `mode captions` counts)
     texts = _shard_texts(wd, file_mode, path, shard_id, skipped)
     emb = encode(texts, encoder, batch_size, device, pooling).astype(np.float16)
+    if not np.isfinite(emb).all():  # a broken encoder (or fp16 overflow): never a feature k-means cannot place
+        raise UserError(f"the encoder gave non-finite features for shard {shard_id} ({path}): check --encoder, or "
+                        "embed on --device cpu")
     with atomic_write(wd.features(shard_id)) as f:
         np.save(f, emb)
     per_sample = sum(v for k, v in skipped.items() if not k.endswith("_tar"))
@@ -177,8 +180,7 @@ def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str =
     if pooling != "model":  # (features made before --pooling existed keep their meta)
         meta["pooling"] = pooling
     if wd.features_meta.exists():
-        with open(wd.features_meta) as f:
-            old = json.load(f)
+        old = load_json(wd.features_meta, "features meta", ("encoder",))
         if old != meta:
             raise UserError(f"{wd.features_dir} holds features of another encoder ({old['encoder']}); "
                             "use a new --work-dir")

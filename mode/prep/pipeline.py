@@ -18,6 +18,8 @@ from pathlib import Path
 from mode.core import jobs
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
+from mode.core.runner import check_apart
+from mode.core.shards import expand, rank_and_world
 from mode.core.step import positive_int
 from mode.prep.captions import CLEANINGS
 
@@ -163,12 +165,17 @@ def main(args: argparse.Namespace) -> None:
     ooc.check(args.ooc_ratio, args.ooc_mode or PRESETS[args.preset]["ooc_mode"])  # route's, before captions runs
     steps = plan(args)
     for step in steps:  # every step's flags, before the first runs
-        jobs.StepJob(step.module, step.argv).parse()
+        module, parsed = jobs.StepJob(step.module, step.argv).parse()
+        if step.name == "cluster":
+            module.config_from_args(parsed).validate()
+    check_apart(Path(args.work_dir), expand(args.shards))  # before captions runs or anything is submitted
+    if args.executor == "local" and rank_and_world()[1] > 1:
+        raise UserError("mode prep runs the five steps one after the other in one process, but the environment "
+                        f"says {rank_and_world()[1]} processes (torchrun/SLURM): run it as one task, each step under "
+                        "torchrun/srun, or --executor slurm --ranks N")
     if args.executor == "local":
         run_local(steps)
         return
-    from mode.core.shards import expand
-
     total = len(expand(args.shards))  # also checks --shards before anything is submitted
     os.makedirs(args.work_dir, exist_ok=True)
     groups = submit(steps, args)

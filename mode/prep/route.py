@@ -55,15 +55,21 @@ def _work(work_dir: str, n_experts: int, ratio: float, mode: str, seed: int, pat
     processed = 0
     with ExitStack() as stack:
         sinks = [stack.enter_context(tar_writer(wd.expert_shard(k, shard_id))) for k in range(n_experts)]
+        written: set[str] = set()
         for key, members in iter_tar(path, skipped):
             processed += 1
+            if key in written:  # a later sample of the same key (`mode captions` left it out too)
+                skipped["duplicate_key"] += 1
+                continue
             if key not in targets:
                 skipped["unassigned"] += 1
             for k in targets.get(key, ()):
                 sinks[k].write(key, members)
+            written.add(key)
     sizes = [s.count for s in sinks]
     in_cluster = np.bincount(coarse, minlength=n_experts).tolist()
-    return {"processed": processed, "kept": processed - skipped["unassigned"], "skipped": dict(skipped),
+    kept = processed - skipped["unassigned"] - skipped["duplicate_key"]
+    return {"processed": processed, "kept": kept, "skipped": dict(skipped),
             "sizes": sizes, "in_cluster": in_cluster, "out_of_cluster": [s - i for s, i in zip(sizes, in_cluster)]}
 
 

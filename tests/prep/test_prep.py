@@ -459,3 +459,87 @@ def test_cleaning_none_keeps_the_caption_as_mode_embeds_it(tmp_path):
     assert PRESETS["mode"]["cleaning"] == "none" and PRESETS["fast"]["cleaning"] == "open_clip"
     with pytest.raises(UserError, match="--cleaning 'ftfy'"):
         captions.run(str(tmp_path / "0.tar"), str(tmp_path / "w"), 0, 1, cleaning="ftfy")
+
+
+def test_shards_done_with_other_parameters_on_other_shards_are_refused(toy_pool, tmp_path):
+    """Captions with --cleaning none on two shards, then open_clip's on the other two: the second run found no
+    record of its own shards and counted the first run's as complete beside its own."""
+    pool = tmp_path / "pool"
+    (pool / "a").mkdir(parents=True)
+    (pool / "b").mkdir()
+    src = sorted((toy_pool / "shards").glob("*.tar"))
+    for i, p in enumerate(src):
+        shutil.copy(p, pool / ("a" if i < 2 else "b") / p.name)
+    work = tmp_path / "work"
+    captions.run(str(pool / "a"), str(work), 0, 1, cleaning="none")
+    with pytest.raises(UserError, match="holds outputs made with other parameters"):
+        captions.run(str(pool / "b"), str(work), 0, 1)
+
+
+def test_duplicate_keys_in_a_shard_are_one_sample(toy_pool, tmp_path):
+    """Two samples of one key in a shard: the later is a counted skip in captions and route (route finds samples
+    by key, and webdataset would read two of one key written side by side as one)."""
+    src = sorted((toy_pool / "shards").glob("*.tar"))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for p in src[1:]:
+        shutil.copy(p, pool / p.name)
+    with tarfile.open(src[0]) as tin, tarfile.open(pool / src[0].name, "w") as tout:
+        members = tin.getmembers()
+        first = members[0].name.split(".")[0]
+        for m in members + [m for m in members if m.name.split(".")[0] == first]:  # `first` again at the end
+            tout.addfile(m, io.BytesIO(tin.extractfile(m).read()))
+    work = tmp_path / "work"
+    s = captions.run(str(pool), str(work), 0, 1)
+    assert s["skipped"]["duplicate_key"] == 1
+    embed.run(str(pool), str(work), rank=0, world_size=1)
+    cluster.run(str(pool), str(work), CFG, world_size=1)
+    assign.run(str(pool), str(work), 0, 1)
+    r = route.run(str(pool), str(work), 0.0, 0, 0, 1)
+    assert r["skipped"]["duplicate_key"] == 1 and sum(r["sizes"]) == s["kept"]
+    routed = [k for k in range(CFG.coarse) for k, _ in iter_tar(WorkDir(work).expert_shard(k, src[0].stem))]
+    assert routed.count(first) == 1
+
+
+def test_bad_work_dir_files_and_environment_are_one_line(toy_pool, reference, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(reference, work)
+    wd = WorkDir(work)
+    feats = np.load(wd.features("00000003"))
+    feats[0] = np.nan
+    np.save(wd.features("00000003"), feats)
+    (wd.assign_dir / "00000003.stats.json").unlink()
+    with pytest.raises(UserError, match="00000003.npy has non-finite values"):
+        assign.run(str(toy_pool), str(work), 0, 1)
+    for path, value, message in ((WorkDir.summary(wd.captions_dir), "{}", "no 'shards_total'"),
+                                 (WorkDir.summary(wd.clusters_dir), '{"step": "cluster"}', "no 'config'"),
+                                 (wd.features_meta, "[1]", "not a features meta"),
+                                 (WorkDir.summary(wd.captions_dir), '{"shards_total": 1', "summary")):
+        saved = path.read_bytes()
+        path.write_text(value)
+        with pytest.raises(UserError, match=message):
+            embed.run(str(toy_pool), str(work), rank=0, world_size=1) if path != WorkDir.summary(wd.clusters_dir) \
+                else assign.run(str(toy_pool), str(work), 0, 1)
+        path.write_bytes(saved)
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(UserError, match="RANK='x' in the environment: expected an integer"):
+        captions.run(str(toy_pool), str(tmp_path / "w2"))
+    empty = tmp_path / "encoder"
+    empty.mkdir()
+    (empty / "README.md").write_text("not a model")
+    with pytest.raises(UserError, match="cannot load encoder"):
+        embed.load_encoder(str(empty), "cpu", "model")
+
+
+def test_prep_checks_cluster_flags_paths_and_world_before_any_step(toy_pool, tmp_path):
+    from ..conftest import PYTHON, run
+
+    base = [PYTHON, "-m", "mode", "prep", "--shards", str(toy_pool / "shards"), "--work-dir", str(tmp_path / "w")]
+    res = run([*base, "--fine", "2", "--coarse", "4"])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    assert not (tmp_path / "w" / "captions").exists()  # refused before captions ran
+    res = run([PYTHON, "-m", "mode", "prep", "--shards", str(toy_pool / "shards"), "--work-dir",
+               str(toy_pool / "shards" / "w")])
+    assert res.returncode == 2 and "overlap" in res.stderr and not (toy_pool / "shards" / "w").exists()
+    res = run(base, env={**__import__("os").environ, "SLURM_PROCID": "0", "SLURM_NTASKS": "4"})
+    assert res.returncode == 2 and "one process, but the environment says 4" in res.stderr, res.stderr[-2000:]
