@@ -182,8 +182,11 @@ def run(shards: str, work_dir: str, encoder: str | None = None, file_mode: str =
     if wd.features_meta.exists():
         old = load_json(wd.features_meta, "features meta", ("encoder",))
         if old != meta:
-            raise UserError(f"{wd.features_dir} holds features of another encoder ({old['encoder']}); "
-                            "use a new --work-dir")
+            differ = next(k for k in sorted(set(old) | set(meta)) if old.get(k) != meta.get(k))
+            what = {"shards": "other --shards", "encoder": "another encoder", "pooling": "another --pooling"}.get(
+                differ, f"another {differ}")
+            raise UserError(f"{wd.features_dir} holds features made with {what} ({differ} {old.get(differ)!r}, now "
+                            f"{meta.get(differ)!r}); use the same flags or a new --work-dir")
     else:
         write_json(wd.features_meta, meta)
     if file_mode == "caption":  # the captions step named the outputs; embed must find the same ids

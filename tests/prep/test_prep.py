@@ -543,3 +543,11 @@ def test_prep_checks_cluster_flags_paths_and_world_before_any_step(toy_pool, tmp
     assert res.returncode == 2 and "overlap" in res.stderr and not (toy_pool / "shards" / "w").exists()
     res = run(base, env={**__import__("os").environ, "SLURM_PROCID": "0", "SLURM_NTASKS": "4"})
     assert res.returncode == 2 and "one process, but the environment says 4" in res.stderr, res.stderr[-2000:]
+
+
+def test_embed_says_which_setting_differs(toy_pool, reference, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(reference, work)
+    three = "::".join(str(p) for p in sorted((toy_pool / "shards").glob("*.tar"))[:3])
+    with pytest.raises(UserError, match=r"features made with other --shards \(shards 4, now 3\)"):
+        embed.run(three, str(work), rank=0, world_size=1)
