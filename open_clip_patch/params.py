@@ -306,7 +306,7 @@ def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
     ooc.check(args.ooc_ratio or 0.0, args.ooc_mode)
     if args.expert_data == "routed":
         _check_routed_mix(args)
-        args.data_dir = str(WorkDir(args.mode_work_dir).expert_shards_dir(args.expert))
+        args.data_dir = _routed_shards(WorkDir(args.mode_work_dir).expert_shards_dir(args.expert))
         args.mode_work_dir = None  # the stock loader reads the routed shards; nothing to filter
         return [*argv, "--data-dir"]  # so that _resolve_data takes it as the last data flag
     if last_of(argv, _GROUPS["data"]) is None and not args.train_data:
@@ -320,6 +320,20 @@ def _resolve_expert(args: argparse.Namespace, argv: list[str]) -> list[str]:
     if args.train_num_samples is None and last_of(argv, _GROUPS["samples"]) is None:
         args.train_num_samples = args.mode_distinct_samples
     return argv
+
+
+def _routed_shards(folder) -> str:
+    """The shards `mode route` wrote for an expert (its sizes.json names them), not whatever else lies there."""
+    sizes = folder / "sizes.json"
+    if not sizes.is_file():
+        return str(folder)
+    with open(sizes) as f:
+        names = sorted(json.load(f), key=lambda n: [int(t) if t.isdigit() else t for t in n.replace(".", " ").split()])
+    others = sorted(p.name for p in folder.glob("*.tar") if p.name not in names)
+    if others:
+        log.warning(f"--expert-data routed: {folder} also holds {len(others)} tar(s) `mode route` did not write "
+                    f"(e.g. {others[0]}); training reads only the routed ones")
+    return "::".join(str(folder / n) for n in names)
 
 
 def _check_routed_mix(args: argparse.Namespace) -> None:

@@ -134,6 +134,8 @@ def test_expert_flags_are_checked(toy_pool, toy_work):
     sizes = json.loads((WorkDir(toy_work).expert_shards_dir(1) / "sizes.json").read_text())
     assert routed.train_data.startswith(str(WorkDir(toy_work).expert_shards_dir(1)))
     assert routed.train_num_samples == sum(sizes.values()) and routed.mode_work_dir is None
+    assert sorted(expand(routed.train_data)) == sorted(str(WorkDir(toy_work).expert_shards_dir(1) / n)
+                                                          for n in sizes)  # what route wrote, nothing else there
     filtered = oc_main.parse_args(["--mode-work-dir", str(toy_work), "--expert", "1", "--data-dir", str(toy_pool),
                                    "--ooc-ratio", "0.2"])
     n1 = json.loads((WorkDir(toy_work).assign_dir / "summary.json").read_text())["counts"]["coarse"][1]
@@ -705,3 +707,19 @@ def test_a_failing_local_job_is_one_line(toy_pool, toy_work, tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()
     assert len(last) == 1 and "not a complete checkpoint file" in last[0] and "(log " in last[0], res.stderr[-2000:]
+
+
+def test_routed_data_is_what_route_wrote(toy_work, tmp_path, caplog):
+    import shutil
+
+    open_clip_patch.apply()
+    import open_clip_train.main as oc_main
+
+    work = shutil.copytree(toy_work, tmp_path / "work")
+    folder = WorkDir(work).expert_shards_dir(0)
+    shutil.copy(next(folder.glob("*.tar")), folder / "foo.tar")  # a file someone left there
+    args = oc_main.parse_args(["--mode-work-dir", str(work), "--expert", "0", "--expert-data", "routed",
+                               "--dataset-resampled"])
+    sizes = json.loads((folder / "sizes.json").read_text())
+    assert sorted(expand(args.train_data)) == sorted(str(folder / n) for n in sizes)
+    assert args.train_num_samples == sum(sizes.values()) and "did not write (e.g. foo.tar)" in caplog.text
