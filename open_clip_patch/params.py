@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.lock import hold_for_process
+from mode.core.shards import natural_key
 from mode.prep import ooc
 from open_clip_patch import preflight
 from open_clip_patch.init_from import resolve_start
@@ -328,7 +329,7 @@ def _routed_shards(folder) -> str:
     if not sizes.is_file():
         return str(folder)
     with open(sizes) as f:
-        names = sorted(json.load(f), key=lambda n: [int(t) if t.isdigit() else t for t in n.replace(".", " ").split()])
+        names = sorted(json.load(f), key=natural_key)
     others = sorted(p.name for p in folder.glob("*.tar") if p.name not in names)
     if others:
         log.warning(f"--expert-data routed: {folder} also holds {len(others)} tar(s) `mode route` did not write "
