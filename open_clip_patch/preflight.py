@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 
 from mode.core.errors import UserError
 
@@ -74,14 +73,14 @@ def check(args: argparse.Namespace, world_size: int) -> None:
 
 def _kept_per_shard(args: argparse.Namespace, paths: list[str]) -> list[int] | None:
     """The training samples in each shard (an expert's pairs with --mode-work-dir), or None if unknown."""
-    from mode.core.shards import shard_sizes
+    from mode.core.shards import shard_ids, shard_sizes
 
     if not getattr(args, "mode_work_dir", None):
         return shard_sizes(paths)
     from open_clip_patch.data import expert_shard_counts
 
-    counts = expert_shard_counts(args.mode_work_dir, args.expert)
-    sizes = [counts.get(os.path.basename(p)[: -len(".tar")]) for p in paths]
+    counts, ids = expert_shard_counts(args.mode_work_dir, args.expert), shard_ids(paths)  # ids as the steps name them
+    sizes = [counts.get(ids[p]) for p in paths]
     return None if any(s is None for s in sizes) else sizes
 
 

@@ -118,10 +118,15 @@ def captions_of(work: WorkDir, ids: list[str], sample: Sample) -> tuple[list[str
     return keys, caps, uids
 
 
-def thumb_name(tar: str, key: str, size: int) -> str:
-    """thumbs/<hash>.jpg: of the tar as it is now (path, size, mtime), the key and the size; never the key itself."""
+def tar_identity(tar: str) -> str:
+    """The tar as it is now: real path, size and mtime (a remade pool gets new thumbnails)."""
     st = os.stat(tar)
-    ident = "\0".join(map(str, (os.path.realpath(tar), st.st_size, st.st_mtime_ns, key, size)))
+    return f"{os.path.realpath(tar)}\0{st.st_size}\0{st.st_mtime_ns}"
+
+
+def thumb_name(tar_ident: str, key: str, size: int) -> str:
+    """thumbs/<hash>.jpg of the tar's identity, the key and the size; never the key itself."""
+    ident = "\0".join((tar_ident, key, str(size)))
     return f"thumbs/{hashlib.sha256(ident.encode()).hexdigest()[:32]}.jpg"
 
 
@@ -132,7 +137,8 @@ def write_thumbnails(out: Path, wanted: dict[str, dict[str, str]], tar_of: dict[
     whose uid is not the work dir's means other shards than the work dir's: a UserError."""
     done, bad = {}, Counter()
     for shard_id in tqdm(sorted(wanted, key=natural_key), desc="inspect: thumbnails", unit="tar"):
-        names = {key: thumb_name(tar_of[shard_id], key, size) for key in wanted[shard_id]}
+        ident = tar_identity(tar_of[shard_id])  # one stat per tar, not per sampled key
+        names = {key: thumb_name(ident, key, size) for key in wanted[shard_id]}
         todo = {key for key, name in names.items() if not (out / name).exists()}  # else written by an earlier run
         done.update({f"{shard_id}/{key}": name for key, name in names.items() if key not in todo})
         if not todo:

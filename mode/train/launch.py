@@ -31,6 +31,7 @@ from pathlib import Path
 from mode.core import jobs
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
+from mode.core.runner import load_json, read_complete_summary
 from mode.core.shards import write_json
 from open_clip_patch.init_from import is_complete_checkpoint
 
@@ -74,8 +75,6 @@ def _set_distributed_env() -> None:
 
 def clustering_shape(work_dir: str) -> tuple[int, int, int]:
     """(coarse, fine) cluster counts of a work dir's assignment, and the pairs it assigned."""
-    from mode.core.runner import read_complete_summary
-
     assign_dir = WorkDir(Path(work_dir)).assign_dir
     if not WorkDir.summary(assign_dir).exists():
         raise UserError(f"no assignment in {work_dir}: run `./run_mode.sh prep-steps SHARDS {work_dir}` first")
@@ -164,8 +163,8 @@ def plan_jobs(recipe: str, experts: str, extra: list[str], dense: bool = False,
 
 def _assignment_id(work_dir: str) -> str:
     """The assignment's parameters hash (its inputs and settings), as its summary records it."""
-    with open(WorkDir.summary(WorkDir(Path(work_dir)).assign_dir)) as f:
-        return str(json.load(f).get("params_hash"))
+    return str(load_json(WorkDir.summary(WorkDir(Path(work_dir)).assign_dir), "`mode assign` summary",
+                         ("params_hash",))["params_hash"])
 
 
 def claim_protocol(path: str, record: dict) -> None:
