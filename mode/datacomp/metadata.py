@@ -12,8 +12,8 @@ rest of this project read; rows in tar order. It runs through the per-shard runn
 torchrun/SLURM, a shard complete once its stats record is written (in `OUT/.mode-metadata/`), a killed run
 redoes only unfinished shards, `reprocess: true` redoes all. All models of a batch run once for all their columns.
 Every sample needs a decodable image and a caption, whatever the models read, as in dataset2metadata's loader (a cut
-JPEG decodes: its LOAD_TRUNCATED_IMAGES). Samples that cannot be used (undecodable image, no caption, no json or a
-missing field, a json value parquet cannot hold or one of another type than the rest of its column in the shard)
+JPEG decodes: its LOAD_TRUNCATED_IMAGES) and a json member, if any, that parses. Samples that cannot be used
+(undecodable image, no caption, a json that does not parse, no json or a missing field when fields are read, a json value parquet cannot hold or one of another type than the rest of its column in the shard)
 are counted by reason and left out, as dataset2metadata's `warn_and_continue` leaves out what it cannot decode.
 Json fields are written as its pandas -> pyarrow writer writes them: lists and objects as list and struct columns.
 """
@@ -210,6 +210,8 @@ class Plan:
             if not all(_storable(v) for v in fields):  # e.g. a lone surrogate: no parquet cell
                 raise BadSample("bad_json_field")
             raws["json"] = fields if self.fields else meta  # dataset2metadata's json: the fields, else the dict
+        elif "json" in members:  # read by no one, still decoded by its loader: a broken one drops the sample
+            _json(members)
         try:
             return [pre(raws[raw]) for (raw, _), pre in zip(self.directives, self.preprocessors)], fields
         except (OSError, ValueError) as e:
@@ -242,8 +244,10 @@ def _caption(members: dict[str, bytes]) -> str:
 def _json(members: dict[str, bytes]) -> dict:
     try:
         meta = json.loads(members["json"])
-    except (KeyError, ValueError):
+    except KeyError:
         raise BadSample("no_json") from None
+    except ValueError:
+        raise BadSample("bad_json") from None
     if not isinstance(meta, dict):
         raise BadSample("missing_json_field")
     return meta

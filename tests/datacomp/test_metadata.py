@@ -418,7 +418,14 @@ def _edited_tar(src, dst, n, edit=lambda i, members: members):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 out.addfile(info, io.BytesIO(data))
-    return [json.loads(m["json"])["uid"] for _, m in iter_tar(dst)]
+    return [_uid(m) for _, m in iter_tar(dst)]
+
+
+def _uid(members):
+    try:
+        return json.loads(members["json"])["uid"]
+    except ValueError:
+        return None
 
 
 def _metadata(tmp_path, *args):
@@ -431,7 +438,8 @@ def _metadata(tmp_path, *args):
 
 def test_every_sample_needs_a_decodable_image_and_caption(toy_pool, tmp_path, monkeypatch):
     """As dataset2metadata's loader: a cut JPEG decodes (its LOAD_TRUNCATED_IMAGES, in the decoding workers too);
-    a sample without a decodable image or a caption is a counted skip even when the models read only the text."""
+    a sample without a decodable image or a caption, or with a json member that does not parse, is a counted skip
+    even when the models read only the text and no json field is asked for."""
     from PIL import Image, ImageFile
 
     shard = sorted(Pool(toy_pool).shards_dir.glob("*.tar"))[0]
@@ -445,6 +453,8 @@ def test_every_sample_needs_a_decodable_image_and_caption(toy_pool, tmp_path, mo
             members["jpg"] = b"not an image"
         if i == 8:
             del members["txt"]
+        if i == 5:
+            members["json"] = b'{"uid": "cut'
         return members
 
     uids = _edited_tar(shard, tmp_path / "in" / "00000000.tar", 10, edit)
@@ -452,13 +462,16 @@ def test_every_sample_needs_a_decodable_image_and_caption(toy_pool, tmp_path, mo
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     with pytest.raises(OSError, match="truncated"):
         Image.open(io.BytesIO(list(cut.values())[1]["jpg"])).load()
-    for workers in ("0", "2"):
-        out = tmp_path / f"out{workers}"
+    for workers, fields in (("0", ["--additional-fields", "uid"]), ("2", ["--additional-fields", "uid"]), ("0", [])):
+        out = tmp_path / f"out{workers}{len(fields)}"
         summary = _metadata(tmp_path, "--models", "nsfw-detoxify", "--postprocess-columns", "nsfw-detoxify-score",
-                            "--additional-fields", "uid", "--nworkers", workers, "--input-tars",
+                            *fields, "--nworkers", workers, "--input-tars",
                             str(tmp_path / "in" / "00000000.tar"), "--output-metadata-dir", str(out))
-        assert summary["skipped"] == {"no_image": 1, "bad_image": 1, "no_caption": 1}
-        assert pq.read_table(out / "00000000.parquet").column("uid").to_pylist() == uids[:6] + [uids[9]]
+        assert summary["skipped"] == {"no_image": 1, "bad_image": 1, "no_caption": 1, "bad_json": 1}
+        table = pq.read_table(out / "00000000.parquet")
+        assert table.num_rows == 6
+        if fields:
+            assert table.column("uid").to_pylist() == uids[:5] + [uids[9]] and uids[5] is None
 
 
 def _custom(tmp_path, body: str) -> Path:
