@@ -1,13 +1,13 @@
-"""Fine k-means: ours (faiss, spherical) vs scikit-learn MiniBatchKMeans and vs the balanced-kmeans package.
+"""Fine k-means: ours (faiss, spherical) vs scikit-learn MiniBatchKMeans, both unbalanced.
 
-    python benchmarks/cluster_bench.py [--n 200000] [--k 1024] [--niter 20] [--balanced-n 19200 --balanced-k 64]
+    python benchmarks/cluster_bench.py [--n 200000] [--k 1024] [--niter 20]
 
 Data: unit vectors (d=384) drawn around 4k random centres, as caption embeddings cluster. Every method runs the
 same number of iterations (MiniBatchKMeans: passes over the data) in its own process. Quality is the mean
-cosine of each point to its assigned centroid (centroids normalised): inertia against unit centroids would
-penalise spherical k-means. The balanced-kmeans package (PyPI `balanced-kmeans`, `kmeans_equal`) needs
-O(N*K) memory and O(N*K^2) work per iteration, so it runs on a smaller problem, with ours on the same one.
-Needs: pip install scikit-learn balanced-kmeans.
+cosine of each point to its nearest centroid (centroids normalised), which is its assigned one for both
+unbalanced methods: inertia against unit centroids would penalise spherical k-means. Balanced k-means is
+compared with balanced methods (MoDE's own and the balanced-kmeans package) in bkmeans_bench.py.
+Needs: pip install scikit-learn.
 """
 
 import argparse
@@ -31,22 +31,6 @@ def make_data(n: int, d: int = 384, centres: int = 4096, seed: int = 0, skewed: 
         picks = rng.choice(centres, size=m, p=p) if skewed else rng.integers(centres, size=m)
         x[start:start + m] = c[picks] + 0.6 * rng.standard_normal((m, d), dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def fit_kmeans_equal(x: np.ndarray, k: int, niter: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(centroids, labels, seconds) of the balanced-kmeans package's `kmeans_equal` on one problem."""
-    import balanced_kmeans
-    import torch
-    from balanced_kmeans import kmeans_equal
-
-    # the package's pairwise_distance squeezes away the batch dimension of one problem ([1, N, K] ->
-    # [N, K]), which kmeans_equal then indexes as 2-D; the same formula without that squeeze:
-    balanced_kmeans.pairwise_distance = lambda a, b: ((a.unsqueeze(-2) - b.unsqueeze(1)) ** 2).sum(-1)
-    torch.manual_seed(0)
-    with Timer() as t:
-        labels, centers = kmeans_equal(torch.from_numpy(x)[None], num_clusters=k, cluster_size=len(x) // k,
-                                       max_iters=niter, tol=0.0)
-    return centers[0].numpy(), labels[0].numpy(), t.seconds
 
 
 def mean_cosine(x: np.ndarray, centroids: np.ndarray) -> float:
@@ -74,9 +58,6 @@ def child(method: str, n: int, k: int, niter: int) -> None:
             km = MiniBatchKMeans(n_clusters=k, batch_size=4096, max_iter=niter, n_init=1, random_state=0,
                                  max_no_improvement=None, tol=0.0).fit(x)
         centroids = km.cluster_centers_
-    else:
-        centroids, _, seconds = fit_kmeans_equal(x, k, niter)
-        return report(seconds=round(seconds, 3), mean_cosine=round(mean_cosine(x, centroids), 5))
     report(seconds=round(t.seconds, 3), mean_cosine=round(mean_cosine(x, centroids), 5))
 
 
@@ -88,22 +69,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--k", type=int, default=1024)
     ap.add_argument("--niter", type=int, default=20)
-    ap.add_argument("--balanced-n", type=int, default=19_200)  # a multiple of --balanced-k
-    ap.add_argument("--balanced-k", type=int, default=64)
     a = ap.parse_args()
     rows = []
-    for label, method, n, k in (("ours", "ours", a.n, a.k), ("sklearn MiniBatchKMeans", "sklearn", a.n, a.k),
-                                ("ours (small)", "ours", a.balanced_n, a.balanced_k),
-                                ("balanced-kmeans (small)", "balanced", a.balanced_n, a.balanced_k)):
+    for label, method, n, k in (("ours", "ours", a.n, a.k), ("sklearn MiniBatchKMeans", "sklearn", a.n, a.k)):
         r = in_child(__file__, method, str(n), str(k), str(a.niter))
         rows.append((label, n, k, r))
         print(f"{label:26s} n={n:7d} k={k:5d}: {r['seconds']:8.2f}s  mean cosine {r['mean_cosine']:.4f}  "
               f"peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
-    ours, sk, ours_s, bal = (r for *_, r in rows)
+    ours, sk = (r for *_, r in rows)
     print(f"time ratio sklearn/ours {sk['seconds'] / ours['seconds']:.2f} (ours faster when > 1); "
           f"quality ours/sklearn {ours['mean_cosine'] / sk['mean_cosine']:.4f}")
-    print(f"time ratio balanced/ours {bal['seconds'] / ours_s['seconds']:.2f}; "
-          f"quality ours/balanced {ours_s['mean_cosine'] / bal['mean_cosine']:.4f}")
 
 
 if __name__ == "__main__":

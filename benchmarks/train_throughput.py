@@ -9,7 +9,7 @@ what the views cost against plain CLIP training on the same shards and loader se
 
 Each run is a fresh process; runs alternate stock/plugin. Prints median samples/s over the logged steps
 (the first step of each epoch, which waits for the loader, is left out), the ratio plugin/stock and each
-run's peak RSS (the process and its loader workers) and, on a GPU, torch's max_memory_allocated.
+run's peak RSS (the larger of the training process's and its largest loader worker's: ru_maxrss of self and children) and, on a GPU, torch's max_memory_allocated.
 """
 
 import argparse
@@ -90,7 +90,7 @@ def main():
     stock = statistics.median(r for r, _ in results["stock"])
     plugin = statistics.median(r for r, _ in results[other])
     print(f"median samples/s: stock {stock:.1f}, {other} {plugin:.1f}; ratio {other}/stock {plugin / stock:.3f}")
-    print(f"peak RSS MB: stock {max(m for _, m in results['stock']):.0f}, "
+    print(f"peak RSS MB (max over runs): stock {max(m for _, m in results['stock']):.0f}, "
           f"{other} {max(m for _, m in results[other]):.0f}")
 
 
