@@ -13,8 +13,9 @@ torchrun/SLURM, a shard complete once its stats record is written (in `OUT/.mode
 redoes only unfinished shards, `reprocess: true` redoes all. All models of a batch run once for all their columns.
 Every sample needs a decodable image and a caption, whatever the models read, as in dataset2metadata's loader (a cut
 JPEG decodes: its LOAD_TRUNCATED_IMAGES) and a json member, if any, that parses. Samples that cannot be used
-(undecodable image, no caption, a json that does not parse, no json or a missing field when fields are read, a json value parquet cannot hold or one of another type than the rest of its column in the shard)
-are counted by reason and left out, as dataset2metadata's `warn_and_continue` leaves out what it cannot decode.
+(undecodable image, no caption, a json that does not parse, no json or a missing field when fields are read, a
+json value parquet cannot hold or one of another type than the rest of its column in the shard) are counted by
+reason and left out, as dataset2metadata's `warn_and_continue` leaves out what it cannot decode.
 Json fields are written as its pandas -> pyarrow writer writes them: lists and objects as list and struct columns.
 """
 
