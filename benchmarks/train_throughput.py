@@ -9,7 +9,8 @@ what the views cost against plain CLIP training on the same shards and loader se
 
 Each run is a fresh process; runs alternate stock/plugin. Prints median samples/s over the logged steps
 (the first step of each epoch, which waits for the loader, is left out), the ratio plugin/stock and each
-run's peak RSS (the larger of the training process's and its largest loader worker's: ru_maxrss of self and children) and, on a GPU, torch's max_memory_allocated.
+run's peak RSS (the larger of the training process's and its largest loader worker's: ru_maxrss of self and
+children) and, on a GPU, torch's max_memory_allocated.
 """
 
 import argparse
