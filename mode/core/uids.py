@@ -16,7 +16,7 @@ import numpy as np
 from mode.core.errors import UserError, reading
 
 UID_DTYPE = np.dtype("u8,u8")
-_UID = re.compile(r"^[0-9a-f]{32}$")
+_UID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: `$` would let a trailing newline through
 
 
 class NoUid(ValueError):
@@ -37,7 +37,7 @@ def sample_uid(members: Mapping) -> str:
     except (ValueError, UnicodeDecodeError):
         raise NoUid("bad_json") from None
     uid = str(meta.get("uid", "")).lower() if isinstance(meta, dict) else ""
-    if not _UID.match(uid):
+    if not _UID.fullmatch(uid):
         raise NoUid("no_uid")
     return uid
 

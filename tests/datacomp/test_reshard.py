@@ -215,3 +215,20 @@ def test_a_run_killed_at_its_marker_is_redone(toy_pool, everything, tmp_path):
             (out / ".mode-reshard").write_bytes(marker)
         assert reshard.run(str(toy_pool), str(out), str(everything), shard_size=500)["samples"] == \
             len(_uids(toy_pool))
+
+
+def test_a_uid_with_a_trailing_newline_is_a_counted_no_uid_skip(toy_pool, tmp_path):
+    """`"<32 hex>\\n"` is no uid (a `$` regex took it, and the subset lookup then raised on its 33 characters)."""
+    from mode.core.uids import NoUid, sample_uid
+
+    samples = [(k, dict(m)) for k, m in list(iter_tar(expand(str(toy_pool))[0]))[:5]]
+    uids = [json.loads(m["json"])["uid"] for _, m in samples]
+    samples[2][1]["json"] = json.dumps({"uid": uids[2] + "\n"}).encode()
+    with pytest.raises(NoUid, match="no_uid"):
+        sample_uid(samples[2][1])
+    (tmp_path / "in").mkdir()
+    write_tar(tmp_path / "in" / "00000000.tar", samples)
+    save_subset(str(tmp_path / "s.npy"), hex_to_pairs(uids))
+    s = reshard.run(str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "s.npy"))
+    assert s["skipped"] == {"no_uid": 1} and s["samples"] == 4
+    assert [u.split("-")[0] for u in _uids(tmp_path / "out")] == uids[:2] + uids[3:]
