@@ -3,9 +3,10 @@
 Only samples whose uid is in the subset are written, and a uid listed n times is written n times, keyed
 `<uid>-<j>` (j = 0..n-1), DataComp's output keys. Output: `<out>/{00000000..}.tar` of at most `--shard-size`
 samples, `<out>/<n>_stats.json` (`successes`), `sample_ids.npy` (a copy of the subset file, as DataComp writes
-it), `meta.json` (DataComp's fields: the arguments as strings, `processed_count`, `output_count`,
+it), `meta.json` (DataComp's form: our arguments as strings, `processed_count`, `output_count`,
 `blur_count`, `blur_time`, `output_shard_count`, `worker_success`, `cwd`), plus `sizes.json`, which
-`--data-dir` and `--train-num-samples` read.
+`--data-dir` and `--train-num-samples` read. Redone or replaced, it removes only these files: what else is in
+the folder stays.
 
 Ours differs from DataComp's in what the README says: the output is in input order (DataComp's workers
 interleave), `--shuffle-bufsize` shuffles with a seeded generator (`--seed`), samples without a uid or whose
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections import Counter
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from mode.core.errors import UserError, reading
 from mode.core.parallel import pool_map
-from mode.core.runner import run_global
+from mode.core.runner import read_record, run_global
 from mode.core.shards import (
     IMAGE_EXTS,
     RESHARD_MARKER,
@@ -56,15 +58,23 @@ MAX_SHARD_BYTES = 3e9  # webdataset ShardWriter's default maxsize, which DataCom
 MARKER = RESHARD_MARKER  # the step's record; written first as "in progress": `--overwrite` replaces only such folders
 
 
-def _check_output(out: Path, spec: str, paths: list[str], subset: str) -> None:
-    """Refuse an output folder that is, holds or lies inside an input (shards, their folders, the subset)."""
-    roots = {Path(part).resolve() for part in spec.split("::") if Path(part).is_dir()}
-    roots |= {Path(p).resolve().parent for p in paths}
-    for root in sorted(roots):
-        if overlaps(out, root):
-            raise UserError(f"output {out} overlaps the input {root}: choose an output outside the pool")
-    if out.resolve() in Path(subset).resolve().parents:
-        raise UserError(f"output {out} holds the subset file {subset}: choose another output")
+def _check_output(out: Path, spec: str, paths: list[str], subset: str, opts: dict, blur_map: str | None) -> None:
+    """Refuse an output folder that is, holds or lies inside an input folder (the shards'), or that holds an input
+    file (the subset, the face parquets, the blur map): --overwrite would replace the output with its inputs."""
+    folders = {Path(part).resolve() for part in spec.split("::") if Path(part).is_dir()}
+    folders |= {Path(p).resolve().parent for p in paths}
+    for folder in sorted(folders):
+        if overlaps(out, folder):
+            raise UserError(f"output {out} overlaps the input shards' folder {folder}: choose an output outside "
+                            "the pool")
+    source = "--blur-metadata-map" if blur_map else "--metadata-dir"
+    files = [(subset, "subset file (-s)"), *((p, f"face metadata parquet ({source})")
+                                             for p in opts.get("all_parquets", ()))]
+    if blur_map:
+        files.append((blur_map, "blur metadata map (--blur-metadata-map)"))
+    for path, what in files:
+        if out.resolve() in Path(path).resolve().parents:
+            raise UserError(f"output {out} holds the {what} {path}: choose an output that holds none of the inputs")
 
 
 def _is_ours(out: Path) -> bool:
@@ -345,7 +355,7 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
     opts = _face_options(apply_blur, inject_blur_metadata, blur_metadata_map, metadata_dir, paths,
                          reencode_webp_quality)
     out = Path(output_dir)
-    _check_output(out, inputs, paths, subset)  # before anything is written, the lock included
+    _check_output(out, inputs, paths, subset, opts, blur_metadata_map)  # before anything is written, the lock included
     args = {"input_dir": inputs, "output_dir": output_dir, "subset_file": subset, "num_shards": num_shards,
             "first_shard": first_shard, "num_workers": workers, "shard_size": shard_size,
             "output_shard_format": SHARD_FORMAT, "output_shard_stats_format": "{:08d}_stats.json",
@@ -353,7 +363,10 @@ def run(inputs: str, output_dir: str, subset: str, shard_size: int = 10000, work
             "metadata_dir": metadata_dir, "apply_blur": apply_blur, "inject_blur_metadata": inject_blur_metadata,
             "reencode_webp_quality": reencode_webp_quality, "dry_run": dry_run, "overwrite": overwrite,
             "max_shard_bytes": max_shard_bytes, "input_shards_without_stats": no_stats}
-    work = partial(_run, paths, out, subset, opts, args)
+    # a finished reshard of ours is there: run_global lets the work run only where --overwrite replaces it or its
+    # outputs went missing (it then removes the record), and either way the work replaces its files
+    ours = read_record(out / MARKER) is not None
+    work = partial(_run, paths, out, subset, opts, args, overwrite or ours)
     if dry_run:
         return work()
     params = {k: args[k] for k in ("shard_size", "shuffle_bufsize", "seed", "apply_blur", "inject_blur_metadata",
@@ -389,15 +402,16 @@ def _face_options(apply_blur, inject, blur_map, metadata_dir, paths, quality) ->
 
 
 def _outputs(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    """The files of the record: the reshard's own, not what the user keeps beside them."""
+    return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(".") and _written_here(p.name))
 
 
-def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict) -> dict:
+def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict, replace: bool = False) -> dict:
     """The work: select, pack into shards in input order (optionally shuffled), write DataComp's files."""
     start = time.perf_counter()
     dry = args["dry_run"]
     if not dry:
-        _prepare(out, args["overwrite"])
+        _prepare(out, replace)
     workers, shard_size = args["num_workers"], args["shard_size"]
     parts_dir = "" if dry else str(out / ".parts")
     results: list[dict] = []
@@ -449,19 +463,39 @@ def _run(paths: list[str], out: Path, subset: str, opts: dict, args: dict) -> di
     return summary
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    """Empty the output folder when it is ours (a run stopped early, or one --overwrite replaces); else refuse."""
+def _prepare(out: Path, replace: bool) -> None:
+    """Clear the output folder of a reshard's files when it is ours (a run stopped early, one whose outputs went
+    missing, or one `replace` replaces); else refuse. What the user added there stays."""
     if out.exists() and any(out.iterdir()):
         if not _is_ours(out):
             raise UserError(f"{out} is not empty and was not written by `mode reshard` (no {MARKER}); remove it "
                             "yourself or choose another output")
-        if not (out / MARKER).exists() and not overwrite:
+        if not (out / MARKER).exists() and not replace:
             raise UserError(f"{out} holds an earlier reshard; pass --overwrite to replace it")
-        shutil.rmtree(out)
+        kept = []
+        for entry in sorted(out.iterdir()):
+            if not _written_here(entry.name):
+                kept.append(entry.name)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if kept:
+            print(f"reshard: kept {len(kept)} entries in {out} that a reshard does not write: "
+                  + ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else ""))
     out.mkdir(parents=True, exist_ok=True)
     # not an atomic write: the marker must exist from its first byte on, or a kill before its rename would leave
     # a folder this tool no longer recognises as its own (found by tests/test_faults.py)
     (out / MARKER).write_text(json.dumps({"status": "in progress", "pid": os.getpid()}))
+
+
+_OWN = r"(?:\d{8}\.tar|\d{8}_stats\.json|sample_ids\.npy|meta\.json|sizes\.json|\.mode-reshard|\.parts)"
+
+
+def _written_here(name: str) -> bool:
+    """A name a reshard writes in its output folder: its shards and their stats, DataComp's files, its record,
+    its part tars' folder, and the temp files of any of them (a killed run's)."""
+    return re.fullmatch(_OWN, name) is not None or re.fullmatch(rf"\.tmp-{_OWN}\.\w+", name) is not None
 
 
 # ------------------------------------------------------------------------------------------- `mode reshard`

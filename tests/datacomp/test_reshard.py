@@ -232,3 +232,53 @@ def test_a_uid_with_a_trailing_newline_is_a_counted_no_uid_skip(toy_pool, tmp_pa
     s = reshard.run(str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "s.npy"))
     assert s["skipped"] == {"no_uid": 1} and s["samples"] == 4
     assert [u.split("-")[0] for u in _uids(tmp_path / "out")] == uids[:2] + uids[3:]
+
+
+def test_output_holding_the_face_metadata_is_refused_before_anything_goes(face_pool, tmp_path):
+    """--overwrite replaces the output: one holding the --metadata-dir parquets or the --blur-metadata-map (or
+    the parquets it names) would delete them; refused in one line naming which input it holds."""
+    import shutil
+
+    pool, *_ = face_pool
+    out = tmp_path / "out"
+    reshard.run(str(pool / "shards"), str(out), str(tmp_path / "s.npy"))
+    shutil.copytree(pool / "metadata", out / "metadata")
+    (out / "map.json").write_text(json.dumps({"0": {"parquet": str(pool / "metadata" / "part0.parquet"),
+                                                    "shards": ["00000000.tar"]}}))
+    with pytest.raises(UserError, match=r"holds the face metadata parquet \(--metadata-dir\) .*part0.parquet"):
+        reshard.run(str(pool / "shards"), str(out), str(tmp_path / "s.npy"), inject_blur_metadata=True,
+                    metadata_dir=str(out / "metadata"), overwrite=True)
+    with pytest.raises(UserError, match=r"holds the blur metadata map \(--blur-metadata-map\)"):
+        reshard.run(str(pool / "shards"), str(out), str(tmp_path / "s.npy"), inject_blur_metadata=True,
+                    blur_metadata_map=str(out / "map.json"), overwrite=True)
+    assert (out / "metadata" / "part0.parquet").is_file() and (out / "map.json").is_file()
+
+
+def test_overwrite_replaces_only_the_reshards_own_files(toy_pool, everything, tmp_path, capsys):
+    """What the user added to a finished output (a file, a folder) stays through --overwrite, and is said;
+    the earlier run's shards, also those the new one does not write again, go."""
+    out = tmp_path / "out"
+    reshard.run(str(toy_pool), str(out), str(everything), shard_size=100)
+    assert (out / "00000003.tar").exists()
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("mine")
+    (out / "README.user").write_text("mine too")
+    s = reshard.run(str(toy_pool), str(out), str(everything), shard_size=1000, overwrite=True)
+    assert "kept 2 entries" in capsys.readouterr().out
+    assert (out / "notes" / "a.txt").read_text() == "mine" and (out / "README.user").read_text() == "mine too"
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000000.tar"] and s["output_shard_count"] == 1
+    record = json.loads((out / ".mode-reshard").read_text())
+    assert "README.user" not in record["outputs"] and "00000000.tar" in record["outputs"]
+    assert reshard.run(str(toy_pool), str(out), str(everything), shard_size=1000) == record  # done: skipped
+
+
+def test_an_output_shard_deleted_is_made_again_by_the_same_command(toy_pool, everything, tmp_path):
+    """The runner sees an output missing and runs again: the reshard replaces its own files without --overwrite
+    (it refused, and the record was lost), giving the same bytes."""
+    out = tmp_path / "out"
+    reshard.run(str(toy_pool), str(out), str(everything), shard_size=100)
+    before = {p.name: p.read_bytes() for p in out.glob("0*")}
+    (out / "00000002.tar").unlink()
+    reshard.run(str(toy_pool), str(out), str(everything), shard_size=100)
+    assert {p.name: p.read_bytes() for p in out.glob("0*")} == before
+    assert "params_hash" in json.loads((out / ".mode-reshard").read_text())
