@@ -373,16 +373,44 @@ FILTERS: dict[str, Filter] = {
 
 
 def threshold_for_fraction(paths: list[Path], key: str, fraction: float) -> float:
-    """DataComp's rule: the value at position int(n * fraction) of the scores sorted in decreasing order."""
+    """DataComp's rule: the value at position int(n * fraction) of the scores sorted in decreasing order (NaN
+    last, as there). Where that position holds a NaN (DataComp then keeps nothing) it is refused, not run."""
     parts = []
     for p in paths:
         with reading(p, f"metadata parquet with a {key} column"):
             with pq.ParquetFile(p) as f:
-                parts.append(f.read(columns=[key]).column(key).to_numpy())
+                column = f.read(columns=[key])
+            check_types(p, column)
+            parts.append(column.column(key).to_numpy())
     values = np.concatenate(parts)
     if not len(values):
         raise UserError(f"--fraction: the metadata has no rows to rank by {key}")
-    return float(-np.sort(-values)[min(int(len(values) * fraction), len(values) - 1)])
+    threshold = float(-np.sort(-values)[min(int(len(values) * fraction), len(values) - 1)])
+    if np.isnan(threshold):
+        nan = int(np.isnan(values).sum())
+        raise UserError(f"--fraction {fraction}: {nan} of {len(values)} {key} scores are NaN and the threshold "
+                        f"falls on one (DataComp's rule would keep nothing): pass a --fraction below "
+                        f"{(len(values) - nan) / len(values):.6g} or a --threshold")
+    return threshold
+
+
+def check_types(path: str | Path, table) -> None:
+    """DataComp's column types (uid and text strings, scores floats, sizes numbers): another type is one line
+    naming the file and column, never a cast or a traceback later."""
+    import pyarrow as pa
+
+    for field in table.schema:
+        t, name = field.type, field.name
+        if name in ("uid", "text"):
+            ok, want = pa.types.is_string(t) or pa.types.is_large_string(t), "strings"
+        elif name.endswith("_similarity_score"):
+            ok, want = pa.types.is_floating(t), "floating-point numbers"
+        elif name in ("original_width", "original_height"):
+            ok, want = pa.types.is_integer(t) or pa.types.is_floating(t), "numbers"
+        else:
+            continue
+        if not ok:
+            raise UserError(f"{path}: column {name} holds {t}, expected {want} (DataComp's metadata schema)")
 
 
 _UIDS = re.compile(r"(?:[0-9a-fA-F]{32}\n)*[0-9a-fA-F]{32}")
@@ -405,6 +433,7 @@ def _apply(name: str, params: FilterParams, path: str) -> tuple[np.ndarray, dict
     with reading(path, f"metadata parquet with columns {', '.join(columns)}"):
         with pq.ParquetFile(path) as f:  # (pq.read_table imports pyarrow.dataset and pandas: 0.2 s a process)
             table = f.read(columns=columns)
+        check_types(path, table)
         cols = {c: (table.column(c).to_pylist() if c in ("uid", "text") else table.column(c).to_numpy())
                 for c in columns}
     if "text" in cols and None in cols["text"]:  # a null caption is no caption: no caption rule keeps it (as
@@ -513,6 +542,8 @@ def check_flags(name: str, p: FilterParams) -> None:
         return
     if (p.threshold is None) == (p.fraction is None):
         raise UserError(f"{name} needs exactly one of --threshold or --fraction")
+    if p.threshold is not None and np.isnan(p.threshold):
+        raise UserError("--threshold nan: expected a number (no score is >= NaN: it would keep nothing)")
     if p.fraction is not None and not 0 < p.fraction <= 1:
         raise UserError(f"--fraction {p.fraction}: expected the share of the pool to keep, in (0, 1]")
     if p.arch not in ("b32", "l14"):

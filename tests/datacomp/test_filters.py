@@ -424,3 +424,44 @@ def test_null_captions_bad_uids_and_empty_files(tmp_path):
     pq.write_table(empty, tmp_path / "empty" / "0.parquet")
     with pytest.raises(UserError, match="no rows to rank"):
         filters.run("clip_score", str(tmp_path / "empty"), str(tmp_path / "c.npy"), FP(arch="b32", fraction=0.5))
+
+
+def test_fraction_whose_threshold_falls_on_a_nan_score_is_refused(tmp_path):
+    """DataComp ranks NaN scores last: its threshold at int(n * fraction) is a NaN near fraction 1, and keeps
+    nothing. Refused in one line counting the NaNs (it kept nothing with exit 0 and wrote NaN into the json);
+    below that, DataComp's selection; --threshold nan is refused too."""
+    uids = [f"{i:032x}" for i in range(10)]
+    scores = np.array([0.1 * i for i in range(9)] + [np.nan], np.float32)
+    (tmp_path / "meta").mkdir()
+    pq.write_table(pa.table({"uid": uids, "clip_l14_similarity_score": scores}), tmp_path / "meta" / "0.parquet")
+    run = partial(filters.run, "clip_score", str(tmp_path / "meta"), str(tmp_path / "kept.npy"))
+    for fraction in (0.95, 1.0):
+        with pytest.raises(UserError, match=r"--fraction .*: 1 of 10 clip_l14_similarity_score scores are NaN.*"
+                                            r"below 0\.9 "):
+            run(FP(arch="l14", fraction=fraction))
+    assert not (tmp_path / "kept.npy").exists() and not (tmp_path / "kept.npy.json").exists()
+    assert run(FP(arch="l14", fraction=0.5))["kept"] == 6  # threshold: the score at position 5 of 10, 0.3
+    assert sorted(pairs_to_hex(np.load(tmp_path / "kept.npy"))) == uids[3:9]
+    assert json.loads((tmp_path / "kept.npy.json").read_text())["params"]["threshold"] == float(scores[3])
+    with pytest.raises(UserError, match="--threshold nan"):
+        run(FP(arch="l14", threshold=float("nan")))
+
+
+@pytest.mark.parametrize("column, values, params", [
+    ("uid", [1, 2], {"name": "no_filter"}),
+    ("text", [3, 4], {"name": "basic_filter"}),
+    ("clip_l14_similarity_score", ["0.3", "0.4"], {"name": "clip_score", "arch": "l14", "threshold": 0.2}),
+    ("clip_l14_similarity_score", ["0.3", "0.4"], {"name": "clip_score", "arch": "l14", "fraction": 0.5}),
+])
+def test_metadata_columns_of_another_type_are_one_line_naming_file_and_column(tmp_path, column, values, params):
+    """An integer uid column gave a TypeError, a string score column one with --fraction and a silent cast
+    with --threshold: each is refused naming the file and the column."""
+    table = {"uid": [f"{i:032x}" for i in range(2)], "text": ["a red circle", "a blue square"],
+             "original_width": [300, 300], "original_height": [300, 300],
+             "clip_l14_similarity_score": np.array([0.3, 0.4], np.float32), column: values}
+    (tmp_path / "meta").mkdir()
+    pq.write_table(pa.table(table), tmp_path / "meta" / "0.parquet")
+    name = params.pop("name")
+    with pytest.raises(UserError, match=rf"0\.parquet: column {column} holds (int64|string), expected"):
+        filters.run(name, str(tmp_path / "meta"), str(tmp_path / "kept.npy"), FP(**params))
+    assert not (tmp_path / "kept.npy").exists()
