@@ -334,7 +334,10 @@ def _image_based_prepare(p: FilterParams) -> FilterParams:
     if target.shape[1] != centroids.shape[1]:
         raise UserError(f"target features have dim {target.shape[1]}, the pool centroids {centroids.shape[1]}")
     ids = np.unique(nearest_centroid(target, centroids, p.batch_size))
-    return replace(p, centroids=path, centroids_trusted=trusted, target_centroid_ids=tuple(int(i) for i in ids))
+    # the record names the centroids that ran: --centroids overrides the scale, which is then not recorded
+    scale = None if p.centroids else p.image_based_scale
+    return replace(p, centroids=path, centroids_trusted=trusted, target_centroid_ids=tuple(int(i) for i in ids),
+                   image_based_scale=scale)
 
 
 def caption_filter(text: list[str], p: FilterParams) -> np.ndarray:

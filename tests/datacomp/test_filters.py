@@ -290,6 +290,9 @@ def test_image_based_cli_and_bad_inputs(toy_pool, tmp_path, image_assets):
                  "--centroids", image_assets["centroids"], "--target-features", targets, "--num_workers", "2",
                  "--fasttext-model", "packaged"]) == 0
     assert np.load(out).dtype == np.dtype("u8,u8")
+    filters.run("image_based", meta, str(tmp_path / "scaled.npy"), FP(image_based_scale="medium", **image_assets))
+    params = json.loads((tmp_path / "scaled.npy.json").read_text())["params"]  # --centroids overrode the scale:
+    assert params["centroids"] == image_assets["centroids"] and params["image_based_scale"] is None  # not recorded
     np.save(tmp_path / "c64.npy", np.zeros((4, 64), np.float32))
     with pytest.raises(UserError, match="dim 768"):
         filters.run("image_based", meta, str(tmp_path / "x.npy"),
