@@ -200,7 +200,8 @@ def read_record(path: Path) -> dict | None:
 def run_global(step: str, step_dir: Path, lock_dir: Path, params: dict, inputs: list[Path],
                outputs: list[Path] | Callable[[], list[Path]], work: Callable[[], dict], *,
                record: Path | None = None, lock_name: str | None = None, replace: bool = False,
-               hint: str = "use a new --work-dir", wait: bool = False, force: bool = False) -> dict:
+               hint: str = "use a new --work-dir", wait: bool = False, force: bool = False,
+               timed: bool = True) -> dict:
     """A step that runs once over all its inputs (cluster, reshard, toy, download), with the per-shard steps'
     guarantees.
 
@@ -214,7 +215,8 @@ def run_global(step: str, step_dir: Path, lock_dir: Path, params: dict, inputs: 
     the step runs again.
     `force` runs it even when done (download's --overwrite_metadata). `outputs` may be a callable, for steps
     that learn their outputs as they write them; `work` returns the step's summary, to which the record's fields
-    are added. A work that stops with a UserError without writing a record of its own, its outputs as they were,
+    are added, and its `seconds` unless not `timed` (a record that must be the same bytes for the same run). A
+    work that stops with a UserError without writing a record of its own, its outputs as they were,
     gets the previous record back: a refused or failed run changes nothing.
     """
     digest, inputs_digest = params_hash(params), inputs_hash(inputs)
@@ -246,8 +248,9 @@ def run_global(step: str, step_dir: Path, lock_dir: Path, params: dict, inputs: 
             raise
         files = outputs() if callable(outputs) else outputs
         summary.update(step=step, params=params, params_hash=digest, inputs_hash=inputs_digest,
-                       outputs={os.path.relpath(o, step_dir): os.path.getsize(o) for o in files},
-                       seconds=round(time.perf_counter() - start, 3))
+                       outputs={os.path.relpath(o, step_dir): os.path.getsize(o) for o in files})
+        if timed:
+            summary["seconds"] = round(time.perf_counter() - start, 3)
         write_json(path, summary)
         return summary
 

@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -431,56 +432,92 @@ def ensure_pool(out: str, samples: int = 4000, shards: int = 8, seed: int = 0, e
 
     A global step (mode.core.runner.run_global, record `toy.json`): a second caller waits for the first and
     reuses its pool; a pool whose files changed since is made again; other parameters need `overwrite`. The
-    pool is built in a private temp directory and renamed into place, so a crash never leaves a partial pool at
-    `out`; a non-empty folder that is not a toy pool is never touched.
+    pool is built in a private temp directory and its files moved into place, so a crash never leaves a partial
+    pool at `out`; a non-empty folder that is not a toy pool is never touched, and in a toy pool only the files
+    its record lists are replaced or removed.
     """
     params = {"samples": samples, "shards": shards, "seed": seed, "eval_per_class": eval_per_class,
               "toy_version": TOY_VERSION}
     pool = Pool(out)
+    previous: dict = {}
     if pool.toy_record.exists():
-        with open(pool.toy_record) as f:
-            record = json.load(f)
-        if "params_hash" not in record:  # made before toy pools had run records: its parameters decide
-            if all(record.get(k) == v for k, v in params.items()):
-                return record
+        previous = read_toy_record(pool.toy_record)
+        if "params_hash" not in previous:  # made before toy pools had run records: its parameters decide
+            if all(previous.get(k) == v for k, v in params.items()):
+                return previous
             if not overwrite:
                 raise UserError(f"{out} holds a toy pool made with another config; pass --overwrite to replace it")
     elif os.path.exists(out) and os.listdir(out):
         raise UserError(f"{out} exists and is not a toy pool; choose an empty or new directory")
     root = pool.root.resolve()
-    return run_global("toy", root, root.parent, params, [], partial(_pool_files, root),
-                      partial(_build, out, samples, shards, seed, eval_per_class, workers), record=pool.toy_record,
-                      lock_name=f"toy-{root.name}", replace=overwrite, hint="pass --overwrite to replace it",
-                      wait=True)
+    made: list[str] = []  # the files the build writes (its record lists them)
+    files = lambda: [root / rel for rel in made if rel != "toy.json"]  # noqa: E731
+    return run_global("toy", root, root.parent, params, [], files,
+                      partial(_build, out, samples, shards, seed, eval_per_class, workers,
+                              _owned_files(root, previous), made),
+                      record=pool.toy_record, lock_name=f"toy-{root.name}", replace=overwrite,
+                      hint="pass --overwrite to replace it", wait=True, timed=False)
+
+
+RECORD_KEYS = ("toy_version", "seed", "samples", "shards", "eval_per_class")  # in every toy.json `generate` wrote
+
+
+def read_toy_record(path: Path) -> dict:
+    """A toy pool's record; a toy.json this tool did not write (cut, not an object, a json of the user's own
+    without the toy's keys) makes the folder the user's: one line naming it, with or without --overwrite."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a toy pool's record ({type(e).__name__}): the folder is not a toy pool; "
+                        "choose an empty or new directory") from None
+    ours = isinstance(record, dict) and all(k in record for k in RECORD_KEYS) and (
+        "params_hash" not in record or (record.get("step") == "toy" and isinstance(record.get("outputs"), dict)))
+    if not ours:
+        raise UserError(f"{path} is not a toy pool's record (no {', '.join(RECORD_KEYS)}, or not an object): the "
+                        "folder is not a toy pool; choose an empty or new directory")
+    return record
 
 
 TOY_ENTRIES = ("shards", "metadata", "eval_tasks")  # what a toy pool consists of (besides toy.json)
+# the names the toy writes, for a record of a version that did not list its files
+_TOY_NAME = re.compile(r"shards/\d{8}(\.tar|_stats\.json)|metadata/\d{8}\.(parquet|npz)|"
+                       r"eval_tasks/toy_\w+/(classnames\.txt|zeroshot_classification_templates\.txt|test/\d+\.tar|"
+                       r"test/nshards\.txt)")
 
 
-def _pool_files(root: Path) -> list[Path]:
-    """The toy's own files: what the user adds to the folder (a subset, a work dir) is not the toy's."""
-    return sorted(p for e in TOY_ENTRIES for p in (root / e).rglob("*") if p.is_file())
+def _owned_files(root: Path, record: dict) -> set[str]:
+    """The files of the toy pool whose record this is, relative to `root`: those it lists, or for a record
+    that lists none (an older version), the files under the toy's folders named as the toy names them."""
+    if not record:
+        return set()
+    if isinstance(record.get("outputs"), dict):
+        return set(record["outputs"])
+    files = (p.relative_to(root).as_posix() for e in TOY_ENTRIES for p in (root / e).rglob("*") if p.is_file())
+    return {rel for rel in files if _TOY_NAME.fullmatch(rel)}
 
 
-def _build(out: str, samples: int, shards: int, seed: int, eval_per_class: int, workers: int) -> dict:
+def _build(out: str, samples: int, shards: int, seed: int, eval_per_class: int, workers: int,
+           owned: set[str], made: list[str]) -> dict:
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(out))}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         record = generate(tmp, samples, shards, seed, eval_per_class, workers)
+        made[:] = sorted(p.relative_to(tmp).as_posix() for p in Path(tmp).rglob("*") if p.is_file())
         if not os.path.exists(out):
             os.rename(tmp, out)
             return record
-        # a toy pool being replaced (run_global checked it is one), or an empty folder: only the toy's own
-        # entries are replaced; anything else the user put there (a subset, a work dir) stays
-        for entry in os.listdir(tmp):
-            target = os.path.join(out, entry)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            elif os.path.lexists(target):
-                os.remove(target)
-            os.rename(os.path.join(tmp, entry), target)
+        # a toy pool being made again or replaced (run_global checked it is one), or an empty folder: the new
+        # pool's files replace the old one's, the old one's the new one lacks go, and nothing else is touched
+        for rel in sorted(owned - set(made)):
+            (Path(out) / rel).unlink(missing_ok=True)
+        for rel in sorted(made, key=lambda r: r == "toy.json"):  # the record last
+            target = Path(out) / rel
+            if target.is_dir():
+                raise UserError(f"{target} is a folder of yours where the toy pool writes a file: move it away")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(tmp) / rel, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record

@@ -153,6 +153,9 @@ def test_same_seed_same_bytes_any_workers(tmp_path, toy_pool):
         names = sorted(p.name for p in (toy_pool / sub).iterdir())
         match, mismatch, errors = filecmp.cmpfiles(toy_pool / sub, tmp_path / "again" / sub, names, shallow=False)
         assert not mismatch and not errors
+    # the record too: no timings in it (they made two runs' toy.json differ)
+    assert (toy_pool / "toy.json").read_bytes() == (tmp_path / "again" / "toy.json").read_bytes()
+    assert "seconds" not in json.loads((toy_pool / "toy.json").read_text())
     other = toy.plan_sample(seed=1, index=0)
     assert other["uid"] != toy.plan_sample(seed=0, index=0)["uid"]
 
@@ -208,3 +211,39 @@ def test_changed_pool_is_made_again(tmp_path):
     assert (out / "basic.npy").read_bytes() == b"the user's subset" and (out / "work" / "a.txt").read_text() == "x"
     toy.ensure_pool(str(out), **small, overwrite=True)
     assert (out / "basic.npy").exists() and (out / "work" / "a.txt").exists()
+
+
+def test_files_the_user_put_in_the_toys_folders_stay(tmp_path):
+    """Remade after a toy file went missing, or replaced by --overwrite, the pool replaces and removes only the
+    files its record lists: the user's files inside shards/, metadata/ and eval_tasks/ stay (they went)."""
+    small = {**SMALL_POOL, "samples": 120, "shards": 2}
+    out = tmp_path / "pool"
+    toy.ensure_pool(str(out), **small)
+    mine = [out / "shards" / "my_subset.npy", out / "metadata" / "mine" / "notes.txt",
+            out / "eval_tasks" / "toy_shapes" / "mine.txt"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("precious")
+    (out / "shards" / "00000001_stats.json").unlink()
+    record = toy.ensure_pool(str(out), **small)
+    assert (out / "shards" / "00000001_stats.json").exists() and all(p.read_text() == "precious" for p in mine)
+    assert not any("mine" in rel or "my_" in rel for rel in record["outputs"])
+    toy.ensure_pool(str(out), **{**small, "shards": 1}, overwrite=True)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000000.tar", "00000000_stats.json",
+                                                                  "my_subset.npy"]  # the old second shard went
+    assert all(p.read_text() == "precious" for p in mine)
+
+
+@pytest.mark.parametrize("content", ['{"seed": 0, "samp', "[1, 2]", '{"name": "my toy project", "version": 3}'])
+def test_a_toy_json_the_toy_did_not_write_makes_the_folder_the_users(tmp_path, content):
+    """A cut toy.json, one not an object, or a json of the user's without the toy record's keys: one line naming
+    the file, with or without --overwrite, and nothing touched (a foreign object counted as a toy record)."""
+    out = tmp_path / "u"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "mine.tar").write_text("precious")
+    (out / "toy.json").write_text(content)
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=rf"{re.escape(str(out / 'toy.json'))} is not a toy pool's record"):
+            toy.ensure_pool(str(out), **SMALL_POOL, overwrite=overwrite)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["shards", "shards/mine.tar", "toy.json"]
+    assert (out / "toy.json").read_text() == content
