@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mode.core.errors import UserError
 from mode.core.lock import holding
+from mode.core.runner import load_json
 from mode.core.shards import is_complete_checkpoint, overlaps, write_json
 from mode.core.step import positive_int
 from mode.core.uids import load_subset
@@ -70,6 +71,7 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
                         "they would overwrite each other in samples/")
     if not Path(sub.results).exists():
         raise UserError(f"--results: {sub.results} does not exist (run `mode evaluate` or DataComp's evaluate.py)")
+    _check_complete(Path(sub.results))
     results = _read_results(Path(sub.results))
     if sub.checkpoint and not Path(sub.checkpoint).is_file():
         raise UserError(f"--checkpoint: {sub.checkpoint} does not exist")
@@ -77,6 +79,18 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
         raise UserError(f"--checkpoint: {sub.checkpoint} is not a complete torch checkpoint (truncated, or another "
                         "kind of file)")
     return samples, results
+
+
+def _check_complete(path: Path) -> None:
+    """`mode evaluate` writes summary.json beside eval_results.jsonl: results it does not call complete (a run
+    killed or still going) are not submitted."""
+    summary = path.parent / "summary.json"
+    if summary.is_file():
+        state = load_json(summary, "`mode evaluate` summary", ("complete",))
+        if state["complete"] is not True:
+            raise UserError(f"--results: {summary} says the evaluation beside it is incomplete "
+                            f"({state.get('shards_done', '?')} of {state.get('shards_total', '?')} tasks): finish "
+                            "`mode evaluate` first")
 
 
 def _read_results(path: Path) -> list[dict]:

@@ -338,6 +338,13 @@ def _forget_stale(label_dir: Path, expected: dict[str, str]) -> None:
         record.unlink()
 
 
+def _drop_results(label_dir: Path) -> None:
+    """Remove a label's summary and results before its tasks are evaluated again: they are written only at the
+    end, so a killed run would leave those of the earlier checkpoint beside the new logits, saying complete."""
+    for name in ("summary.json", "eval_results.jsonl", "aggregate.json"):
+        (label_dir / name).unlink(missing_ok=True)
+
+
 def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto", batch_size: int = 64) -> dict:
     """Evaluate every model on every task under `tasks_root`; returns {label: {task key: main metric}}.
 
@@ -359,6 +366,8 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
     with holding(out_dir, "evaluate", "`mode evaluate` into this --out"):
         for spec in specs:
             _forget_stale(out_dir / spec.label, {t.key: digest(spec.label, t) for t in task_list})
+            if not all(is_complete(out_dir / spec.label, t.key) for t in task_list):
+                _drop_results(out_dir / spec.label)  # a run killed from here on leaves no old results behind
         models = {}
         for task in tqdm(task_list, desc="tasks", unit="task"):
             todo = [s for s in specs if not is_complete(out_dir / s.label, task.key)]

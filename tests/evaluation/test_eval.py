@@ -399,3 +399,41 @@ def test_readme_lists_datacomps_tasks_as_scored():
             for line in readme.splitlines() if line.strip().startswith("| `") and "main metric" not in line]
     listed = {r[0]: (r[1], r[2]) for r in rows if len(r) == 4 and r[3].startswith(("yes", "no"))}
     assert listed == {k: (v.name, v.main_metric) for k, v in T.DATACOMP_TASKS.items()}
+
+
+def test_a_killed_reevaluation_leaves_no_old_results(toy_pool, tmp_path, monkeypatch):
+    """A rerun that finds a stale task removes the label's summary and results before evaluating: killed midway,
+    it once left the earlier run's eval_results.jsonl and a summary saying complete beside the new logits; and
+    `mode submit` refuses results whose summary.json says incomplete."""
+    import shutil
+
+    tasks, out = tmp_path / "tasks", tmp_path / "eval"
+    shutil.copytree(Pool(toy_pool).eval_tasks_dir, tasks)
+    spec = [evaluate.ModelSpec.parse("m=ViT-Toy-8")]
+    evaluate.run(spec, str(tasks), str(out), device="cpu")
+    assert json.loads((out / "m" / "summary.json").read_text())["complete"]
+    (tasks / "toy_shapes" / "classnames.txt").write_text((tasks / "toy_shapes" / "classnames.txt").read_text())
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "_encode_task", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run(spec, str(tasks), str(out), device="cpu")
+    left = sorted(p.name for p in (out / "m").iterdir())
+    assert not {"summary.json", "eval_results.jsonl", "aggregate.json"} & set(left), left
+    assert "toy_glyphs.npz" in left and "toy_shapes.npz" not in left  # what was still valid is kept
+
+    from mode.datacomp import submit
+    from mode.core.uids import hex_to_pairs, save_subset
+
+    save_subset(str(tmp_path / "ids.npy"), hex_to_pairs(["ab" * 16]))
+    results = tmp_path / "r" / "eval_results.jsonl"
+    results.parent.mkdir()
+    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k", "metrics": {"main_metric": .5}}))
+    (results.parent / "summary.json").write_text(json.dumps({"complete": False, "shards_done": 1, "shards_total": 3}))
+    sub = submit.Submission(scale="small", track="filtering", method_name="m", author="a", email="e",
+                            samples=str(tmp_path / "ids.npy"), results=str(results), hf_repo="me/sub")
+    with pytest.raises(UserError, match="incomplete .1 of 3 tasks"):
+        submit.build_bundle(sub, str(tmp_path / "bundle"))
+    assert not (tmp_path / "bundle").exists()
