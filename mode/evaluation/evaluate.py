@@ -397,10 +397,11 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
                 write_json(WorkDir.stats(out_dir / s.label, task.key),
                            {"processed": n + encoded["skipped"], "kept": n, "skipped": skipped, **outside,
                             "params_hash": digest(s.label, task), "outputs": {f"{task.key}.npz": path.stat().st_size}})
-    results = {}
-    for s in specs:
-        write_summary("evaluate", out_dir / s.label, [t.key for t in task_list], fingerprint(s), digests[s.label])
-        results[s.label] = {r["key"]: r["metrics"]["main_metric"] for r in write_results(out_dir, s.label, task_list)}
+        results = {}  # still under the lock: another run's logits must not be read or summed in between
+        for s in specs:
+            write_summary("evaluate", out_dir / s.label, [t.key for t in task_list], fingerprint(s), digests[s.label])
+            rows = write_results(out_dir, s.label, task_list)
+            results[s.label] = {r["key"]: r["metrics"]["main_metric"] for r in rows}
     return results
 
 

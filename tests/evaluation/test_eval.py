@@ -437,3 +437,24 @@ def test_a_killed_reevaluation_leaves_no_old_results(toy_pool, tmp_path, monkeyp
     with pytest.raises(UserError, match="incomplete .1 of 3 tasks"):
         submit.build_bundle(sub, str(tmp_path / "bundle"))
     assert not (tmp_path / "bundle").exists()
+
+
+def test_results_are_written_under_the_out_lock(toy_pool, tmp_path, monkeypatch):
+    """summary.json and eval_results.jsonl are written while `mode evaluate` holds --out's lock: written after
+    it, a second run could replace the logits in between, and the first one summed them under its checkpoint."""
+    from mode.core.lock import acquire
+
+    out, held = tmp_path / "eval", []
+
+    def probe(real):
+        def wrapped(*a, **k):
+            with pytest.raises(UserError, match="another `mode evaluate`"):
+                acquire(out, "evaluate", "`mode evaluate` into this --out")
+            held.append(real.__name__)
+            return real(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(evaluate, "write_summary", probe(evaluate.write_summary))
+    monkeypatch.setattr(evaluate, "write_results", probe(evaluate.write_results))
+    evaluate.run([evaluate.ModelSpec.parse("m=ViT-Toy-8")], str(Pool(toy_pool).eval_tasks_dir), str(out), "cpu")
+    assert held == ["write_summary", "write_results"] and (out / "m" / "eval_results.jsonl").exists()
