@@ -23,9 +23,10 @@ from pathlib import Path
 from mode.core.errors import UserError
 from mode.core.lock import holding
 from mode.core.runner import load_json
-from mode.core.shards import is_complete_checkpoint, overlaps, write_json
+from mode.core.shards import atomic_write, is_complete_checkpoint, overlaps, write_json
 from mode.core.step import positive_int
 from mode.core.uids import load_subset
+from mode.datacomp.tasklist import DATACOMP_TASKS, SCORED
 
 TRACKS = ("filtering", "byod")
 REPO_TYPES = ("model", "dataset")
@@ -110,7 +111,28 @@ def _read_results(path: Path) -> list[dict]:
         results.append(row)
     if not results:
         raise UserError(f"--results: {path} holds no results (run `mode evaluate` first)")
-    return results
+    return _datacomp_rows(path, results)
+
+
+def _datacomp_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of DataComp's tasks, which must give each of its 38 scored tasks a main metric: DataComp's
+    --submit evaluates every task of its tasklist and keeps only those."""
+    kept = [r for r in rows if r.get("key") in DATACOMP_TASKS]
+    keys = [r["key"] for r in kept]
+    for r in kept:
+        if keys.count(r["key"]) > 1:
+            raise UserError(f"--results: {path} lists {r['key']} twice: keep one row per task")
+        if r["dataset"] != DATACOMP_TASKS[r["key"]].name:
+            raise UserError(f"--results: {path} names {r['key']} {r['dataset']!r}; DataComp's name is "
+                            f"{DATACOMP_TASKS[r['key']].name!r}")
+    scored = {r["key"] for r in kept if isinstance(r["metrics"]["main_metric"], (int, float))
+              and not isinstance(r["metrics"]["main_metric"], bool)}
+    missing = [DATACOMP_TASKS[k].name for k in SCORED if k not in scored]
+    if missing:
+        raise UserError(f"--results: {path} lacks the main metric of {len(missing)} of DataComp's {len(SCORED)} "
+                        f"scored tasks ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): DataComp "
+                        "submits all of them; evaluate every task (`mode download-tasks --keys all`)")
+    return kept
 
 
 def record(sub: Submission, results: list[dict], samples: list[Path]) -> dict:
@@ -146,7 +168,8 @@ def build_bundle(sub: Submission, bundle: str) -> Path:
         if prefix.exists():
             shutil.rmtree(prefix)  # a bundle is rewritten whole: no file of an earlier run is uploaded by mistake
         (prefix / "samples").mkdir(parents=True)
-        shutil.copyfile(sub.results, prefix / "results.jsonl")
+        with atomic_write(prefix / "results.jsonl", "w") as f:  # DataComp's tasks only, as its --submit keeps
+            f.writelines(json.dumps(r) + "\n" for r in results)
         for p in samples:
             shutil.copyfile(p, prefix / "samples" / p.name)
         if sub.checkpoint:

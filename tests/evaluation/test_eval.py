@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,49 @@ def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
     assert json.loads((out / "e0" / "eval_results.jsonl").read_text().splitlines()[0])["key"] == "toy_glyphs"
 
 
+def _datacomp_results(path: Path, drop: tuple[str, ...] = (), extra: tuple[dict, ...] = (), **scores) -> Path:
+    """An eval_results.jsonl with a row for every task of DataComp's tasklist but `drop` (main metric 0.5, or
+    scores[key with / as __]; None for FairFace and UTKFace, as DataComp writes them), then `extra` rows."""
+    rows = [{"key": k, "dataset": v.name,
+             "metrics": {"main_metric": scores.get(k.replace("/", "__"), 0.5) if k in T.SCORED else None}}
+            for k, v in T.DATACOMP_TASKS.items() if k not in drop]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *extra]))
+    return path
+
+
+def test_submit_takes_datacomps_tasks_only(tmp_path):
+    """DataComp's --submit scores every task of its tasklist and keeps only those: results missing a scored task's
+    main metric are refused in one line naming them (once a bundle of three toy tasks was made), and rows of
+    other tasks stay out of the bundle's results.jsonl and the record."""
+    from mode.core.uids import hex_to_pairs, save_subset
+    from mode.datacomp import submit
+
+    save_subset(str(tmp_path / "ids.npy"), hex_to_pairs(["ab" * 16]))
+    toy = {"key": "toy_shapes", "dataset": "toy_shapes", "metrics": {"main_metric": 0.9}}
+
+    def bundle(results: Path, name: str) -> Path:
+        return submit.build_bundle(submit.Submission(scale="small", track="filtering", method_name="m", author="a",
+                                                     email="e", samples=str(tmp_path / "ids.npy"),
+                                                     results=str(results), hf_repo="me/sub"), str(tmp_path / name))
+
+    root = bundle(_datacomp_results(tmp_path / "full.jsonl", extra=(toy,), cars=0.25), "b1")
+    rows = [json.loads(line) for line in (root / "small_scale" / "results.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows] == list(T.DATACOMP_TASKS)
+    rec = json.loads((root / "submission.json").read_text())
+    assert "toy_shapes" not in rec and rec["Stanford Cars"] == 0.25 and "FairFace" not in rec
+    assert sum(v.name in rec for v in T.DATACOMP_TASKS.values()) == 38
+    for results, why in ((_datacomp_results(tmp_path / "p.jsonl", drop=("cars",), mnist=None), "2 of DataComp's 38 "
+                          "scored tasks (MNIST, Stanford Cars)"),
+                         (tmp_path / "toy.jsonl", "38 of DataComp's 38 scored tasks (Caltech-101, CIFAR-10, "
+                          "CIFAR-100, ...)"),
+                         (_datacomp_results(tmp_path / "twice.jsonl", extra=(rows[0],)), "vtab/caltech101 twice")):
+        if results.name == "toy.jsonl":
+            results.write_text(json.dumps(toy) + "\n")
+        with pytest.raises(UserError, match=re.escape(why)):
+            bundle(results, "b2")
+        assert not (tmp_path / "b2").exists()
+
+
 def test_submit_dry_run_bundle(tmp_path, monkeypatch):
     from mode.core.uids import hex_to_pairs, save_subset
 
@@ -185,9 +229,7 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     save_subset(str(tmp_path / "a.npy"), hex_to_pairs([rng.bytes(16).hex() for _ in range(7)]))
     save_subset(str(tmp_path / "b.npy"), hex_to_pairs([rng.bytes(16).hex() for _ in range(5)]))
-    results = tmp_path / "eval_results.jsonl"
-    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k",
-                                   "metrics": {"acc1": 0.5, "main_metric": 0.5}}) + "\n")
+    results = _datacomp_results(tmp_path / "eval_results.jsonl")
     bundle = tmp_path / "bundle"
     res = run([PYTHON, "-m", "mode", "submit", "--scale", "small", "--track", "filtering", "--method-name", "m",
                "--author", "me", "--email", "me@example.org",
@@ -236,8 +278,7 @@ def test_submit_byod_takes_other_data_files_as_they_are(tmp_path):
     save_subset(str(tmp_path / "ids.npy"), hex_to_pairs(["ab" * 16, "cd" * 16]))
     extra = tmp_path / "custom_data.parquet"
     extra.write_bytes(b"PAR1 not checked PAR1")
-    results = tmp_path / "eval_results.jsonl"
-    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k", "metrics": {"main_metric": .5}}))
+    results = _datacomp_results(tmp_path / "eval_results.jsonl")
 
     def sub(track, samples):
         return submit.Submission(scale="small", track=track, method_name="m", author="a", email="e",
@@ -287,9 +328,7 @@ def test_submit_uploads_as_datacomp_to_a_fake_hub(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_token")
     save_subset(str(tmp_path / "a.npy"), hex_to_pairs(["%032x" % i for i in range(3)]))
-    results = tmp_path / "eval_results.jsonl"
-    results.write_text(json.dumps({"key": "imagenet1k", "dataset": "ImageNet 1k",
-                                   "metrics": {"acc1": 0.5, "main_metric": 0.5}}) + "\n")
+    results = _datacomp_results(tmp_path / "eval_results.jsonl")
     argv = ["submit", "--scale", "medium", "--track", "filtering", "--method_name", "m", "--author", "me",
             "--email", "secret@example.org", "--samples", str(tmp_path / "a.npy"), "--results", str(results),
             "--hf_username", "me", "--hf_repo_name", "sub", "--dataset_size", "3", "--bundle", str(tmp_path / "b")]
