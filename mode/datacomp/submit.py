@@ -60,11 +60,13 @@ def _check(sub: Submission) -> tuple[list[Path], list[dict]]:
     if sub.repo_type not in REPO_TYPES:
         raise UserError(f"--repo-type {sub.repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
     samples = [Path(p) for p in sub.samples.split("::") if p]
+    if not samples:  # DataComp's push_files_to_hub raises on none
+        raise UserError(f"--samples {sub.samples!r}: expected one or more files containing the sample ids")
     for p in samples:
         if not p.is_file():
             raise UserError(f"--samples: {p} does not exist")
-        if sub.track == "filtering" or p.suffix == ".npy":
-            load_subset(str(p))  # u8,u8 and sorted, or a one-line error
+        if (sub.track == "filtering" or p.suffix == ".npy") and not len(load_subset(str(p))):  # u8,u8, sorted
+            raise UserError(f"--samples: {p} holds no uids: a submission names the samples it trained on")
         # byod: DataComp also takes the data from outside the pool as it is (e.g. a .parquet of it), uploaded as is
     names = [p.name for p in samples]
     if len(set(names)) != len(names):

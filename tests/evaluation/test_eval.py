@@ -297,6 +297,12 @@ def test_submit_byod_takes_other_data_files_as_they_are(tmp_path):
     with pytest.raises(UserError, match="inside the bundle"):
         submit.build_bundle(sub("byod", str(inside)), str(root))
     assert inside.read_bytes() == (tmp_path / "ids.npy").read_bytes()
+    save_subset(str(tmp_path / "none.npy"), hex_to_pairs([]))  # both once made a bundle without samples
+    for samples, why in (("::", "expected one or more files containing the sample ids"),
+                         ("", "expected one or more files"), (str(tmp_path / "none.npy"), "none.npy holds no uids")):
+        with pytest.raises(UserError, match=why):
+            submit.build_bundle(sub("byod", samples), str(tmp_path / "b5"))
+        assert not (tmp_path / "b5").exists()
     for junk in (b"", b"checkpoint? no", (tmp_path / "ids.npy").read_bytes()):
         (tmp_path / "c.pt").write_bytes(junk)
         with pytest.raises(UserError, match="not a complete torch checkpoint"):
