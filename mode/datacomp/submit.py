@@ -23,7 +23,7 @@ from pathlib import Path
 from mode.core.errors import UserError
 from mode.core.lock import holding
 from mode.core.runner import load_json
-from mode.core.shards import atomic_write, is_complete_checkpoint, overlaps, write_json
+from mode.core.shards import is_complete_checkpoint, overlaps, write_json
 from mode.core.step import positive_int
 from mode.core.uids import load_subset
 from mode.datacomp.tasklist import DATACOMP_TASKS, SCORED
@@ -32,6 +32,7 @@ TRACKS = ("filtering", "byod")
 REPO_TYPES = ("model", "dataset")
 PRIVATE = ("email",)  # record fields DataComp keeps off the leaderboard ("This will *not* be shared publicly")
 SCALES = ("small", "medium", "large", "xlarge")
+MARKER = ".mode-submit"  # in the bundle (never uploaded): {scale: the files of <scale>_scale/ that submit wrote}
 
 
 @dataclass
@@ -167,10 +168,19 @@ def build_bundle(sub: Submission, bundle: str) -> Path:
                             "or pass another --bundle")
     root.mkdir(parents=True, exist_ok=True)
     with holding(root, "submit", "`mode submit` into this bundle"):
-        if prefix.exists():
-            shutil.rmtree(prefix)  # a bundle is rewritten whole: no file of an earlier run is uploaded by mistake
+        marker = root / MARKER
+        written = load_json(marker, "`mode submit` bundle record") if marker.is_file() else {}
+        if prefix.exists():  # rewritten whole, so that no file of an earlier run is uploaded by mistake ...
+            theirs = sorted(str(p.relative_to(prefix)) for p in prefix.rglob("*")
+                            if not p.is_dir() and str(p.relative_to(prefix)) not in written.get(sub.scale, []))
+            if theirs:  # ... but never a file it did not write (which would be uploaded too)
+                raise UserError(f"{prefix} holds {len(theirs)} file(s) `mode submit` did not write (e.g. {theirs[0]}),"
+                                " which would be uploaded: move them out or pass another --bundle")
+            shutil.rmtree(prefix)
+        mine = ["results.jsonl", *(f"samples/{p.name}" for p in samples), *(["checkpoint.pt"] * bool(sub.checkpoint))]
+        write_json(marker, {**written, sub.scale: mine})  # first: a killed run leaves only files it lists
         (prefix / "samples").mkdir(parents=True)
-        with atomic_write(prefix / "results.jsonl", "w") as f:  # DataComp's tasks only, as its --submit keeps
+        with open(prefix / "results.jsonl", "w") as f:  # DataComp's tasks only, as its --submit keeps
             f.writelines(json.dumps(r) + "\n" for r in results)
         for p in samples:
             shutil.copyfile(p, prefix / "samples" / p.name)

@@ -469,8 +469,8 @@ def test_a_killed_reevaluation_leaves_no_old_results(toy_pool, tmp_path, monkeyp
     assert not {"summary.json", "eval_results.jsonl", "aggregate.json"} & set(left), left
     assert "toy_glyphs.npz" in left and "toy_shapes.npz" not in left  # what was still valid is kept
 
-    from mode.datacomp import submit
     from mode.core.uids import hex_to_pairs, save_subset
+    from mode.datacomp import submit
 
     save_subset(str(tmp_path / "ids.npy"), hex_to_pairs(["ab" * 16]))
     results = tmp_path / "r" / "eval_results.jsonl"
@@ -503,3 +503,35 @@ def test_results_are_written_under_the_out_lock(toy_pool, tmp_path, monkeypatch)
     monkeypatch.setattr(evaluate, "write_results", probe(evaluate.write_results))
     evaluate.run([evaluate.ModelSpec.parse("m=ViT-Toy-8")], str(Pool(toy_pool).eval_tasks_dir), str(out), "cpu")
     assert held == ["write_summary", "write_results"] and (out / "m" / "eval_results.jsonl").exists()
+
+
+def test_submit_removes_only_the_files_it_wrote(tmp_path):
+    """A bundle is rewritten whole, but `<scale>_scale/` once lost every file in it (rmtree), the user's too: a
+    file submit did not write is refused in one line and kept; those an earlier run wrote are replaced."""
+    from mode.core.uids import hex_to_pairs, save_subset
+    from mode.datacomp import submit
+
+    for name in ("a.npy", "b.npy"):
+        save_subset(str(tmp_path / name), hex_to_pairs(["ab" * 16]))
+    results = _datacomp_results(tmp_path / "eval_results.jsonl")
+
+    def bundle(samples: str) -> Path:
+        return submit.build_bundle(submit.Submission(scale="small", track="filtering", method_name="m", author="a",
+                                                     email="e", samples=samples, results=str(results),
+                                                     hf_repo="me/sub"), str(tmp_path / "bundle"))
+
+    notes = tmp_path / "bundle" / "small_scale" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("precious")
+    with pytest.raises(UserError, match="1 file.s. `mode submit` did not write .e.g. notes.txt"):
+        bundle(str(tmp_path / "a.npy"))
+    assert notes.read_text() == "precious"
+    notes.unlink()
+    root = bundle(str(tmp_path / "a.npy"))
+    root = bundle(str(tmp_path / "b.npy"))  # the earlier run's a.npy is not uploaded again
+    assert sorted(p.name for p in (root / "small_scale" / "samples").iterdir()) == ["b.npy"]
+    (root / "small_scale" / "samples" / "mine.txt").write_text("mine")
+    with pytest.raises(UserError, match="e.g. samples/mine.txt"):
+        bundle(str(tmp_path / "a.npy"))
+    assert (root / "small_scale" / "samples" / "mine.txt").read_text() == "mine"
+    assert (root / "small_scale" / "samples" / "b.npy").exists()
