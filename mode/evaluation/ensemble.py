@@ -104,13 +104,10 @@ def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") 
 def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], report: str, weighting: str = "mode",
         dense: str | None = None) -> dict:
     """Weights, ensemble logits and metrics for every task; writes the report. Returns the per-task table."""
-    labels = [Path(eval_out) / label for label in [*experts, *([dense] if dense else [])]]
-    if Path(report).resolve() == Path(eval_out).resolve():
-        labels.append(Path(eval_out))
-    for other, what in ((work_dir, "--work-dir"), (tasks_root, "--tasks"), *((d, "the evaluation") for d in labels)):
-        if overlaps(report, other):
+    for other, what in ((work_dir, "--work-dir"), (tasks_root, "--tasks"), (eval_out, "--eval-out")):
+        if overlaps(report, other):  # any folder under --eval-out may be a label's (not only those named here)
             raise UserError(f"--report {report} overlaps {what} {other}, whose files it would replace (an "
-                            "evaluation's eval_results.jsonl, say): choose another folder")
+                            "evaluation's eval_results.jsonl, say): choose a folder outside it")
     check_labels(experts, dense)
     wd = WorkDir(Path(work_dir))
     meta = json.loads(wd.features_meta.read_text()) if wd.features_meta.exists() else None

@@ -171,10 +171,13 @@ def test_evaluate_and_ensemble_report(toy_pool, clean_work, tmp_path):
     assert (report / "weights.png").stat().st_size > 0 and (report / "scores.png").stat().st_size > 0
     with pytest.raises(UserError, match="run `mode evaluate` first"):
         ensemble.run(str(clean_work), str(tasks), str(out), ["e0", "e1", "missing"], str(report))
-    for inside in (out / "e0", out, clean_work / "clusters"):  # once overwrote e0's eval_results.jsonl
+    dense_rows = (out / "dense" / "eval_results.jsonl").read_text()
+    # once overwrote e0's eval_results.jsonl, and then that of a label not named on the command line (dense)
+    for inside in (out / "e0", out / "dense", out / "dense" / "sub", out / "new", out, clean_work / "clusters"):
         with pytest.raises(UserError, match="overlaps"):
             ensemble.run(str(clean_work), str(tasks), str(out), ["e0", "e1", "e2"], str(inside))
     assert json.loads((out / "e0" / "eval_results.jsonl").read_text().splitlines()[0])["key"] == "toy_glyphs"
+    assert (out / "dense" / "eval_results.jsonl").read_text() == dense_rows and not (out / "new").exists()
 
 
 def _datacomp_results(path: Path, drop: tuple[str, ...] = (), extra: tuple[dict, ...] = (), **scores) -> Path:
