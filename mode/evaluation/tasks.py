@@ -23,6 +23,7 @@ from mode.core.errors import UserError, first_line
 from mode.core.layout import EvalTask
 from mode.core.shards import iter_tar
 from mode.datacomp.tasklist import DATACOMP_TASKS, SCORED  # DataComp's tasklist.yml (also used from here)
+from mode.evaluation import special as S
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
@@ -170,7 +171,25 @@ def load_task(path: str | Path, key: str | None = None) -> Task:
             t.format(c="x")
         except (IndexError, KeyError, ValueError):
             raise UserError(f"{layout.templates}: template {t!r} is not a format string with only {{c}}") from None
+    if kind == "multilabel":
+        _check_objectives(layout, classnames, templates)
     return Task(key, layout.root, kind, classnames, templates)
+
+
+def _check_objectives(layout: EvalTask, classnames: tuple[str, ...], templates: tuple[str, ...]) -> None:
+    """FairFace's and UTKFace's lines are `objective:text` (DataComp splits each at its first colon) and every
+    objective needs a class name and a template for its zero-shot head."""
+    for path, lines in ((layout.classnames, classnames), (layout.templates, templates)):
+        stray = next((line for line in lines if ":" not in line), None)
+        if stray is not None:
+            raise UserError(f"{path}: line {stray!r} has no `objective:` prefix (one of "
+                            f"{', '.join(S.FAIRFACE_OBJECTIVES)})")
+    heads = S.split_objectives(classnames, templates)
+    for objective in S.FAIRFACE_OBJECTIVES:
+        names, prompts = heads.get(objective, ([], []))
+        for path, got, what in ((layout.classnames, names, "class name"), (layout.templates, prompts, "template")):
+            if not got:
+                raise UserError(f"{path}: no {what} for objective {objective!r} (a line `{objective}:...`)")
 
 
 def find_tasks(root: str | Path) -> list[Task]:

@@ -3,6 +3,7 @@ computations, and end to end on fixture tasks laid out as DataComp's download_ev
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,24 @@ def test_huggingface_tasks_flickr_and_winogavil(tmp_path, clean_work):
     assert got["WinoGAViL"]["main_metric"] == want["jaccard_score_10-12"] == got["WinoGAViL"]["jaccard_score_10"]
     rows = _ensemble_of_copies(clean_work, root, out, tmp_path / "report")  # no templates: the names themselves
     assert rows["misc/winogavil"]["ensemble"] == got["WinoGAViL"]["main_metric"]
+
+
+def test_fairface_objectives_each_need_class_names_and_templates(tmp_path):
+    """DataComp splits FairFace's lines at their first colon and builds one head per objective: an objective
+    without templates once ended in `torch.cat(): expected a non-empty list`, a line without `objective:` was
+    read as an objective of its own; both are one line now, before any image is read."""
+    classes = ["race:white", "race:black", "gender:man", "gender:woman", "age:young", "toxic:animal"]
+    templates = [f"{o}:a photo of a {{c}}." for o in S.FAIRFACE_OBJECTIVES]
+    cases = ((classes, templates[:2] + templates[3:], "zeroshot_classification_templates.txt: no template for "
+              "objective 'age'"),
+             ([c for c in classes if not c.startswith("toxic:")], templates, "classnames.txt: no class name for "
+              "objective 'toxic'"),
+             ([*classes, "stray line"], templates, "classnames.txt: line 'stray line' has no `objective:` prefix"),
+             (classes, [*templates, "a photo of {c}."], "line 'a photo of {c}.' has no `objective:` prefix"))
+    for i, (names, prompts, why) in enumerate(cases):
+        _task(tmp_path / str(i), T.local_name("fairness/fairface"), names, prompts,
+              [("0000", {"webp": _image(0), "npy": _npy([0, 0, 0, 0])})])
+        with pytest.raises(T.UserError, match=re.escape(why)):
+            T.find_tasks(tmp_path / str(i))
+    _task(tmp_path / "ok", T.local_name("fairness/utkface"), classes, templates, [])
+    assert T.find_tasks(tmp_path / "ok")[0].kind == "multilabel"
