@@ -135,6 +135,9 @@ def test_second_review_findings_are_one_line(toy_pool, toy_work, tmp_path, capsy
     _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "not a format string")
     templates.write_text("\n")
     _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "no templates")
+    templates.unlink()  # once scored with a default template; clip_benchmark 1.4.0 has none (DataComp asserts)
+    _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model],
+           "a classification task needs zeroshot_classification_templates.txt")
     templates.write_text("a photo of a {c}.\n")
     (tasks / "toy_shapes" / "test" / "nshards.txt").write_text("abc")
     _fails(capsys, ["evaluate", "--tasks", tasks, "--out", tmp_path / "ev", *model], "number of test shards")

@@ -161,10 +161,13 @@ def load_task(path: str | Path, key: str | None = None) -> Task:
     kind = "multilabel" if key in MULTILABEL else \
         "retrieval" if "txt" in first and "cls" not in first else "classification"
     classnames = _lines(layout.classnames) if layout.classnames.exists() else ()
-    templates = _lines(layout.templates) if layout.templates.exists() else ("a photo of a {c}.",)
+    templates = _lines(layout.templates) if layout.templates.exists() else ()
     if kind == "classification" and not classnames:
         raise UserError(f"{path}: a classification task needs classnames.txt")
-    if not templates:
+    if kind != "retrieval" and not layout.templates.exists():  # clip_benchmark has no default; DataComp asserts
+        raise UserError(f"{path}: a {kind} task needs {layout.templates.name} (one template per line, with {{c}} "
+                        "for the class name)")
+    if kind != "retrieval" and not templates:
         raise UserError(f"{layout.templates}: no templates (one per line, with {{c}} for the class name)")
     for t in templates:
         try:
