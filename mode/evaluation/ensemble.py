@@ -91,14 +91,16 @@ def expert_weights(method: str, class_emb: np.ndarray, fine: np.ndarray, fine_to
 
 
 def class_embeddings(task: T.Task, encoder: str | None, pooling: str = "model") -> np.ndarray:
-    """[C, d]: per class, the mean of its normalised prompt embeddings with the caption encoder, renormalised."""
+    """[C, d]: per class, the mean of its normalised prompt embeddings with the caption encoder, renormalised.
+    Other tasks than classification (retrieval, WinoGAViL, FairFace, UTKFace) are one class, the bare prompt
+    `a photo` (MoDE weighs classification tasks only: this is ours)."""
     from mode.prep.embed import encode
 
-    names = list(task.classnames) if task.kind == "classification" else ["a photo"]
-    templates = task.templates or ("{c}",)  # retrieval and WinoGAViL have none: the name itself
-    prompts = [t.format(c=c) for c in names for t in templates]
-    emb = encode(prompts, encoder, pooling=pooling).reshape(len(names), len(templates), -1).mean(axis=1)
-    return normalise(emb)
+    if task.kind != "classification":
+        return normalise(encode(["a photo"], encoder, pooling=pooling))
+    prompts = [t.format(c=c) for c in task.classnames for t in task.templates]
+    emb = encode(prompts, encoder, pooling=pooling).reshape(len(task.classnames), len(task.templates), -1)
+    return normalise(emb.mean(axis=1))
 
 
 def run(work_dir: str, tasks_root: str, eval_out: str, experts: list[str], report: str, weighting: str = "mode",

@@ -538,3 +538,25 @@ def test_submit_removes_only_the_files_it_wrote(tmp_path):
         bundle(str(tmp_path / "a.npy"))
     assert (root / "small_scale" / "samples" / "mine.txt").read_text() == "mine"
     assert (root / "small_scale" / "samples" / "b.npy").exists()
+
+
+def test_ensemble_weighs_other_tasks_than_classification_by_the_bare_prompt(monkeypatch):
+    """As the README says: retrieval, WinoGAViL and the fairness heads are one class, `a photo` (a retrieval task
+    once read a default template, 'a photo of a a photo.', FairFace its objective lines, 'race:a photo of ...')."""
+    import mode.prep.embed
+
+    seen = []
+
+    def encode(prompts, *a, **k):
+        seen.append(list(prompts))
+        return np.ones((len(prompts), 4), np.float32)
+
+    monkeypatch.setattr(mode.prep.embed, "encode", encode)
+    fairface = ("race:a photo of a {c} person.", "gender:a photo of a {c}.")
+    for task in (T.Task("retrieval/x", Path("/x"), "retrieval", (), ("a photo of a {c}.",)),
+                 T.Task("misc/winogavil", Path("/x"), "winogavil"),
+                 T.Task("fairness/fairface", Path("/x"), "multilabel", ("race:White", "gender:male"), fairface)):
+        emb = ensemble.class_embeddings(task, None)
+        assert seen.pop() == ["a photo"] and emb.shape == (1, 4), task.key
+    ensemble.class_embeddings(T.Task("t", Path("/x"), "classification", ("cat", "dog"), ("a {c}.", "the {c}")), None)
+    assert seen.pop() == ["a cat.", "the cat", "a dog.", "the dog"]
