@@ -29,7 +29,7 @@ from mode.core.errors import UserError, first_line
 from mode.core.layout import WorkDir
 from mode.core.lock import holding
 from mode.core.runner import is_complete, params_hash, write_summary
-from mode.core.shards import atomic_write, write_json
+from mode.core.shards import atomic_write, overlaps, write_json
 from mode.core.step import positive_int
 from mode.evaluation import special as S
 from mode.evaluation import tasks as T
@@ -354,6 +354,11 @@ def run(specs: list[ModelSpec], tasks_root: str, out: str, device: str = "auto",
         raise UserError("--model labels must be distinct")
     device = pick_device(device)
     task_list, out_dir = T.find_tasks(tasks_root), Path(out)
+    for spec in specs:  # a task's signature covers every file in its folder: logits written there make it stale
+        task = next((t for t in task_list if overlaps(out_dir / spec.label, t.path)), None)
+        if task:
+            raise UserError(f"--out {out}: {spec.label}'s folder overlaps task {task.key} ({task.path}), whose "
+                            "files tell whether its logits are current: choose an --out outside the tasks")
     digests = {s.label: params_hash(fingerprint(s)) for s in specs}
     signatures = {t.key: task_signature(t) for t in task_list}
 

@@ -560,3 +560,14 @@ def test_ensemble_weighs_other_tasks_than_classification_by_the_bare_prompt(monk
         assert seen.pop() == ["a photo"] and emb.shape == (1, 4), task.key
     ensemble.class_embeddings(T.Task("t", Path("/x"), "classification", ("cat", "dog"), ("a {c}.", "the {c}")), None)
     assert seen.pop() == ["a cat.", "the cat", "a dog.", "the dog"]
+
+
+def test_evaluate_refuses_an_out_overlapping_a_task(toy_pool, tmp_path):
+    """Logits written inside a task folder changed its signature, so every rerun computed them again."""
+    import shutil
+
+    tasks = shutil.copytree(Pool(toy_pool).eval_tasks_dir, tmp_path / "tasks")
+    for out, label in ((tasks / "toy_shapes" / "evalout", "m"), (tasks / "toy_shapes", "m"), (tasks, "toy_shapes")):
+        with pytest.raises(UserError, match=f"--out {out}: {label}'s folder overlaps task toy_shapes"):
+            evaluate.run([evaluate.ModelSpec.parse(f"{label}=ViT-Toy-8")], str(tasks), str(out), device="cpu")
+    assert not (tasks / "toy_shapes" / "evalout").exists() and not (tasks / "toy_shapes" / "m").exists()
