@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,7 +201,7 @@ def find_tasks(root: str | Path) -> list[Task]:
     nested keys (`vtab/dtd/`) and any other task folder (keyed by its path)."""
     root = Path(root)
     found = [p.parent.parent for p in root.rglob("test/nshards.txt")]
-    tasks = [load_task(p, _BY_LOCAL_NAME.get(p.name, str(p.relative_to(root)))) for p in found] + _hf_tasks(root)
+    tasks = [load_task(p, _task_key(root, p)) for p in found] + _hf_tasks(root)
     if not tasks:
         raise UserError(f"no evaluation tasks under {root} (a task has test/nshards.txt, or is one of DataComp's "
                         "Hugging Face datasets in hf_cache/)")
@@ -209,6 +210,15 @@ def find_tasks(root: str | Path) -> list[Task]:
         twice = sorted(k for k in set(keys) if keys.count(k) > 1)[0]
         raise UserError(f"task {twice} is under {root} twice (e.g. as {local_name(twice)} and {twice}/); keep one")
     return sorted(tasks, key=lambda t: t.key)
+
+
+def _task_key(root: Path, task: Path) -> str:
+    """DataComp's key of a download folder, else the folder's path under `root`; `root` itself, its name."""
+    name = Path(os.path.abspath(task)).name
+    if name in _BY_LOCAL_NAME:
+        return _BY_LOCAL_NAME[name]
+    rel = task.relative_to(root)
+    return str(rel) if rel.parts else name
 
 
 def task_samples(root: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

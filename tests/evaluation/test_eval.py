@@ -69,6 +69,9 @@ def test_toy_tasks_load(toy_pool):
     assert shapes.prompts("circle")[0] == "a photo of a circle."
     with pytest.raises(UserError, match="not an evaluation task"):
         T.load_task(toy_pool)
+    # --tasks naming one task folder: keyed by its name (once ".", its logits written as "..npz")
+    for given in (shapes.path, shapes.path / ".", shapes.path / ".." / "toy_shapes"):
+        assert [t.key for t in T.find_tasks(given)] == ["toy_shapes"]
 
 
 def test_class_and_template_lines_read_as_datacomps_clip_benchmark(toy_pool, tmp_path):
