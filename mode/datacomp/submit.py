@@ -5,9 +5,10 @@ The upload is what DataComp's push_files_to_hub commits, to a *model* repo by de
 with a checkpoint, `<scale>_scale/checkpoint.pt`. DataComp's leaderboard record (scale, model, dataset size
 - by default the scale's `train_num_samples`, as DataComp fills it -, checkpoint, batch size, learning rate,
 method name, author, email, writeup, Hugging Face user and repo, timestamp, track, each task's main metric) is
-written beside the bundle as `submission.json` and never uploaded: the email stays out of every public file.
-Before an upload the command prints exactly which files go public and which record fields the leaderboard
-shows. The token comes from the standard Hugging Face login (`huggingface-cli login` or HF_TOKEN) and is
+written beside the bundle as `submission.json`, never uploaded nor sent anywhere (DataComp's own `--submit`
+sends it to its leaderboard's database; this command does not): the email stays out of every public file.
+Before an upload the command prints exactly which files go public, and which record fields DataComp says its
+leaderboard shows. The token comes from the standard Hugging Face login (`huggingface-cli login` or HF_TOKEN) and is
 never printed or written.
 """
 
@@ -30,7 +31,7 @@ from mode.datacomp.tasklist import DATACOMP_TASKS, SCORED
 
 TRACKS = ("filtering", "byod")
 REPO_TYPES = ("model", "dataset")
-PRIVATE = ("email",)  # record fields DataComp keeps off the leaderboard ("This will *not* be shared publicly")
+SHOWN = ("method_name", "author", "writeup")  # DataComp's --submit help: "This *will* be shared publicly"
 SCALES = ("small", "medium", "large", "xlarge")
 MARKER = ".mode-submit"  # in the bundle (never uploaded): {scale: the files of <scale>_scale/ that submit wrote}
 
@@ -191,15 +192,14 @@ def build_bundle(sub: Submission, bundle: str) -> Path:
 
 
 def public_preview(root: Path, sub: Submission) -> str:
-    """What goes public: the files of the repo, and the leaderboard's fields (the record without PRIVATE)."""
+    """What goes public (the files of the repo), and that the leaderboard record stays here."""
     url = repo_url(sub.hf_repo, sub.repo_type)
     prefix = root / f"{sub.scale}_scale"
     files = [f"  {p.relative_to(root)} ({p.stat().st_size} bytes)" for p in sorted(prefix.rglob("*")) if p.is_file()]
-    rec = json.loads((root / "submission.json").read_text())
-    shown = ", ".join(k for k in rec if k not in PRIVATE)
     return "\n".join([f"public: {url} receives", *files,
-                      f"public on the leaderboard (from {root / 'submission.json'}): {shown}",
-                      f"kept private: {', '.join(PRIVATE)} (never uploaded)"])
+                      f"sent nowhere: {root / 'submission.json'}, DataComp's leaderboard record (with your email); "
+                      "nothing goes to DataComp's leaderboard. DataComp says an entry there shows "
+                      f"{', '.join(SHOWN)} and the scores publicly, not email, hf_username or hf_repo_name"])
 
 
 def repo_url(hf_repo: str, repo_type: str) -> str:
@@ -241,8 +241,8 @@ def run(sub: Submission, bundle: str, dry_run: bool | None = None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", required=True, choices=("small", "medium", "large", "xlarge"))
     p.add_argument("--track", required=True, choices=("filtering", "byod"))
-    p.add_argument("--method-name", "--method_name", required=True, help="shown on the leaderboard")
-    p.add_argument("--author", required=True, help="shown on the leaderboard")
+    p.add_argument("--method-name", "--method_name", required=True, help="DataComp shows it on its leaderboard")
+    p.add_argument("--author", required=True, help="DataComp shows it on its leaderboard")
     p.add_argument("--email", required=True, help="for contact; never uploaded, not shown")
     p.add_argument("--samples", required=True, help="uid subset .npy file(s) (u8,u8, sorted), '::'-joined; byod "
                                                     "may add its other data files (e.g. a .parquet), uploaded as is")

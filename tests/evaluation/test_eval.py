@@ -251,7 +251,9 @@ def test_submit_dry_run_bundle(tmp_path, monkeypatch):
     # dataset_size: DataComp fills in the scale's train_num_samples when none is given
     assert (rec["scale"], rec["model"], rec["batch_size"], rec["dataset_size"]) == ("small", "ViT-B-32", 4096,
                                                                                   12_800_000)
-    assert "kept private: email" in res.stdout and "small_scale/results.jsonl" in res.stdout
+    # nothing is sent to DataComp's leaderboard: the preview once said the record's fields were public there
+    assert "public on the leaderboard" not in res.stdout and "small_scale/results.jsonl" in res.stdout
+    assert f"sent nowhere: {bundle / 'submission.json'}, DataComp's leaderboard record" in res.stdout
     assert (rec["hf_username"], rec["hf_repo_name"], rec["ImageNet 1k"]) == ("me", "sub", 0.5)
     assert sorted(p.name for p in (bundle / "small_scale" / "samples").iterdir()) == ["a.npy", "b.npy"]
     assert (bundle / "small_scale" / "results.jsonl").read_text() == results.read_text()
