@@ -208,6 +208,8 @@ def main() -> None:
             print("  " + line)
     if not a.no_separate:
         print("ours: one call's logits identical to the separate calls'")
+    if not datacomp:
+        print("ours vs ours only: pass --datacomp (and --datacomp-python) to time the baseline (DataComp evaluate.py)")
 
 
 if __name__ == "__main__":
