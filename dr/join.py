@@ -28,7 +28,7 @@ from pathlib import Path
 from dr import sample as drs
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
-from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_stats, tar_writer, write_json, write_tar_stats
+from mode.core.shards import IMAGE_EXTS, expand, iter_tar, overlaps, tar_stats, tar_writer, write_json, write_tar_stats
 from mode.core.step import positive_int, rank_arguments
 
 
@@ -114,8 +114,14 @@ def run(base: str, reinforcements: str, out: str, workers: int = 1, rank: int | 
         world_size: int | None = None) -> dict:
     """Join every shard of `base` with the same-named shard of `reinforcements` into `out`, through the step
     runner (`out/_dr_join/`: a rerun redoes only unfinished pairs; ranks split the pairs)."""
-    base_paths = {Path(p).name: p for p in expand(base)}
-    dr_paths = {Path(p).name: p for p in expand(reinforcements)}
+    base_list, dr_list = expand(base), expand(reinforcements)
+    for flag, paths in (("--shards", base_list), ("--reinforcements", dr_list)):  # outputs never replace inputs
+        for folder in sorted({Path(p).resolve().parent for p in paths}):
+            if overlaps(out, folder):
+                raise UserError(f"--out {out} and the {flag} folder {folder} overlap: write the joined shards "
+                                "elsewhere")
+    base_paths = {Path(p).name: p for p in base_list}
+    dr_paths = {Path(p).name: p for p in dr_list}
     common = sorted(base_paths.keys() & dr_paths.keys())
     if not common:
         raise UserError(f"no shard names in common between {base} and {reinforcements}")

@@ -104,3 +104,17 @@ def test_join_resumes_through_the_step_runner(toy_pool, tmp_path, dr_shards):
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
     assert untouched == {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p != victim}
     assert again["joined"] == first["joined"] and again["complete"]
+
+
+def test_join_refuses_an_out_that_overlaps_either_input(toy_pool, tmp_path, dr_shards):
+    """--out the reinforcements folder (or inside it) once overwrote the reinforcements with the joined shards."""
+    dr_dir, _ = dr_shards
+    shards = str(Pool(toy_pool).shards_dir)
+    before = {p.name: p.read_bytes() for p in dr_dir.glob("*.tar")}
+    for out in (dr_dir, dr_dir / "joined", tmp_path):
+        with pytest.raises(UserError, match="overlap: write the joined shards elsewhere"):
+            join.run(shards, str(dr_dir), str(out))
+    with pytest.raises(UserError, match="--shards folder"):
+        join.run(shards, str(dr_dir), shards)
+    assert {p.name: p.read_bytes() for p in dr_dir.glob("*.tar")} == before
+    assert not (dr_dir / "_dr_join").exists()
