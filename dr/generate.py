@@ -19,6 +19,7 @@ Per-shard, resumable and shardable like the prep steps (`mode.core.runner`): `--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 from collections import Counter
@@ -60,12 +61,13 @@ class Teacher:
 
         open_clip_patch.apply()  # registers the tiny model configs
         name, _, pretrained = spec.partition(":")
-        torch.manual_seed(seed)
-        try:
-            self.model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None,
-                                                                              device=device)
-        except RuntimeError as e:
-            raise UserError(f"teacher {spec!r}: {e}") from None
+        with torch.random.fork_rng(devices=[]):  # seeds the weights without touching the caller's stream
+            torch.manual_seed(seed)
+            try:
+                self.model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained or None, device=device)
+            except RuntimeError as e:
+                raise UserError(f"teacher {spec!r}: {e}") from None
         self.model.eval().requires_grad_(False)
         self.tokenizer, self.device = open_clip.get_tokenizer(name), device
         norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
@@ -163,7 +165,8 @@ def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
     skipped: Counter = Counter()
     name = f"{shard_id}.tar"  # distinct even where two joined pools share a file name
     written = 0
-    shard_seed = [cfg.seed, int.from_bytes(shard_id.encode()[-8:], "little")]
+    _setup(cfg)  # models first: building them draws from torch's generator, which is seeded for the shard next
+    shard_seed = [cfg.seed, int.from_bytes(hashlib.sha256(shard_id.encode()).digest()[:8], "little")]
     torch.manual_seed(int(np.random.SeedSequence(shard_seed).generate_state(1, np.uint64)[0] >> 1))  # the transforms
     rng = np.random.default_rng(shard_seed)  # draw from torch's generator, the captions from this: both per shard
     with tar_writer(Path(out_dir) / name) as sink:
