@@ -2,7 +2,8 @@
 
 DataCompDR-12M is published as reinforcements only (`<key>.paug.json`, `.syn.json`, `.npz`/`.pth.gz`) in
 shards named and keyed like DataComp-12M's (`<key>.jpg`, `.txt`, `.json`, ...); its card merges the two with a
-shell loop that untars both and tars them together. This does the same per shard pair, in parallel: the output
+shell loop that untars both and tars them together. This does the same per shard pair (paired by shard id: the
+file's stem, with its folder's name where stems repeat, as in DataCompDR-1B), in parallel: the output
 shard holds, for every key present in both, the members of both (in key order of the image shard).
 
 Checks: a key in only one of the two shards, or whose merged sample lacks a DataCompDR member (synthetic
@@ -21,14 +22,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 from dr import sample as drs
 from mode.core.errors import UserError
-from mode.core.runner import run_per_shard
-from mode.core.shards import IMAGE_EXTS, expand, iter_tar, overlaps, tar_stats, tar_writer, write_json, write_tar_stats
+from mode.core.runner import params_hash, run_per_shard
+from mode.core.shards import (IMAGE_EXTS, expand, iter_tar, overlaps, shard_ids, tar_stats, tar_writer, write_json,
+                              write_tar_stats)
 from mode.core.step import positive_int, rank_arguments
 
 
@@ -112,38 +115,57 @@ def join_pair(base: str, reinforcements: str, out: str) -> dict:
 
 def run(base: str, reinforcements: str, out: str, workers: int = 1, rank: int | None = None,
         world_size: int | None = None) -> dict:
-    """Join every shard of `base` with the same-named shard of `reinforcements` into `out`, through the step
-    runner (`out/_dr_join/`: a rerun redoes only unfinished pairs; ranks split the pairs)."""
+    """Join every shard of `base` with the shard of `reinforcements` that has the same id (its file name, with
+    its folder's where names repeat, as in DataCompDR-1B's `{00..64}/0000000N.tar`) into `out`, through the
+    step runner (`out/_dr_join/`: a rerun redoes only unfinished pairs; ranks split the pairs)."""
     base_list, dr_list = expand(base), expand(reinforcements)
     for flag, paths in (("--shards", base_list), ("--reinforcements", dr_list)):  # outputs never replace inputs
         for folder in sorted({Path(p).resolve().parent for p in paths}):
             if overlaps(out, folder):
                 raise UserError(f"--out {out} and the {flag} folder {folder} overlap: write the joined shards "
                                 "elsewhere")
-    base_paths = {Path(p).name: p for p in base_list}
-    dr_paths = {Path(p).name: p for p in dr_list}
-    common = sorted(base_paths.keys() & dr_paths.keys())
-    if not common:
+    base_ids, dr_ids = _pair_ids(base_list, "--shards"), _pair_ids(dr_list, "--reinforcements")
+    pairs = {p: dr_ids[i] for i, p in base_ids.items() if i in dr_ids}
+    if not pairs:
         raise UserError(f"no shard names in common between {base} and {reinforcements}")
-    s = run_per_shard("dr-join", Path(out) / "_dr_join", [base_paths[n] for n in common],
-                      partial(_join_work, dr_paths, out), {"reinforcements": reinforcements, "format_version": 1},
+    params = {"shards": inputs_digest(pairs), "reinforcements": inputs_digest(pairs.values()), "format_version": 2}
+    s = run_per_shard("dr-join", Path(out) / "_dr_join", list(pairs), partial(_join_work, pairs, out), params,
                       rank=rank, world_size=world_size, workers=workers,
-                      outputs=lambda i: [Path(out) / f"{i}.tar", tar_stats(Path(out) / f"{i}.tar")])
+                      outputs=lambda i: [Path(out) / f"{i}.tar", tar_stats(Path(out) / f"{i}.tar")],
+                      hint="use another --out, or delete that folder")
     if s["complete"] and not s.get("joined") and s.get("no_reinforcement"):
         raise UserError(f"no sample of {reinforcements} holds DataCompDR members ({drs.SYN_MEMBER}, "
                         f"{drs.PAUG_MEMBER}, {' or '.join(drs.EMBEDDING_FORMATS)}): --reinforcements must be the "
                         "DataCompDR shards (or `mode dr-generate --only-reinforcements` output)")
-    summary = {"shards": len(common), "shards_only_in_base": len(base_paths.keys() - dr_paths.keys()),
-               "shards_only_in_reinforcements": len(dr_paths.keys() - base_paths.keys()),
+    summary = {"shards": len(pairs), "shards_only_in_base": len(base_ids.keys() - dr_ids.keys()),
+               "shards_only_in_reinforcements": len(dr_ids.keys() - base_ids.keys()),
                **{k: v for k, v in s.items() if k not in ("step", "params", "params_hash")}}
     if s["complete"]:
         write_json(Path(out) / "dr_join.json", summary)
     return summary
 
 
-def _join_work(dr_paths: dict, out: str, path: str, shard_id: str) -> dict:
-    name = Path(path).name
-    c = join_pair(path, dr_paths[name], str(Path(out) / name))
+def _pair_ids(paths: list[str], flag: str) -> dict:
+    """{shard id: path} for one side (`shard_ids`: the file's stem, `<folder>-<stem>` where stems repeat). Where
+    folder and file names both repeat, the ids hold a hash of the folder's path and cannot pair with the other
+    side's: refused."""
+    ids = shard_ids(paths)
+    stems = {p: f"{Path(p).parent.name}-{Path(p).stem}" for p in paths}
+    twice = next((p for p, i in ids.items() if i not in (Path(p).stem, stems[p])), None)
+    if twice:
+        raise UserError(f"{flag}: two shards are named {Path(twice).parent.name}/{Path(twice).name} (in "
+                        "different places); dr-join pairs shards by file name and, where those repeat, folder "
+                        "name: give folders with distinct names")
+    return {i: p for p, i in ids.items()}
+
+
+def inputs_digest(paths) -> str:
+    """A fingerprint of input shards (their resolved paths and sizes), so a rerun on other inputs is refused."""
+    return params_hash({"inputs": [[str(Path(p).resolve()), os.path.getsize(p)] for p in paths]})
+
+
+def _join_work(pairs: dict, out: str, path: str, shard_id: str) -> dict:
+    c = join_pair(path, pairs[path], str(Path(out) / f"{shard_id}.tar"))
     skipped = {k: v for k, v in c.items()
                if k in ("only_in_base", "no_reinforcement", "image_changed") or k.startswith("bad_tar_")}
     return {"processed": c.get("joined", 0) + sum(skipped.values()), "kept": c.get("joined", 0), "skipped": skipped,

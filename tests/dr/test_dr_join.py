@@ -118,3 +118,38 @@ def test_join_refuses_an_out_that_overlaps_either_input(toy_pool, tmp_path, dr_s
         join.run(shards, str(dr_dir), shards)
     assert {p.name: p.read_bytes() for p in dr_dir.glob("*.tar")} == before
     assert not (dr_dir / "_dr_join").exists()
+
+
+def test_join_pairs_shards_by_id_where_file_names_repeat(toy_pool, tmp_path, dr_shards):
+    """DataCompDR-1B's layout, {00..64}/0000000N.tar: pairing by file name alone joined one pair of the two."""
+    dr_dir, expected = dr_shards
+    pool = expand(str(Pool(toy_pool).shards_dir))[:2]
+    for folder, path in zip(("00", "01"), pool):
+        name = path.rsplit("/", 1)[1]
+        write_tar(tmp_path / "B" / folder / "00000000.tar", list(iter_tar(path)))
+        write_tar(tmp_path / "R" / folder / "00000000.tar", list(iter_tar(dr_dir / name)))
+    out = tmp_path / "J"
+    summary = join.run(str(tmp_path / "B" / "{00..01}" / "00000000.tar"),
+                       str(tmp_path / "R" / "{00..01}" / "00000000.tar"), str(out))
+    got = {k: m for p in expand(str(out)) for k, m in iter_tar(p)}
+    keys = {k for p in pool for k, _ in iter_tar(p)}
+    assert got == {k: m for k, m in expected.items() if k in keys} and summary["shards"] == 2
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00-00000000.tar", "01-00000000.tar"]
+    # the same folder and file name twice (in different places) cannot pair: refused, not guessed
+    write_tar(tmp_path / "other" / "00" / "00000000.tar", list(iter_tar(pool[0])))
+    with pytest.raises(UserError, match="two shards are named 00/00000000.tar"):
+        join.run(f"{tmp_path}/B/00/00000000.tar::{tmp_path}/other/00/00000000.tar", str(tmp_path / "R" / "00"),
+                 str(tmp_path / "J2"))
+
+
+def test_join_rerun_on_other_inputs_is_refused(toy_pool, tmp_path, dr_shards):
+    """A second join into the same --out from other image shards once reported the first join's as complete."""
+    dr_dir, _ = dr_shards
+    first = expand(str(Pool(toy_pool).shards_dir))[0]
+    cut = tmp_path / "cut" / first.rsplit("/", 1)[1]
+    write_tar(cut, list(iter_tar(first))[:20])
+    out = tmp_path / "joined"
+    assert join.run(str(cut), str(dr_dir), str(out))["joined"] == 19
+    with pytest.raises(UserError, match="other parameters.*use another --out"):
+        join.run(first, str(dr_dir), str(out))
+    assert join.run(str(cut), str(dr_dir), str(out))["joined"] == 19  # the same inputs: done, nothing redone
