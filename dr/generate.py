@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from dr import sample as drs
+from dr.join import inputs_digest
 from mode.core.device import pick_device
 from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
-from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_writer, write_tar_stats
+from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_stats, tar_writer, write_tar_stats
 from mode.core.step import positive_int, print_summary, rank_arguments, seed_int
 
 
@@ -195,11 +196,13 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
         raise UserError(f"--format {cfg.fmt!r}: expected one of {', '.join(drs.EMBEDDING_FORMATS)}")
     if cfg.num_syn < 1:
         raise UserError("--num-syn must be at least 1")
-    out_dir = Path(out)
-    params = asdict(cfg) | {"format_version": 1}
+    out_dir, paths = Path(out), expand(shards)
+    params = asdict(cfg) | {"shards": inputs_digest(paths), "format_version": 2}
     cfg = replace(cfg, device=pick_device(cfg.device))  # checked now; `auto` resolved for this rank
-    return run_per_shard("dr-generate", out_dir / "_dr_generate", expand(shards), partial(_work, cfg, str(out_dir)),
-                         params, rank=rank, world_size=world_size, workers=workers)
+    return run_per_shard("dr-generate", out_dir / "_dr_generate", paths, partial(_work, cfg, str(out_dir)),
+                         params, rank=rank, world_size=world_size, workers=workers,
+                         outputs=lambda i: [out_dir / f"{i}.tar", tar_stats(out_dir / f"{i}.tar")],
+                         hint="use another --out, or delete that folder")
 
 
 # --------------------------------------------------------------------------------------- `mode dr-generate`

@@ -3,6 +3,7 @@
 import pytest
 
 from dr import generate
+from mode.core.errors import UserError
 from mode.core.layout import Pool
 from mode.core.shards import expand, iter_tar, write_tar
 
@@ -34,3 +35,17 @@ def test_a_shards_output_does_not_depend_on_ranks_workers_or_order(small_pool, t
     assert alone["00000001.tar"] == together["00000001.tar"] == spawned["00000001.tar"]
     assert together == spawned
     assert together["00000000.tar"] != together["00000001.tar"]
+
+
+def test_a_rerun_sees_its_inputs_and_outputs(small_pool, tmp_path):
+    """Other shards of the same names into the same --out were reported complete (the params held no inputs),
+    and a deleted output tar was never redone (the runner was given no outputs to check)."""
+    out = tmp_path / "out"
+    first = _generate(small_pool, out)
+    other = tmp_path / "other" / "00000000.tar"
+    write_tar(other, list(iter_tar(small_pool / "00000001.tar")))
+    with pytest.raises(UserError, match="other parameters.*use another --out"):
+        generate.run(str(other), str(out), CFG)
+    (out / "00000002.tar").unlink()
+    assert generate.run(str(small_pool), str(out), CFG)["complete"]
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == first
