@@ -9,7 +9,10 @@ three stages are the reinforced ones; shard lists, resampling, shuffling, batchi
 - map_dict(image=preprocess, text=tokenize): one stored augmentation is replayed on the image (`dr.transforms`,
   with the crop size, interpolation and normalisation of the model's own train transform, as ml-mobileclip
   does), the caption and one synthetic caption are tokenised, and the matching teacher embeddings are taken.
-  A sample with bad reinforcements is counted by reason and skipped; the first of each reason is logged.
+  A sample with bad reinforcements is counted by reason and skipped; the first of each reason is logged, and
+  the counts of each epoch are logged at its end (`SkipCounts`, shared by the loader workers). A loader worker
+  whose first `ALL_SKIPPED_LIMIT` samples were all skipped stops training with one line (webdataset's epoch
+  would otherwise reread the shards forever: e.g. shards not joined, or the wrong --distill-teacher-dimension).
 - to_tuple: (image, text, image_emb, text_emb, syn_text, syn_text_emb). With
   `--dataset-reinforcement-mix-synthetic`, the synthetic caption replaces the caption with the given chance and
   the two synthetic fields are empty (no separate synthetic loss term).
@@ -24,10 +27,39 @@ import numpy as np
 import torch
 
 from dr import sample as drs
+from mode.core.errors import UserError
 
 log = logging.getLogger(__name__)
 IMAGE_AND_TEXT = ("jpg", "jpeg", "png", "webp", "txt")
 FIELDS = ("image", "text", "image_emb", "text_emb", "syn_text", "syn_text_emb")
+ALL_SKIPPED_LIMIT = 1000
+
+
+class SkipCounts:
+    """Samples read and skipped by reason, added up over a rank's loader workers (shared memory, as open_clip's
+    SharedEpoch), so the training process can log each epoch's counts."""
+
+    def __init__(self):
+        import multiprocessing as mp
+
+        self.names = ("read", *drs.REASONS)
+        self.shared = mp.Array("q", len(self.names))
+
+    def add(self, name: str) -> None:
+        with self.shared.get_lock():
+            self.shared[self.names.index(name)] += 1
+
+    def snapshot(self) -> Counter:
+        with self.shared.get_lock():
+            return Counter(dict(zip(self.names, self.shared[:])))
+
+    def log_since(self, before: Counter, epoch) -> None:
+        now = self.snapshot()
+        now.subtract(before)
+        skipped = {k: v for k, v in now.items() if k != "read" and v > 0}
+        if skipped:
+            log.warning(f"epoch {epoch}: skipped {sum(skipped.values())} of {now['read']} samples read for bad "
+                        f"reinforcements ({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})")
 
 
 def augmentation_config(config: dict, preprocess_img) -> dict:
@@ -47,27 +79,36 @@ def augmentation_config(config: dict, preprocess_img) -> dict:
 class Reinforced:
     """`wds.map` stage: a decoded sample -> the six training fields (see the module docstring)."""
 
-    def __init__(self, transforms, tokenizer, args, shared_epoch):
-        self.transforms, self.tokenizer = transforms, tokenizer
+    def __init__(self, transforms, tokenizer, args, shared_epoch, counts: SkipCounts | None = None):
+        self.transforms, self.tokenizer, self.counts = transforms, tokenizer, counts
         self.mix = args.dataset_reinforcement_mix_synthetic
         self.mix_ratio = args.dataset_reinforcement_mix_synthetic_ratio
         self.sequential = args.dataset_reinforcement_sample_sequential
         self.dim = sum(args.distill_teacher_dimension) if args.distill_teacher_dimension and \
             -1 not in args.distill_teacher_dimension else None
         self.shared_epoch, self.seed = shared_epoch, args.seed
-        self.skipped, self._rng = Counter(), None
+        self.skipped, self.read, self._rng, self._rng_epoch = Counter(), 0, None, None
 
     def rng(self) -> np.random.Generator:
-        if self._rng is None:  # one stream per loader worker and rank
+        """One stream per rank, loader worker and epoch, started afresh each epoch: epoch e's draws are the same
+        whether the run was resumed at e or not (a persistent worker once kept its first epoch's stream)."""
+        epoch = self.shared_epoch.get_value() if self.shared_epoch else 0
+        if self._rng is None or self._rng_epoch != epoch:
             info = torch.utils.data.get_worker_info()
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            self._rng = np.random.default_rng([self.seed, rank, info.id if info else 0,
-                                               self.shared_epoch.get_value() if self.shared_epoch else 0])
+            self._rng = np.random.default_rng([self.seed, rank, info.id if info else 0, epoch])
+            self._rng_epoch = epoch
         return self._rng
+
+    def _count(self, name: str) -> None:
+        if self.counts is not None:
+            self.counts.add(name)
 
     def __call__(self, sample: dict) -> dict:
         from dr.transforms import BadAugmentation
 
+        self.read += 1
+        self._count("read")
         try:
             r = drs.reinforcement_from_sample(sample, self.dim)
             if self.sequential:
@@ -81,9 +122,15 @@ class Reinforced:
                 raise drs.BadReinforcement("bad_paug", str(e)) from None
         except drs.BadReinforcement as e:
             self.skipped[e.reason] += 1
+            self._count(e.reason)
             if self.skipped[e.reason] == 1:
                 log.warning(f"skipping samples with bad reinforcements ({e.reason}: {e.detail}; first: "
                             f"{sample.get('__key__')}); later ones are counted, not logged")
+            if self.read >= ALL_SKIPPED_LIMIT and self.skipped.total() == self.read:
+                raise UserError(f"--dataset-reinforcement: the first {self.read} samples a loader worker read were "
+                                f"all skipped ({', '.join(f'{k} {v}' for k, v in sorted(self.skipped.items()))}; "
+                                f"last: {e}): train on reinforced shards (`mode dr-join` or `mode dr-generate` "
+                                "output) with --distill-teacher-dimension matching their embeddings") from None
             raise
         text, text_emb = sample["text"], p.text_emb
         if self.mix:
@@ -100,6 +147,8 @@ def skip_bad_reinforcement(exn: Exception) -> bool:
     """webdataset handler: samples with bad reinforcements were counted; skip them. Others: stock's handler."""
     if isinstance(exn, drs.BadReinforcement):
         return True
+    if isinstance(exn, UserError):  # nothing trainable: stop, not skip
+        raise exn
     from open_clip_train.data import log_and_continue
 
     return log_and_continue(exn)
@@ -110,6 +159,7 @@ class ReinforcedWds:
 
     def __init__(self, wds, args, tokenizer):
         self._wds, self._args, self._tokenizer, self._epoch = wds, args, tokenizer, None
+        self.counts = SkipCounts()
 
     def __getattr__(self, name):
         return getattr(self._wds, name)
@@ -121,7 +171,7 @@ class ReinforcedWds:
         from dr.transforms import from_config
 
         transforms = from_config(augmentation_config(self._args.dr_augment_config, image))
-        return self._wds.map(Reinforced(transforms, self._tokenizer, self._args, self._epoch),
+        return self._wds.map(Reinforced(transforms, self._tokenizer, self._args, self._epoch, self.counts),
                              handler=skip_bad_reinforcement)
 
     def to_tuple(self, *fields, **kw):
@@ -145,9 +195,11 @@ def wrap_get_wds_dataset(get_wds_dataset, oc_data):
         proxy = ReinforcedWds(stock_wds, args, tokenizer)
         oc_data.wds, oc_data.SharedEpoch = proxy, shared_epoch
         try:
-            return get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+            info = get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
         finally:
             oc_data.wds, oc_data.SharedEpoch = stock_wds, stock_shared_epoch
+        info.dataloader.dr_skip_counts = proxy.counts  # logged per epoch by dr_train.Batches
+        return info
 
     wrapped.__wrapped__ = get_wds_dataset
     return wrapped

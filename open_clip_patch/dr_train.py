@@ -21,6 +21,8 @@ import functools
 import torch
 from torch import nn
 
+from mode.core.errors import UserError
+
 
 class Side:
     """The current batch's teacher embeddings, handed from the loader to the model (same thread)."""
@@ -31,19 +33,26 @@ class Side:
 class Batches:
     """The train loader, yielding (images, captions + synthetic captions) and setting `Side.batch`."""
 
-    def __init__(self, loader, side: Side, mix_synthetic: bool):
-        self.loader, self.side, self.mix = loader, side, mix_synthetic
+    def __init__(self, loader, side: Side, mix_synthetic: bool, epoch: int = 0):
+        self.loader, self.side, self.mix, self.epoch = loader, side, mix_synthetic, epoch
         self.num_batches, self.num_samples = loader.num_batches, loader.num_samples
 
     def __len__(self):
         return self.num_batches
 
     def __iter__(self):
-        for images, texts, image_emb, text_emb, syn, syn_emb in self.loader:
-            self.side.batch = (len(images), image_emb, text_emb, None if self.mix else syn_emb)
-            if not self.mix:
-                texts = torch.cat([texts, syn[:, :texts.shape[-1]]])
-            yield images, texts
+        counts = getattr(self.loader, "dr_skip_counts", None)
+        before = counts.snapshot() if counts else None
+        try:
+            for images, texts, image_emb, text_emb, syn, syn_emb in self.loader:
+                self.side.batch = (len(images), image_emb, text_emb, None if self.mix else syn_emb)
+                if not self.mix:
+                    texts = torch.cat([texts, syn[:, :texts.shape[-1]]])
+                yield images, texts
+        except UserError as e:  # a loader worker's comes wrapped in its traceback: keep the one line
+            raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+        if counts:
+            counts.log_since(before, self.epoch)
 
 
 class ReinforcedModel(nn.Module):
@@ -80,7 +89,7 @@ def wrap_train_one_epoch(train_one_epoch):
         side = Side()
         train = data["train"]
         data = {**data, "train": dataclasses.replace(
-            train, dataloader=Batches(train.dataloader, side, args.dataset_reinforcement_mix_synthetic))}
+            train, dataloader=Batches(train.dataloader, side, args.dataset_reinforcement_mix_synthetic, epoch))}
         return train_one_epoch(ReinforcedModel(model, side), data, loss, epoch, optimizer, scaler, scheduler,
                                dist_model, args, tb_writer=tb_writer)
 

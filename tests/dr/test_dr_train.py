@@ -62,7 +62,7 @@ def test_reinforcements_only_then_join_equals_full_generation(toy_pool, dr_pool,
     assert joined == dict(iter_tar(str(dr_pool / first.rsplit("/", 1)[1])))
 
 
-def _loader(shards, *flags):
+def _loader(shards, *flags, epoch=0):
     import open_clip
 
     import open_clip_patch
@@ -77,7 +77,7 @@ def _loader(shards, *flags):
                                *flags])
     args.world_size, args.rank, args.distributed = 1, 0, False
     _, train, val = open_clip.create_model_and_transforms("ViT-Toy-8")
-    return oc_data.get_data(args, (train, val), epoch=0, tokenizer=open_clip.get_tokenizer("ViT-Toy-8"))["train"]
+    return oc_data.get_data(args, (train, val), epoch=epoch, tokenizer=open_clip.get_tokenizer("ViT-Toy-8"))["train"]
 
 
 def test_reinforced_loader_batches_and_skips_bad_samples(dr_pool, tmp_path, caplog):
@@ -124,3 +124,55 @@ def test_toy_tiny_dr_trains_and_its_loss_falls(dr_pool, tmp_path):
     assert table[0].split() == ["epoch", "contrastive", "distill", "total"] and len(table) == 5
     assert [float(v) for v in table[4].split()[1:]] == pytest.approx(
         [epoch_losses(log)[4], distill[4], total[4]], abs=1e-4)
+
+
+def test_all_samples_skipped_stops_in_one_line(toy_pool, dr_pool, tmp_path):
+    """Shards without reinforcements (not joined), or a --distill-teacher-dimension that fits no sample, once made
+    webdataset reread the shards forever; now a loader worker stops after its first 1000 samples all skipped."""
+    from mode.core.errors import UserError
+    from open_clip_patch.dr_train import Batches, Side
+
+    unjoined = expand(str(Pool(toy_pool).shards_dir))[0]
+    with pytest.raises(UserError, match=r"first 1000 samples a loader worker read were all skipped "
+                                        r"\(missing_member 1000; last: missing_member: syn.json"):
+        next(iter(_loader(unjoined, "--train-num-samples", "16").dataloader))
+    wrong_dim = _loader(expand(str(dr_pool))[0], "--train-num-samples", "16", "--workers", "1",
+                        "--distill-teacher-dimension", "32")
+    with pytest.raises(UserError) as e:  # from a loader worker process: the one line, not its traceback
+        next(iter(Batches(wrong_dim.dataloader, Side(), False)))
+    assert str(e.value).startswith("--dataset-reinforcement: the first 1000 samples") and "\n" not in str(e.value)
+    assert "(dim_mismatch 1000; last: dim_mismatch: widths [64], expected 32)" in str(e.value)
+
+
+def test_skip_counts_are_logged_per_epoch(dr_pool, tmp_path, caplog):
+    from open_clip_patch.dr_train import Batches, Side
+
+    samples = list(iter_tar(expand(str(dr_pool))[0]))[:32]
+    samples[3][1]["npz"] = b"not an npz"
+    del samples[5][1]["syn.json"]
+    write_tar(tmp_path / "00000000.tar", samples)
+    for workers in ("0", "1"):
+        caplog.clear()
+        loader = _loader(tmp_path / "00000000.tar", "--train-num-samples", "32", "--workers", workers)
+        assert len(list(Batches(loader.dataloader, Side(), False, epoch=3))) == 2  # reads every sample
+        line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 3: skipped"))
+        assert line.endswith("samples read for bad reinforcements (bad_embeddings 1, missing_member 1)"), line
+
+
+def test_an_epochs_draws_do_not_depend_on_resuming(dr_pool):
+    """Which augmentation and synthetic caption each sample gets in epoch 1: a persistent loader worker kept the
+    stream it started in epoch 0, so a run resumed at epoch 1 drew others."""
+    def picks(data, epoch):
+        data.set_epoch(epoch)
+        return {tuple(t[:4].tolist()): (tuple(i[:4].tolist()), tuple(s[:4].tolist()))
+                for _, _, image_emb, text_emb, _, syn_emb in data.dataloader
+                for i, t, s in zip(image_emb, text_emb, syn_emb)}
+
+    flags = ("--train-num-samples", "32", "--workers", "1")
+    shard = expand(str(dr_pool))[0]
+    uninterrupted = _loader(shard, *flags)
+    first = picks(uninterrupted, 0)
+    second = picks(uninterrupted, 1)
+    resumed = picks(_loader(shard, *flags, epoch=1), 1)
+    assert second == resumed and len(second) >= 16
+    assert first != second  # each epoch draws afresh
