@@ -12,7 +12,9 @@ error: the wrong folder was given); a caption or image present in both with diff
 members with different uids, are an error for that shard (the shards do not belong together; the two `.json`
 objects are otherwise merged); `.json` members with different image sha256s (the URL's image changed since
 DataCompDR was made, so its embeddings describe another image) are counted as `image_changed` and left out.
-After writing, the output is read back and every member compared with its source, byte for byte. Each output
+Members other than the image shard's (image, `.txt`, `.json`) and DataCompDR's (`.url.txt`, `.syn.json`,
+`.paug.json`, `.npz`, `.pth.gz`) are dropped and counted (`dropped_members`): webdataset's default decoders
+unpickle a `.pyd` or `.pickle`. After writing, the output is read back and every member compared with its source, byte for byte. Each output
 shard gets `<shard>_stats.json`; the step runner keeps its records in `<out>/_dr_join/` (a killed join redoes
 only unfinished pairs), and `<out>/dr_join.json` sums the counts.
 """
@@ -33,6 +35,17 @@ from mode.core.runner import params_hash, run_per_shard
 from mode.core.shards import (IMAGE_EXTS, expand, iter_tar, overlaps, shard_ids, tar_stats, tar_writer, write_json,
                               write_tar_stats)
 from mode.core.step import positive_int, rank_arguments
+
+
+# what a joined sample may hold: the image shard's (img2dataset's) members and DataCompDR's. Others are dropped
+# and counted: webdataset's default decoders would unpickle a `.pyd` or `.pickle` member of a training set.
+KNOWN_MEMBERS = (*IMAGE_EXTS, "txt", "json", "url.txt", drs.SYN_MEMBER, drs.PAUG_MEMBER, *drs.EMBEDDING_FORMATS)
+
+
+def _known(members: dict[str, bytes], counts: Counter) -> dict[str, bytes]:
+    kept = {ext: data for ext, data in members.items() if ext in KNOWN_MEMBERS}
+    counts["dropped_members"] += len(members) - len(kept)
+    return kept
 
 
 def _digest(members: dict[str, bytes]) -> dict[str, str]:
@@ -86,8 +99,8 @@ def _merge_json(base: bytes, extra: bytes, where: str) -> bytes:
 def join_pair(base: str, reinforcements: str, out: str) -> dict:
     """Merge one shard pair into `out` and verify it; returns the shard's counts."""
     errors: Counter = Counter()
-    extra = dict(iter_tar(reinforcements, errors))
     counts = Counter()
+    extra = {key: _known(members, counts) for key, members in iter_tar(reinforcements, errors)}
     expected = {}
     with tar_writer(out) as sink:
         for key, members in iter_tar(base, errors):
@@ -95,7 +108,8 @@ def join_pair(base: str, reinforcements: str, out: str) -> dict:
                 counts["only_in_base"] += 1
                 continue
             try:
-                merged = merge_sample(members, extra.pop(key), f"{base} and {reinforcements}: sample {key}")
+                merged = merge_sample(_known(members, counts), extra.pop(key),
+                                      f"{base} and {reinforcements}: sample {key}")
             except ImageChanged:
                 counts["image_changed"] += 1
                 continue
@@ -187,4 +201,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"dr-join: {s.get('joined', 0)} samples in {s['shards']} shards -> {args.out} "
           f"({s.get('only_in_base', 0)} only in the shards, {s.get('only_in_reinforcements', 0)} only in the "
           f"reinforcements, {s.get('no_reinforcement', 0)} without DataCompDR members, "
-          f"{s.get('image_changed', 0)} whose image hash differs from DataCompDR's)")
+          f"{s.get('image_changed', 0)} whose image hash differs from DataCompDR's, "
+          f"{s.get('dropped_members', 0)} unknown members dropped; "
+          f"{sum(v for k, v in s.items() if k.startswith('bad_tar_'))} input tars cut or unreadable, read up to "
+          "the damage)")

@@ -5,7 +5,8 @@ calls. While it builds a training pipeline with `--dataset-reinforcement`, the p
 three stages are the reinforced ones; shard lists, resampling, shuffling, batching and epoch sizes stay stock:
 
 - decode: only images and captions; the reinforcement members stay bytes and are read by `dr.sample`, which
-  never unpickles (stock webdataset would `torch.load` a `.pth.gz` with pickle).
+  never unpickles (stock webdataset would `torch.load` a `.pth.gz` with pickle). The validation pipeline of a
+  reinforced run (`--val-data`) is stock but for this decode stage.
 - map_dict(image=preprocess, text=tokenize): one stored augmentation is replayed on the image (`dr.transforms`,
   with the crop size, interpolation and normalisation of the model's own train transform, as ml-mobileclip
   does), the caption and one synthetic caption are tokenised, and the matching teacher embeddings are taken.
@@ -154,18 +155,27 @@ def skip_bad_reinforcement(exn: Exception) -> bool:
     return log_and_continue(exn)
 
 
-class ReinforcedWds:
-    """The `webdataset` module as get_wds_dataset sees it while building a reinforced training pipeline."""
+class SafeDecodeWds:
+    """The `webdataset` module whose decode stage decodes only images and captions: stock would also decode a
+    shard's `.pth.gz` with `torch.load` and its `.pyd`/`.pickle` with pickle (the validation pipeline's case)."""
 
-    def __init__(self, wds, args, tokenizer):
-        self._wds, self._args, self._tokenizer, self._epoch = wds, args, tokenizer, None
-        self.counts = SkipCounts()
+    def __init__(self, wds):
+        self._wds = wds
 
     def __getattr__(self, name):
         return getattr(self._wds, name)
 
     def decode(self, *handlers, **kw):
         return self._wds.decode(*handlers, only=IMAGE_AND_TEXT, **kw)
+
+
+class ReinforcedWds(SafeDecodeWds):
+    """The `webdataset` module as get_wds_dataset sees it while building a reinforced training pipeline."""
+
+    def __init__(self, wds, args, tokenizer):
+        super().__init__(wds)
+        self._args, self._tokenizer, self._epoch = args, tokenizer, None
+        self.counts = SkipCounts()
 
     def map_dict(self, image=None, text=None, **kw):
         from dr.transforms import from_config
@@ -182,8 +192,14 @@ def wrap_get_wds_dataset(get_wds_dataset, oc_data):
     """get_wds_dataset that builds the reinforced pipeline for training when `--dataset-reinforcement`."""
 
     def wrapped(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
-        if not (is_train and getattr(args, "dataset_reinforcement", False)):
+        if not getattr(args, "dataset_reinforcement", False):
             return get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        if not is_train:  # stock validation on reinforced shards, decoding only what it reads
+            stock_wds, oc_data.wds = oc_data.wds, SafeDecodeWds(oc_data.wds)
+            try:
+                return get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+            finally:
+                oc_data.wds = stock_wds
         stock_wds, stock_shared_epoch = oc_data.wds, oc_data.SharedEpoch
         made = {}
 

@@ -153,3 +153,30 @@ def test_join_rerun_on_other_inputs_is_refused(toy_pool, tmp_path, dr_shards):
     with pytest.raises(UserError, match="other parameters.*use another --out"):
         join.run(first, str(dr_dir), str(out))
     assert join.run(str(cut), str(dr_dir), str(out))["joined"] == 19  # the same inputs: done, nothing redone
+
+
+def test_join_drops_unknown_members_and_reports_bad_tars(toy_pool, tmp_path, dr_shards, capsys):
+    """A `.pyd` or `.pickle` member (which webdataset's default decoders unpickle) was copied into the joined
+    shards; the summary line left out input tars read only up to a cut."""
+    import argparse
+    import pickle
+
+    dr_dir, expected = dr_shards
+    first = expand(str(Pool(toy_pool).shards_dir))[0]
+    name = first.rsplit("/", 1)[1]
+    base = [(k, {**m, "pickle": pickle.dumps(k)}) for k, m in iter_tar(first)]
+    write_tar(tmp_path / "base" / name, base)
+    extra = [(k, {**m, "pyd": pickle.dumps(k)}) for k, m in iter_tar(dr_dir / name)]
+    write_tar(tmp_path / "dr" / name, extra)
+    cut = (tmp_path / "dr" / name).read_bytes()
+    (tmp_path / "dr" / name).write_bytes(cut[:len(cut) // 2])
+    args = argparse.Namespace(shards=str(tmp_path / "base"), reinforcements=str(tmp_path / "dr"),
+                              out=str(tmp_path / "out"), workers=1, rank=None, world_size=None)
+    join.main(args)
+    got = {k: m for p in expand(str(tmp_path / "out")) for k, m in iter_tar(p)}
+    assert got and all(m == expected[k] for k, m in got.items())  # no pickle or pyd member
+    summary = json.loads((tmp_path / "out" / "dr_join.json").read_text())
+    assert summary["bad_tar_truncated_tar"] == 1
+    line = capsys.readouterr().out
+    assert f"{summary['dropped_members']} unknown members dropped; 1 input tars cut or unreadable" in line
+    assert summary["dropped_members"] == len(got) + len(list(iter_tar(tmp_path / "dr" / name)))

@@ -62,7 +62,7 @@ def test_reinforcements_only_then_join_equals_full_generation(toy_pool, dr_pool,
     assert joined == dict(iter_tar(str(dr_pool / first.rsplit("/", 1)[1])))
 
 
-def _loader(shards, *flags, epoch=0):
+def _loader(shards, *flags, epoch=0, split="train"):
     import open_clip
 
     import open_clip_patch
@@ -77,7 +77,7 @@ def _loader(shards, *flags, epoch=0):
                                *flags])
     args.world_size, args.rank, args.distributed = 1, 0, False
     _, train, val = open_clip.create_model_and_transforms("ViT-Toy-8")
-    return oc_data.get_data(args, (train, val), epoch=epoch, tokenizer=open_clip.get_tokenizer("ViT-Toy-8"))["train"]
+    return oc_data.get_data(args, (train, val), epoch=epoch, tokenizer=open_clip.get_tokenizer("ViT-Toy-8"))[split]
 
 
 def test_reinforced_loader_batches_and_skips_bad_samples(dr_pool, tmp_path, caplog):
@@ -176,3 +176,32 @@ def test_an_epochs_draws_do_not_depend_on_resuming(dr_pool):
     resumed = picks(_loader(shard, *flags, epoch=1), 1)
     assert second == resumed and len(second) >= 16
     assert first != second  # each epoch draws afresh
+
+
+class _Payload:
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (open, (str(self.mark), "w"))  # unpickling creates the file
+
+
+def test_validation_on_reinforced_shards_never_unpickles(dr_pool, tmp_path):
+    """--val-data on reinforced shards went through stock decode, which unpickles `.pyd`/`.pickle` and
+    torch.loads `.pth.gz`; now it decodes only the image and caption, as the training pipeline does."""
+    import gzip
+    import pickle
+
+    mark = tmp_path / "unpickled"
+    samples = list(iter_tar(expand(str(dr_pool))[0]))[:8]
+    for _, m in samples:
+        m["pyd"] = pickle.dumps(_Payload(mark))
+        buf = io.BytesIO()
+        torch.save({"image_emb": _Payload(mark)}, buf)
+        m["pth.gz"] = gzip.compress(buf.getvalue())
+    shard = tmp_path / "00000000.tar"
+    write_tar(shard, samples)
+    val = _loader(shard, "--train-num-samples", "8", "--val-data", str(shard), "--val-num-samples", "8",
+                  split="val")
+    assert sum(len(images) for images, _ in val.dataloader) == 8
+    assert not mark.exists()
