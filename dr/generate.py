@@ -102,12 +102,29 @@ def _setup(cfg: GenerateConfig):
     return transforms, teachers, _captioner(cfg.captioner, cfg.device)
 
 
+def check_captioner(spec: str) -> None:
+    """`toy`, or `coca:MODEL:PRETRAINED` naming an open_clip CoCa model and a tag of it or a file; else one line."""
+    if spec == "toy":
+        return
+    kind, model, pretrained = (spec.split(":", 2) + ["", ""])[:3]
+    if kind != "coca" or not model or not pretrained:
+        raise UserError(f"--captioner {spec!r}: expected toy or coca:MODEL:PRETRAINED")
+    import open_clip
+
+    if not model.startswith("coca") or model not in open_clip.list_models():
+        coca = [m for m in open_clip.list_models() if m.startswith("coca")]
+        raise UserError(f"--captioner {spec!r}: {model!r} is not an open_clip CoCa model ({', '.join(coca)})")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags and not Path(pretrained).is_file():
+        raise UserError(f"--captioner {spec!r}: {pretrained!r} is neither a tag of {model} "
+                        f"({', '.join(tags) or 'none'}) nor a checkpoint file")
+
+
 def _captioner(spec: str, device: str):
+    check_captioner(spec)
     if spec == "toy":
         return toy_captions
-    if spec.startswith("coca:"):
-        return CocaCaptioner(*spec.split(":", 2)[1:], device=device)
-    raise UserError(f"--captioner {spec!r}: expected toy or coca:MODEL:PRETRAINED")
+    return CocaCaptioner(*spec.split(":", 2)[1:], device=device)
 
 
 def toy_captions(image, meta: dict, n: int, rng: np.random.Generator) -> list[str]:
@@ -128,8 +145,11 @@ class CocaCaptioner:
     def __init__(self, model: str, pretrained: str, device: str):
         import open_clip
 
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
-                                                                               device=device)
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained,
+                                                                                   device=device)
+        except RuntimeError as e:  # e.g. a checkpoint of another model
+            raise UserError(f"--captioner coca:{model}:{pretrained}: {e}") from None
         self.model.eval()
         self.device = device
 
@@ -196,6 +216,7 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
         raise UserError(f"--format {cfg.fmt!r}: expected one of {', '.join(drs.EMBEDDING_FORMATS)}")
     if cfg.num_syn < 1:
         raise UserError("--num-syn must be at least 1")
+    check_captioner(cfg.captioner)  # before any work: a bad one was a traceback in the first shard
     out_dir, paths = Path(out), expand(shards)
     params = asdict(cfg) | {"shards": inputs_digest(paths), "format_version": 2}
     cfg = replace(cfg, device=pick_device(cfg.device))  # checked now; `auto` resolved for this rank

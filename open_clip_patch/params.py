@@ -276,7 +276,19 @@ def _resolve_dr(args: argparse.Namespace) -> None:
         raise UserError("--dataset-reinforcement supports --accum-freq 1 only")
     if not 0 <= args.dataset_reinforcement_mix_synthetic_ratio <= 1:
         raise UserError("--dataset-reinforcement-mix-synthetic-ratio: expected a probability in [0, 1]")
+    if "coca" in args.model.lower():  # ml-mobileclip's create_loss trains a CoCa student with CoCa's loss, no KD
+        raise UserError(f"--dataset-reinforcement distills into a CLIP student; --model {args.model} is a CoCa model")
     weights = args.distill_loss_weights or (1.0, 1.0)
+    if len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
+        raise UserError(f"--distill-loss-weights {' '.join(map(str, weights))}: expected two finite weights >= 0 "
+                        "(W_CLIP W_KD), not both 0")
+    dims = args.distill_teacher_dimension or [-1]
+    if dims != [-1] and min(dims) <= 0:
+        raise UserError(f"--distill-teacher-dimension {' '.join(map(str, dims))}: expected each teacher's width "
+                        "(> 0), or -1 alone for one teacher using every column")
+    scales = args.distill_logit_scale or []
+    if not all(math.isfinite(c) and c > 0 for c in scales):
+        raise UserError(f"--distill-logit-scale {' '.join(map(str, scales))}: expected finite scales > 0")
     if weights[1] > 0 and not args.distill_logit_scale:
         raise UserError("--distill-loss-weights gives the distillation a weight: pass --distill-logit-scale "
                         "(the teachers' logit scale, e.g. 100)")

@@ -49,3 +49,14 @@ def test_a_rerun_sees_its_inputs_and_outputs(small_pool, tmp_path):
     (out / "00000002.tar").unlink()
     assert generate.run(str(small_pool), str(out), CFG)["complete"]
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == first
+
+
+def test_a_bad_captioner_is_one_line_before_any_work(small_pool, tmp_path):
+    """`coca:x` was a TypeError and an unknown CoCa tag a RuntimeError, both in the first shard's work."""
+    for spec, match in (("coca:x", "expected toy or coca:MODEL:PRETRAINED"),
+                        ("coca:ViT-B-32:openai", "not an open_clip CoCa model"),
+                        ("coca:coca_ViT-B-32:nope", "neither a tag of coca_ViT-B-32"),
+                        ("blip", "expected toy or coca")):
+        with pytest.raises(UserError, match=match):
+            generate.run(str(small_pool), str(tmp_path / "out"), generate.GenerateConfig(captioner=spec))
+    assert not (tmp_path / "out").exists()

@@ -153,6 +153,19 @@ def test_reinforcement_flags_are_checked():
                         (["--dataset-reinforcement", "--distill-logit-scale", "100"], "needs --dataset-re")):
         with pytest.raises(UserError, match=match):
             _parse(argv)
+    # accepted once, then a traceback in the loss or the first step
+    kd = [*dr, "--distill-logit-scale", "100"]
+    for argv, match in (([*kd, "--distill-teacher-dimension", "32", "0"], "each teacher's width"),
+                        ([*kd, "--distill-teacher-dimension", "-1", "-1"], "-1 alone"),
+                        ([*dr, "--distill-logit-scale", "nan"], "finite scales > 0"),
+                        ([*dr, "--distill-logit-scale", "inf"], "finite scales > 0"),
+                        ([*dr, "--distill-logit-scale", "100", "0"], "finite scales > 0"),
+                        ([*kd, "--distill-loss-weights", "nan", "1"], "two finite weights >= 0"),
+                        ([*kd, "--distill-loss-weights", "-1", "1"], "two finite weights >= 0"),
+                        ([*kd, "--distill-loss-weights", "0", "0"], "not both 0"),
+                        ([*kd, "--model", "coca_ViT-B-32"], "CoCa model")):
+        with pytest.raises(UserError, match=match):
+            _parse(argv)
 
 
 def test_expert_training_refuses_an_incomplete_assignment(toy_pool, toy_work, tmp_path):
