@@ -6,8 +6,9 @@ L2-normalised embeddings of each augmented image and of the caption and each syn
 over teachers (`<key>.npz` float32 or `<key>.pth.gz` bfloat16). Output shards keep the input's names and, unless
 `--only-reinforcements` (DataCompDR's own layout, merged back by `mode dr-join`), its members too.
 
-Teachers are any open_clip models, `NAME[:PRETRAINED]` (a tag or a checkpoint path); a teacher without weights
-is initialised from `--seed` (the toy's case: the path runs offline). Captioners:
+Teachers are any open_clip models, `NAME[:PRETRAINED]` (a tag or a checkpoint path); only the plugin's toy models
+(`ViT-Toy-*`) may go without weights, initialised from `--seed` (the toy's case: the path runs offline); another
+teacher without weights is refused (it would be a random model). Captioners:
 - `toy`: rewrites each toy sample's true class with other caption templates of its domain (offline; toy pools);
 - `coca:MODEL:PRETRAINED`: open_clip CoCa generation with top-p sampling, as DataCompDR used CoCa captions.
 
@@ -37,6 +38,9 @@ from mode.core.errors import UserError
 from mode.core.runner import run_per_shard
 from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_stats, tar_writer, write_tar_stats
 from mode.core.step import positive_int, print_summary, rank_arguments, seed_int
+
+
+TOY_PREFIX = "ViT-Toy-"  # the plugin's tiny model configs: the only teachers that may run without weights
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,12 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
     if cfg.num_syn < 1:
         raise UserError("--num-syn must be at least 1")
     check_captioner(cfg.captioner)  # before any work: a bad one was a traceback in the first shard
+    for spec in cfg.teachers:
+        name, _, pretrained = spec.partition(":")
+        if not pretrained and not name.startswith(TOY_PREFIX):
+            raise UserError(f"--teacher {spec}: no pretrained weights (give MODEL:TAG or MODEL:CHECKPOINT); a "
+                            f"randomly initialised teacher teaches nothing (only the toy's {TOY_PREFIX}* models "
+                            "run without weights, seeded by --seed)")
     out_dir, paths = Path(out), expand(shards)
     params = asdict(cfg) | {"shards": inputs_digest(paths), "format_version": 2}
     cfg = replace(cfg, device=pick_device(cfg.device))  # checked now; `auto` resolved for this rank

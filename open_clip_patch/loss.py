@@ -24,6 +24,9 @@ synthetic caption is given; each KD term averages its two directions. This is ml
   teacher's similarities before the sum (with one scale this is ml-mobileclip's dot product of the
   concatenated embeddings).
 - targets are computed in float32 outside autocast and without gradient; with W_KD = 0 they are not computed.
+- --distill-teacher-dimension -1 with --distill-average-after-softmax: ml-mobileclip's ensemble slices each
+  teacher by the cumulative sum of the widths, [0:-1] for -1, so it leaves out the embeddings' last column;
+  here -1 is one teacher over every column, as it is there without average-after-softmax.
 
 The teachers' embeddings are used as stored (each part L2-normalised by the generator), as ml-mobileclip does.
 Distributed gathering is open_clip's (`gather_features`, `ClipLoss.get_logits`), with the same local-loss and

@@ -60,3 +60,10 @@ def test_a_bad_captioner_is_one_line_before_any_work(small_pool, tmp_path):
         with pytest.raises(UserError, match=match):
             generate.run(str(small_pool), str(tmp_path / "out"), generate.GenerateConfig(captioner=spec))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_teacher_without_weights_is_refused_unless_a_toy(small_pool, tmp_path):
+    """`--teacher ViT-B-32` (no :PRETRAINED) silently reinforced the pool with a random model."""
+    with pytest.raises(UserError, match="--teacher ViT-B-32: no pretrained weights"):
+        generate.run(str(small_pool), str(tmp_path / "out"), generate.GenerateConfig(teachers=("ViT-B-32",)))
+    assert not (tmp_path / "out").exists()
