@@ -221,8 +221,16 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
     if cfg.num_syn < 1:
         raise UserError("--num-syn must be at least 1")
     check_captioner(cfg.captioner)  # before any work: a bad one was a traceback in the first shard
+    import open_clip
+
+    import open_clip_patch
+
+    open_clip_patch.apply()  # registers the toy model configs
     for spec in cfg.teachers:
         name, _, pretrained = spec.partition(":")
+        if name not in open_clip.list_models() and not name.startswith("hf-hub"):
+            raise UserError(f"--teacher {spec}: no open_clip model {name!r} (`python -c 'import open_clip; "
+                            "print(open_clip.list_models())'` lists them)")
         if not pretrained and not name.startswith(TOY_PREFIX):
             raise UserError(f"--teacher {spec}: no pretrained weights (give MODEL:TAG or MODEL:CHECKPOINT); a "
                             f"randomly initialised teacher teaches nothing (only the toy's {TOY_PREFIX}* models "

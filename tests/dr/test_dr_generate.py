@@ -66,4 +66,6 @@ def test_a_teacher_without_weights_is_refused_unless_a_toy(small_pool, tmp_path)
     """`--teacher ViT-B-32` (no :PRETRAINED) silently reinforced the pool with a random model."""
     with pytest.raises(UserError, match="--teacher ViT-B-32: no pretrained weights"):
         generate.run(str(small_pool), str(tmp_path / "out"), generate.GenerateConfig(teachers=("ViT-B-32",)))
+    with pytest.raises(UserError, match="no open_clip model 'NoSuchModel'"):
+        generate.run(str(small_pool), str(tmp_path / "out"), generate.GenerateConfig(teachers=("NoSuchModel:x",)))
     assert not (tmp_path / "out").exists()
