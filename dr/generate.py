@@ -4,7 +4,8 @@ For every sample of every input shard: `--num-augs` image augmentations drawn by
 parameters stored in `<key>.paug.json`), `--num-syn` synthetic captions (`<key>.syn.json`), and the teachers'
 L2-normalised embeddings of each augmented image and of the caption and each synthetic caption, concatenated
 over teachers (`<key>.npz` float32 or `<key>.pth.gz` bfloat16). Output shards keep the input's names and, unless
-`--only-reinforcements` (DataCompDR's own layout, merged back by `mode dr-join`), its members too.
+`--only-reinforcements` (DataCompDR's own layout, merged back by `mode dr-join`), its members too, but for those
+that webdataset's default decoders would unpickle (`.pyd`, `.pickle`, `.pth`; counted as `dropped_members`).
 
 Teachers are any open_clip models, `NAME[:PRETRAINED]` (a tag or a checkpoint path); only the plugin's toy models
 (`ViT-Toy-*`) may go without weights, initialised from `--seed` (the toy's case: the path runs offline); another
@@ -189,7 +190,7 @@ def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
 
     skipped: Counter = Counter()
     name = f"{shard_id}.tar"  # distinct even where two joined pools share a file name
-    written = 0
+    written = dropped = 0
     _setup(cfg)  # models first: building them draws from torch's generator, which is seeded for the shard next
     shard_seed = [cfg.seed, int.from_bytes(hashlib.sha256(shard_id.encode()).digest()[:8], "little")]
     torch.manual_seed(int(np.random.SeedSequence(shard_seed).generate_state(1, np.uint64)[0] >> 1))  # the transforms
@@ -207,10 +208,20 @@ def _work(cfg: GenerateConfig, out_dir: str, path: str, shard_id: str) -> dict:
                 skipped["undecodable"] += 1
                 continue
             extra = reinforce(image, members["txt"].decode("utf-8"), meta, cfg, rng)
-            sink.write(key, extra if cfg.only_reinforcements else {**members, **extra})
+            kept = {}
+            if not cfg.only_reinforcements:
+                kept = {e: d for e, d in members.items() if not pickled(e)}
+                dropped += len(members) - len(kept)
+            sink.write(key, {**kept, **extra})
             written += 1
     write_tar_stats(Path(out_dir) / name, written)
-    return {"processed": written + sum(skipped.values()), "kept": written, "skipped": dict(skipped)}
+    return {"processed": written + sum(skipped.values()), "kept": written, "skipped": dict(skipped),
+            "dropped_members": dropped}
+
+
+def pickled(ext: str) -> bool:
+    """Whether webdataset's default decoders unpickle a member (`.pyd`, `.pickle`, `.pth`, gzipped or not)."""
+    return ext.lower().removesuffix(".gz").rsplit(".", 1)[-1] in ("pyd", "pickle", "pth")
 
 
 def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, world_size: int | None = None,

@@ -69,3 +69,17 @@ def test_a_teacher_without_weights_is_refused_unless_a_toy(small_pool, tmp_path)
     with pytest.raises(UserError, match="no open_clip model 'NoSuchModel'"):
         generate.run(str(small_pool), str(tmp_path / "out"), generate.GenerateConfig(teachers=("NoSuchModel:x",)))
     assert not (tmp_path / "out").exists()
+
+
+def test_pickled_members_are_not_copied(small_pool, tmp_path):
+    """A pool's `.pyd` or `.pth.gz` member (unpickled by webdataset's default decoders) was copied into the
+    reinforced shards beside the image and caption."""
+    import pickle
+
+    samples = [(k, {**m, "pyd": pickle.dumps(k), "x.pth.gz": b"\x1f\x8b", "cls": b"3"})
+               for k, m in iter_tar(small_pool / "00000000.tar")]
+    write_tar(tmp_path / "in" / "00000000.tar", samples)
+    summary = generate.run(str(tmp_path / "in"), str(tmp_path / "out"), CFG)
+    out = list(iter_tar(tmp_path / "out" / "00000000.tar"))
+    assert [k for k, _ in out] == [k for k, _ in samples] and summary["dropped_members"] == 2 * len(samples)
+    assert all(m.keys() == {"jpg", "txt", "json", "cls", "syn.json", "paug.json", "npz"} for _, m in out)
