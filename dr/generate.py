@@ -40,7 +40,6 @@ from mode.core.runner import run_per_shard
 from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_stats, tar_writer, write_tar_stats
 from mode.core.step import positive_int, print_summary, rank_arguments, seed_int
 
-
 TOY_PREFIX = "ViT-Toy-"  # the plugin's tiny model configs: the only teachers that may run without weights
 
 

@@ -14,9 +14,9 @@ objects are otherwise merged); `.json` members with different image sha256s (the
 DataCompDR was made, so its embeddings describe another image) are counted as `image_changed` and left out.
 Members other than the image shard's (image, `.txt`, `.json`) and DataCompDR's (`.url.txt`, `.syn.json`,
 `.paug.json`, `.npz`, `.pth.gz`) are dropped and counted (`dropped_members`): webdataset's default decoders
-unpickle a `.pyd` or `.pickle`. After writing, the output is read back and every member compared with its source, byte for byte. Each output
-shard gets `<shard>_stats.json`; the step runner keeps its records in `<out>/_dr_join/` (a killed join redoes
-only unfinished pairs), and `<out>/dr_join.json` sums the counts.
+unpickle a `.pyd` or `.pickle`. After writing, the output is read back and every member compared with its
+source, byte for byte. Each output shard gets `<shard>_stats.json`; the step runner keeps its records in
+`<out>/_dr_join/` (a killed join redoes only unfinished pairs), and `<out>/dr_join.json` sums the counts.
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ from pathlib import Path
 from dr import sample as drs
 from mode.core.errors import UserError
 from mode.core.runner import params_hash, run_per_shard
-from mode.core.shards import (IMAGE_EXTS, expand, iter_tar, overlaps, shard_ids, tar_stats, tar_writer, write_json,
-                              write_tar_stats)
+from mode.core.shards import (
+    IMAGE_EXTS,
+    expand,
+    iter_tar,
+    overlaps,
+    shard_ids,
+    tar_stats,
+    tar_writer,
+    write_json,
+    write_tar_stats,
+)
 from mode.core.step import positive_int, rank_arguments
-
 
 # what a joined sample may hold: the image shard's (img2dataset's) members and DataCompDR's. Others are dropped
 # and counted: webdataset's default decoders would unpickle a `.pyd` or `.pickle` member of a training set.
