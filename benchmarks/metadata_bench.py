@@ -7,6 +7,7 @@ and encode in a DataLoader), all with the same workers and batch size on the sam
     d2m/bin/pip install --no-deps git+https://github.com/openai/CLIP git+https://github.com/sagadre/ISC21-Descriptor-Track-1st
     python benchmarks/metadata_bench.py --d2m-python d2m/bin/python [--d2m CHECKOUT] [--samples 2000] [--shards 4]
         [--workers 2] [--batch-size 64] [--device cpu] [--repeats 2] [--no-plain]
+    python benchmarks/metadata_bench.py --device cuda --samples 20000 --workers 8 --batch-size 256  # ours vs plain
 
 (the venv holds dataset2metadata's requirements.txt; `clip` and `isc_feature_extractor` are git requirements,
 installed from their repositories; `detoxify` and `isc_feature_extractor` are imported by its models.py though
@@ -151,29 +152,19 @@ def max_diff(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
-def compare(tmp: Path, tars: list[str], n: int, plain: bool) -> None:
+def compare(tmp: Path, tars: list[str], n: int, plain: bool, ref: bool = True) -> None:
     """The first run's outputs joined by uid: dataset2metadata's group parquet/npz vs ours per shard (and plain)."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    name = hashlib.md5(str(tars).encode()).hexdigest()  # dataset2metadata's name of the group
-    ref_cols = pq.read_table(tmp / "d2m0" / f"{name}.parquet").to_pydict()
-    ref_feats = np.load(tmp / "d2m0" / f"{name}.npz")
     ours_cols = [pq.read_table(tmp / "ours0" / f"{Path(t).stem}.parquet").to_pydict() for t in tars]
     ours_feats = [np.load(tmp / "ours0" / f"{Path(t).stem}.npz") for t in tars]
     uids = [u for c in ours_cols for u in c["uid"]]
-    at = {u: i for i, u in enumerate(ref_cols["uid"])}
-    assert len(at) == len(ref_cols["uid"]) == len(uids) == n and set(at) == set(uids), "not the same samples"
-    order = [at[u] for u in uids]
     ours_score = np.concatenate([c[SCORE] for c in ours_cols])
     ours_img = np.concatenate([f[IMAGE] for f in ours_feats])
     ours_txt = np.concatenate([f[TEXT] for f in ours_feats])
-    ref_score = np.asarray(ref_cols[SCORE])[order]
-    ref_img, ref_txt = ref_feats[IMAGE][order], ref_feats[TEXT][order]
-    print(f"outputs, joined by uid ({n} samples, the same uids; dataset2metadata's {name}.parquet/.npz vs ours "
-          f"per shard): max abs diff score {max_diff(ours_score, ref_score):.2e}, image features "
-          f"{max_diff(ours_img, ref_img):.2e}, text features {max_diff(ours_txt, ref_txt):.2e}; dtypes "
-          f"ours {ours_score.dtype}/{ours_img.dtype}, dataset2metadata {ref_score.dtype}/{ref_img.dtype}")
+    if ref:
+        compare_reference(tmp, tars, n, uids, ours_score, ours_img, ours_txt)
     if plain:
         loop = np.load(tmp / "plain0.npz")
         p_at = {u: i for i, u in enumerate(loop["uid"].tolist())}
@@ -181,6 +172,24 @@ def compare(tmp: Path, tars: list[str], n: int, plain: bool) -> None:
         print(f"plain vs ours, joined by uid: max abs diff score "
               f"{max_diff(loop['score'][p_order], ours_score):.2e}, image features "
               f"{max_diff(loop['img'][p_order], ours_img):.2e}")
+
+
+def compare_reference(tmp, tars, n, uids, ours_score, ours_img, ours_txt) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    name = hashlib.md5(str(tars).encode()).hexdigest()  # dataset2metadata's name of the group
+    ref_cols = pq.read_table(tmp / "d2m0" / f"{name}.parquet").to_pydict()
+    ref_feats = np.load(tmp / "d2m0" / f"{name}.npz")
+    at = {u: i for i, u in enumerate(ref_cols["uid"])}
+    assert len(at) == len(ref_cols["uid"]) == len(uids) == n and set(at) == set(uids), "not the same samples"
+    order = [at[u] for u in uids]
+    ref_score = np.asarray(ref_cols[SCORE])[order]
+    ref_img, ref_txt = ref_feats[IMAGE][order], ref_feats[TEXT][order]
+    print(f"outputs, joined by uid ({n} samples, the same uids; dataset2metadata's {name}.parquet/.npz vs ours "
+          f"per shard): max abs diff score {max_diff(ours_score, ref_score):.2e}, image features "
+          f"{max_diff(ours_img, ref_img):.2e}, text features {max_diff(ours_txt, ref_txt):.2e}; dtypes "
+          f"ours {ours_score.dtype}/{ours_img.dtype}, dataset2metadata {ref_score.dtype}/{ref_img.dtype}")
 
 
 def main() -> None:
@@ -193,25 +202,31 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--d2m", help="a dataset2metadata checkout (default: extract --mirror with git archive)")
     ap.add_argument("--mirror", type=Path, default=MIRROR, help="a git dir of dataset2metadata")
-    ap.add_argument("--d2m-python", required=True, help="a Python with dataset2metadata's requirements")
+    ap.add_argument("--d2m-python", help="a Python with dataset2metadata's requirements (without it: ours vs the "
+                    "plain loop only, e.g. on a GPU machine that cannot install them)")
     ap.add_argument("--no-plain", action="store_true", help="leave out the plain webdataset + open_clip loop")
     args = ap.parse_args()
     device = int(args.device) if args.device.isdigit() else args.device
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        d2m = reference_copy(args, tmp)
+        if not args.d2m_python:
+            if args.no_plain:
+                raise SystemExit("--no-plain without --d2m-python leaves no baseline")
+            print("no --d2m-python: dataset2metadata's side is left out; the baseline is the plain loop")
+        d2m = reference_copy(args, tmp) if args.d2m_python else tmp
         ref_env = {**os.environ, "PYTHONPATH": str(d2m), "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
         subprocess.run([sys.executable, "-m", "mode", "toy", str(tmp / "pool"), "--samples", str(args.samples),
                         "--shards", str(args.shards), "--workers", "2"], check=True, env=env, capture_output=True)
         tars = sorted(str(p) for p in (tmp / "pool" / "shards").glob("*.tar"))
         weights, archive = tmp / "b32.pt", tmp / "b32_openai_jit.pt"
         subprocess.run([sys.executable, "-c", WEIGHTS, str(weights)], check=True, env=env, capture_output=True)
-        made = subprocess.run([args.d2m_python, "-c", REF_ARCHIVE, str(weights), str(archive)], env=ref_env,
-                              capture_output=True, text=True)
-        if made.returncode != 0:
-            raise RuntimeError(f"the reference's archive:\n{made.stdout}{made.stderr[-3000:]}")
-        print(made.stdout.strip())
+        if args.d2m_python:
+            made = subprocess.run([args.d2m_python, "-c", REF_ARCHIVE, str(weights), str(archive)], env=ref_env,
+                                  capture_output=True, text=True)
+            if made.returncode != 0:
+                raise RuntimeError(f"the reference's archive:\n{made.stdout}{made.stderr[-3000:]}")
+            print(made.stdout.strip())
         (tmp / "custom.py").write_text(CUSTOM.format(weights=str(weights)))
         (tmp / "ref_custom.py").write_text(REF_CUSTOM.format(archive=str(archive)))
         (tmp / "plain.py").write_text(PLAIN)
@@ -241,7 +256,7 @@ def main() -> None:
             return timed([sys.executable, str(tmp / "plain.py"), "::".join(tars), str(tmp / f"plain{r}.npz"),
                           str(args.workers), str(args.batch_size), args.device, str(weights)], env)
 
-        sides = {"dataset2metadata": run_ref, "ours": run_ours}
+        sides = {"dataset2metadata": run_ref, "ours": run_ours} if args.d2m_python else {"ours": run_ours}
         if not args.no_plain:
             sides["plain"] = run_plain
         runs = {s: [] for s in sides}
@@ -254,7 +269,7 @@ def main() -> None:
             ratios = ", ".join(f"{s} / ours {runs[s][r][0] / runs['ours'][r][0]:.2f}" for s in sides if s != "ours")
             print(f"run {r}: {cells}; {ratios}", flush=True)
             if r == 0:
-                compare(tmp, tars, n, plain="plain" in sides)
+                compare(tmp, tars, n, plain="plain" in sides, ref="dataset2metadata" in sides)
 
         med = {s: sorted(t for t, _ in rs)[len(rs) // 2] for s, rs in runs.items()}
         ratio = {s: sorted(runs[s][r][0] / runs["ours"][r][0] for r in range(args.repeats))[args.repeats // 2]
