@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -271,8 +272,8 @@ def main() -> None:
             if r == 0:
                 compare(tmp, tars, n, plain="plain" in sides, ref="dataset2metadata" in sides)
 
-        med = {s: sorted(t for t, _ in rs)[len(rs) // 2] for s, rs in runs.items()}
-        ratio = {s: sorted(runs[s][r][0] / runs["ours"][r][0] for r in range(args.repeats))[args.repeats // 2]
+        med = {s: statistics.median(t for t, _ in rs) for s, rs in runs.items()}
+        ratio = {s: statistics.median(runs[s][r][0] / runs["ours"][r][0] for r in range(args.repeats))
                  for s in sides if s != "ours"}
         print(f"{n} samples, {args.shards} shards, {args.workers} workers, batch {args.batch_size}, {args.device}: "
               + ", ".join(f"{s} / ours = {v:.2f}x" for s, v in ratio.items()) + f" (median of {args.repeats}; "
