@@ -33,10 +33,9 @@ import numpy as np
 import torch
 
 from dr import sample as drs
-from dr.join import inputs_digest
 from mode.core.device import pick_device
 from mode.core.errors import UserError
-from mode.core.runner import run_per_shard
+from mode.core.runner import inputs_hash, run_per_shard
 from mode.core.shards import IMAGE_EXTS, expand, iter_tar, tar_stats, tar_writer, write_tar_stats
 from mode.core.step import positive_int, print_summary, rank_arguments, seed_int
 
@@ -246,7 +245,7 @@ def run(shards: str, out: str, cfg: GenerateConfig, rank: int | None = None, wor
                             f"randomly initialised teacher teaches nothing (only the toy's {TOY_PREFIX}* models "
                             "run without weights, seeded by --seed)")
     out_dir, paths = Path(out), expand(shards)
-    params = asdict(cfg) | {"shards": inputs_digest(paths), "format_version": 2}
+    params = asdict(cfg) | {"shards": inputs_hash(paths), "format_version": 2}
     cfg = replace(cfg, device=pick_device(cfg.device))  # checked now; `auto` resolved for this rank
     return run_per_shard("dr-generate", out_dir / "_dr_generate", paths, partial(_work, cfg, str(out_dir)),
                          params, rank=rank, world_size=world_size, workers=workers,

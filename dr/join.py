@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 from dr import sample as drs
 from mode.core.errors import UserError
-from mode.core.runner import params_hash, run_per_shard
+from mode.core.runner import inputs_hash, run_per_shard
 from mode.core.shards import (
     IMAGE_EXTS,
     expand,
@@ -150,7 +149,7 @@ def run(base: str, reinforcements: str, out: str, workers: int = 1, rank: int | 
     pairs = {p: dr_ids[i] for i, p in base_ids.items() if i in dr_ids}
     if not pairs:
         raise UserError(f"no shard names in common between {base} and {reinforcements}")
-    params = {"shards": inputs_digest(pairs), "reinforcements": inputs_digest(pairs.values()), "format_version": 2}
+    params = {"shards": inputs_hash(pairs), "reinforcements": inputs_hash(pairs.values()), "format_version": 2}
     s = run_per_shard("dr-join", Path(out) / "_dr_join", list(pairs), partial(_join_work, pairs, out), params,
                       rank=rank, world_size=world_size, workers=workers,
                       outputs=lambda i: [Path(out) / f"{i}.tar", tar_stats(Path(out) / f"{i}.tar")],
@@ -179,11 +178,6 @@ def _pair_ids(paths: list[str], flag: str) -> dict:
                         "different places); dr-join pairs shards by file name and, where those repeat, folder "
                         "name: give folders with distinct names")
     return {i: p for p, i in ids.items()}
-
-
-def inputs_digest(paths) -> str:
-    """A fingerprint of input shards (their resolved paths and sizes), so a rerun on other inputs is refused."""
-    return params_hash({"inputs": [[str(Path(p).resolve()), os.path.getsize(p)] for p in paths]})
 
 
 def _join_work(pairs: dict, out: str, path: str, shard_id: str) -> dict:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from mode.core.errors import UserError
 from mode.core.layout import WorkDir
 from mode.core.lock import hold_for_process
+from mode.core.runner import load_json
 from mode.core.shards import natural_key
 from mode.prep import ooc
 from open_clip_patch import preflight
@@ -340,8 +341,7 @@ def _routed_shards(folder) -> str:
     sizes = folder / "sizes.json"
     if not sizes.is_file():
         return str(folder)
-    with open(sizes) as f:
-        names = sorted(json.load(f), key=natural_key)
+    names = sorted(load_json(sizes, "route's sizes.json"), key=natural_key)
     others = sorted(p.name for p in folder.glob("*.tar") if p.name not in names)
     if others:
         log.warning(f"--expert-data routed: {folder} also holds {len(others)} tar(s) `mode route` did not write "
